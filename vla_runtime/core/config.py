@@ -1,0 +1,506 @@
+"""Validated runtime configuration: one YAML file describes a whole deployment.
+
+A config file holds the robot profile (joints, limits, controller groups), the model package and
+its engines, loop rates, the latent-buffer transport, chunk scheduling, safety thresholds, teleop
+mappings, the simulated robot (when used) and which nodes to start. Every node of the graph reads
+the same file (``config_file`` parameter) and takes the section it needs, so ``vla-runtime up``,
+``ros2 launch`` and the tests all start the same graph from one source of truth.
+
+A file may ``include:`` another (path relative to itself); the including file's keys are merged
+over the included one's, recursively for mappings.
+
+Every model is frozen and forbids unknown keys, so a misspelled key is an error, not a silent
+default. :func:`load_config` raises :class:`ConfigError` listing *every* bad field with its value
+and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+ControllerType = Literal[
+    "joint_trajectory",  # joint_trajectory_controller: ~/joint_trajectory (JointTrajectory)
+    "forward_position",  # forward_command_controller (position): ~/commands (Float64MultiArray)
+    "forward_velocity",  # forward_command_controller (velocity): ~/commands (Float64MultiArray)
+    "cartesian_impedance",  # CRISP-style: ~/target_pose (PoseStamped), ~/target_stiffness
+    "joint_impedance",  # CRISP-style: ~/target_joint (JointState), ~/target_stiffness
+    "gripper",  # position-commanded gripper: ~/commands (Float64MultiArray)
+    "base_twist",  # mobile base: ~/cmd_vel (Twist)
+]
+
+#: The topic each controller type listens on, relative to ``/<controller_name>/``.
+CONTROLLER_TOPIC_SUFFIX: dict[str, str] = {
+    "joint_trajectory": "joint_trajectory",
+    "forward_position": "commands",
+    "forward_velocity": "commands",
+    "cartesian_impedance": "target_pose",
+    "joint_impedance": "target_joint",
+    "gripper": "commands",
+    "base_twist": "cmd_vel",
+}
+
+NodeName = Literal[
+    "sim_robot", "slow_reasoner", "action_chunk_node", "controller_bridge", "failure_detector", "teleop"
+]
+
+
+class ConfigError(ValueError):
+    """A configuration that must not be started. ``problems`` holds one line per bad field."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"invalid config {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+class JointSpec(_Frozen):
+    """One joint and its limits (SI units: rad, rad/s, rad/s², N·m; m… for prismatic joints)."""
+
+    name: str = Field(min_length=1)
+    position: tuple[float, float] = Field(description="[lower, upper] position limit")
+    velocity: float = Field(description="maximum |velocity|")
+    acceleration: float = Field(description="maximum |acceleration|")
+    effort: float = Field(description="maximum |effort|")
+    home: float | None = Field(default=None, description="home/ready position")
+
+    @field_validator("velocity", "acceleration", "effort")
+    @classmethod
+    def _positive(cls, v: float, info) -> float:
+        _finite(info.field_name, v)
+        if v <= 0:
+            raise ValueError(f"{info.field_name} limit must be > 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _position_order(self) -> JointSpec:
+        lo, hi = self.position
+        _finite("position limit", lo)
+        _finite("position limit", hi)
+        if not lo < hi:
+            raise ValueError(f"position limits must satisfy lower < upper, got [{lo}, {hi}]")
+        if self.home is not None and not lo <= self.home <= hi:
+            raise ValueError(f"home {self.home} lies outside the position limits [{lo}, {hi}]")
+        return self
+
+
+class WorkspaceBox(_Frozen):
+    """Axis-aligned Cartesian box (in the robot base frame) the end effector must stay inside."""
+
+    min: tuple[float, float, float]
+    max: tuple[float, float, float]
+
+    @model_validator(mode="after")
+    def _order(self) -> WorkspaceBox:
+        for axis, lo, hi in zip("xyz", self.min, self.max):
+            if not lo < hi:
+                raise ValueError(f"workspace {axis}: min must be < max, got min={lo}, max={hi}")
+        return self
+
+
+class ControllerGroup(_Frozen):
+    """A set of joints driven by one ros2_control controller."""
+
+    controller: ControllerType
+    controller_name: str = Field(min_length=1, description="name in controller_manager")
+    joints: list[str] = Field(default_factory=list, description="joints in the controller's order")
+    topic: str | None = Field(default=None, description="override of /<controller_name>/<suffix>")
+    command_rate_hz: float | None = Field(default=None, description="override of rates.command_hz")
+    frame_id: str = Field(default="base", description="frame of Cartesian targets")
+    ee_link: str | None = Field(default=None, description="end-effector link (Cartesian groups)")
+    stiffness: list[float] | None = Field(default=None, description="default impedance stiffness")
+    stiffness_limits: tuple[float, float] | None = Field(
+        default=None, description="allowed [min, max] for target_stiffness; None = not commandable"
+    )
+    gripper_range: tuple[float, float] | None = Field(default=None, description="[closed, open]")
+
+    @property
+    def resolved_topic(self) -> str:
+        """The controller's command topic."""
+        return self.topic or f"/{self.controller_name}/{CONTROLLER_TOPIC_SUFFIX[self.controller]}"
+
+    @model_validator(mode="after")
+    def _shape(self) -> ControllerGroup:
+        if self.controller != "base_twist" and not self.joints:
+            raise ValueError(f"a {self.controller} group needs at least one joint")
+        if len(set(self.joints)) != len(self.joints):
+            raise ValueError(f"joints listed twice in one group: {self.joints}")
+        if self.command_rate_hz is not None and self.command_rate_hz <= 0:
+            raise ValueError(f"command_rate_hz must be > 0, got {self.command_rate_hz}")
+        if self.controller == "cartesian_impedance" and not self.ee_link:
+            raise ValueError("a cartesian_impedance group needs ee_link")
+        if self.controller == "cartesian_impedance" and self.command_rate_hz is not None:
+            if self.command_rate_hz < 50:
+                raise ValueError(
+                    f"cartesian_impedance targets must stream at >= 50 Hz, got {self.command_rate_hz}"
+                )
+        if self.stiffness_limits is not None and not 0 <= self.stiffness_limits[0] < self.stiffness_limits[1]:
+            raise ValueError(f"stiffness_limits must be 0 <= min < max, got {list(self.stiffness_limits)}")
+        return self
+
+
+def joint_reference_problems(joint_names: list[str], group_joints: dict[str, list[str]]) -> list[str]:
+    """Problems with the joints the groups name: unknown (with a close match) or in two groups."""
+    known = set(joint_names)
+    problems = []
+    owner: dict[str, str] = {}
+    for gname, joints in group_joints.items():
+        for j in joints:
+            if j not in known:
+                close = difflib.get_close_matches(str(j), joint_names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"robot.groups.{gname}.joints: unknown joint {j!r}{hint}")
+            elif j in owner:
+                problems.append(f"robot.groups.{gname}.joints: joint {j!r} is also in group {owner[j]!r}")
+            else:
+                owner[j] = gname
+    return problems
+
+
+def _raw_joint_reference_problems(data: dict[str, Any]) -> list[str]:
+    """The same check on unvalidated data, so it is reported beside other field errors."""
+    robot = data.get("robot")
+    if not isinstance(robot, dict):
+        return []
+    joints = robot.get("joints")
+    groups = robot.get("groups")
+    if not isinstance(joints, list) or not isinstance(groups, dict):
+        return []
+    names = [j["name"] for j in joints if isinstance(j, dict) and isinstance(j.get("name"), str)]
+    group_joints = {
+        str(g): [str(j) for j in grp.get("joints", []) or []]
+        for g, grp in groups.items()
+        if isinstance(grp, dict) and isinstance(grp.get("joints", []), list)
+    }
+    return joint_reference_problems(names, group_joints)
+
+
+class RobotProfile(_Frozen):
+    """What the runtime must know about a robot: joints, limits and how its controllers are driven."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    base_frame: str = "base"
+    joints: list[JointSpec] = Field(min_length=1)
+    groups: dict[str, ControllerGroup] = Field(min_length=1)
+    hold_controller: str | None = Field(
+        default=None, description="controller switched in on halt (None: hold by commanding position)"
+    )
+    workspace: WorkspaceBox | None = None
+
+    @property
+    def joint_names(self) -> list[str]:
+        """All joint names in profile order."""
+        return [j.name for j in self.joints]
+
+    def joint(self, name: str) -> JointSpec:
+        """The spec of a joint by name (KeyError naming it if unknown)."""
+        for j in self.joints:
+            if j.name == name:
+                return j
+        raise KeyError(f"unknown joint {name!r}")
+
+    @property
+    def controller_names(self) -> list[str]:
+        """The controllers that must be active before the policy may drive the robot."""
+        return [g.controller_name for g in self.groups.values()]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RobotProfile:
+        names = self.joint_names
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"joint names listed twice: {dupes}")
+        problems = joint_reference_problems(names, {g: grp.joints for g, grp in self.groups.items()})
+        for gname, group in self.groups.items():
+            if group.stiffness is not None and group.controller == "joint_impedance":
+                if len(group.stiffness) != len(group.joints):
+                    problems.append(
+                        f"group {gname!r}: stiffness has {len(group.stiffness)} values for "
+                        f"{len(group.joints)} joints"
+                    )
+        topics = [g.resolved_topic for g in self.groups.values()]
+        for t in sorted({t for t in topics if topics.count(t) > 1}):
+            problems.append(f"two groups publish on {t!r}: one publisher per controller topic")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+EngineBackend = Literal["onnxruntime", "tensorrt", "null"]
+EngineProvider = Literal["cpu", "cuda", "tensorrt"]
+
+
+class EngineConfig(_Frozen):
+    """How to run one ONNX graph."""
+
+    backend: EngineBackend = "onnxruntime"
+    provider: EngineProvider = "cpu"
+    intra_op_threads: int = Field(default=1, ge=1, le=64)
+    inter_op_threads: int = Field(default=1, ge=1, le=64)
+    fp16: bool = False
+    io_binding: bool = False
+    cache_dir: str | None = Field(default=None, description="TensorRT engine cache directory")
+
+    @model_validator(mode="after")
+    def _combo(self) -> EngineConfig:
+        if self.backend == "tensorrt" and self.provider == "cpu":
+            raise ValueError("backend 'tensorrt' runs on the GPU: provider must be 'tensorrt' or 'cuda', got 'cpu'")
+        return self
+
+
+class ModelConfig(_Frozen):
+    """The model package and the engines for its slow and fast parts."""
+
+    package: str = Field(min_length=1, description="models/<name> dir, relative to the project or this file")
+    slow_engine: EngineConfig = EngineConfig()
+    fast_engine: EngineConfig = EngineConfig()
+
+
+class RatesConfig(_Frozen):
+    """Loop rates in Hz."""
+
+    fast_hz: float = Field(default=30.0, description="action-chunk loop")
+    command_hz: float = Field(default=100.0, description="commands streamed to controllers")
+    slow_hz: float = Field(default=5.0, description="upper bound of the slow reasoning rate")
+
+    @model_validator(mode="after")
+    def _order(self) -> RatesConfig:
+        for name in ("fast_hz", "command_hz", "slow_hz"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be > 0, got {v}")
+        if self.command_hz < self.fast_hz:
+            raise ValueError(f"command_hz ({self.command_hz}) must be >= fast_hz ({self.fast_hz})")
+        if self.slow_hz > self.fast_hz:
+            raise ValueError(f"slow_hz ({self.slow_hz}) must be <= fast_hz ({self.fast_hz})")
+        return self
+
+
+class LatentConfig(_Frozen):
+    """Where the slow path's latent guidance travels to the fast path."""
+
+    transport: Literal["inproc", "shm", "zmq"] = "shm"
+    name: str = Field(default="vla_latent", pattern=r"^[A-Za-z0-9_.-]+$")
+    endpoint: str = Field(default="tcp://127.0.0.1:5557", description="zmq endpoint")
+    bind: Literal["writer", "reader"] = "writer"
+    server_key: str | None = Field(default=None, description="CURVE key pair base path of the writer")
+    client_key: str | None = Field(default=None, description="CURVE key pair base path of the reader")
+    authorized_clients_dir: str | None = Field(default=None, description="public keys allowed to subscribe")
+    max_age_s: float = Field(default=1.0, gt=0, description="older latent → HOLD")
+    max_message_bytes: int = Field(default=1 << 20, gt=0)
+
+    @model_validator(mode="after")
+    def _zmq(self) -> LatentConfig:
+        if self.transport == "zmq":
+            missing = [k for k in ("server_key", "client_key") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"zmq transport needs CURVE keys: set {missing} (see `vla-runtime keys`)")
+            if "0.0.0.0" in self.endpoint or self.endpoint.startswith("tcp://*"):
+                pass  # explicit wildcard bind is allowed, but only when written out in the config
+        return self
+
+
+class SchedulerConfig(_Frozen):
+    """Delay-aware chunk execution."""
+
+    blend_s: float = Field(default=0.1, ge=0, description="cross-fade window at chunk switches")
+    interpolation: Literal["linear", "cubic"] = "linear"
+    rtc_prefix: bool = Field(default=True, description="condition on the executing prefix when the model allows")
+    max_infer_overrun: float = Field(default=1.0, gt=0, description="fraction of a period; beyond → HOLD")
+
+
+class SafetyConfig(_Frozen):
+    """Limits applied before any command leaves the process, and fault thresholds."""
+
+    velocity_scale: float = Field(default=1.0, gt=0, le=1, description="fraction of the joint velocity limits")
+    acceleration_scale: float = Field(default=1.0, gt=0, le=1)
+    max_joint_step_rad: float = Field(default=0.05, gt=0, description="largest change per command")
+    max_cartesian_step_m: float = Field(default=0.01, gt=0)
+    position_margin_rad: float = Field(default=0.0, ge=0, description="kept clear of the position limits")
+    watchdog_s: float = Field(default=0.2, gt=0, description="no fresh policy command → HOLD")
+    joint_state_timeout_s: float = Field(default=0.1, gt=0, description="stale /joint_states → HOLD")
+    max_deadline_miss_streak: int = Field(default=3, ge=1)
+    max_tracking_error_rad: float = Field(default=0.3, gt=0)
+    detector_heartbeat_s: float = Field(default=0.5, gt=0, description="silent detector → HOLD")
+    halt_switches_to_hold_controller: bool = True
+    controller_check_timeout_s: float = Field(default=2.0, gt=0)
+
+
+class TeleopConfig(_Frozen):
+    """Operator input mapping."""
+
+    device: Literal["none", "spacemouse", "gamepad", "keyboard", "pose"] = "keyboard"
+    deadman_button: int | None = Field(default=None, ge=0)
+    linear_axes: tuple[int, int, int] = (0, 1, 2)
+    angular_axes: tuple[int, int, int] = (3, 4, 5)
+    axis_signs: tuple[float, float, float, float, float, float] = (1, 1, 1, 1, 1, 1)
+    deadzone: float = Field(default=0.05, ge=0, lt=1)
+    max_linear_mps: float = Field(default=0.1, gt=0, le=1.0)
+    max_angular_rps: float = Field(default=0.5, gt=0, le=3.0)
+    gripper_button: int | None = Field(default=None, ge=0)
+    teleop_only_after_halt: bool = True
+    group: str | None = Field(default=None, description="controller group teleop drives")
+
+
+class CameraConfig(_Frozen):
+    """An image source for the slow path."""
+
+    name: str = Field(min_length=1)
+    topic: str = Field(min_length=1)
+    width: int = Field(default=224, ge=16, le=4096)
+    height: int = Field(default=224, ge=16, le=4096)
+    rate_hz: float = Field(default=10.0, gt=0, le=120)
+
+
+class SimConfig(_Frozen):
+    """The MuJoCo robot that stands in for hardware."""
+
+    robot: Literal["panda", "gr1"] = "panda"
+    realtime: bool = True
+    physics_dt: float = Field(default=0.002, gt=0, le=0.01)
+    joint_state_hz: float = Field(default=250.0, gt=0)
+    seed: int = 0
+    initially_active: list[str] | None = Field(
+        default=None, description="controllers active at start (None: every group's controller)"
+    )
+
+
+class RuntimeConfig(_Frozen):
+    """A whole deployment."""
+
+    robot: RobotProfile
+    model: ModelConfig
+    rates: RatesConfig = RatesConfig()
+    latent: LatentConfig = LatentConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    safety: SafetyConfig = SafetyConfig()
+    teleop: TeleopConfig = TeleopConfig()
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    instruction: str = Field(default="", description="initial instruction")
+    sim: SimConfig | None = None
+    nodes: list[NodeName] = Field(
+        default_factory=lambda: ["slow_reasoner", "action_chunk_node", "controller_bridge"]
+    )
+    source: str = Field(default="", description="file this config was loaded from (set by the loader)")
+
+    @model_validator(mode="after")
+    def _cross(self) -> RuntimeConfig:
+        if "sim_robot" in self.nodes and self.sim is None:
+            raise ValueError("nodes include sim_robot but there is no sim: section")
+        if self.teleop.group is not None and self.teleop.group not in self.robot.groups:
+            raise ValueError(
+                f"teleop.group {self.teleop.group!r} is not a robot group ({sorted(self.robot.groups)})"
+            )
+        hc = self.robot.hold_controller
+        if hc is not None and hc in self.robot.controller_names:
+            raise ValueError(f"hold_controller {hc!r} must differ from the policy's controllers")
+        return self
+
+    def resolve_path(self, p: str) -> Path:
+        """Resolve a path from the config: absolute, else relative to the config file, else project."""
+        path = Path(os.path.expanduser(p))
+        if path.is_absolute():
+            return path
+        if self.source:
+            beside = Path(self.source).resolve().parent / path
+            if beside.exists():
+                return beside
+        return PROJECT_ROOT / path
+
+    @property
+    def model_package_path(self) -> Path:
+        """Directory of the model package."""
+        return self.resolve_path(self.model.package)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(str(path), [f"include cycle: {' -> '.join(str(p) for p in (*seen, path))}"])
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read file: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), [f"not valid YAML: {e}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [f"top level must be a mapping, got {type(data).__name__}"])
+    inc = data.pop("include", None)
+    if inc is None:
+        return data
+    if not isinstance(inc, str):
+        raise ConfigError(str(path), [f"include must be a file path, got {inc!r}"])
+    return _merge(_read_yaml(path.parent / inc, (*seen, path)), data)
+
+
+def _lookup(data: Any, loc: tuple) -> Any:
+    for key in loc:
+        try:
+            data = data[key]
+        except (KeyError, IndexError, TypeError):
+            return "<missing>"
+    return data
+
+
+def format_validation_error(err: ValidationError, data: dict[str, Any]) -> list[str]:
+    """One line per error: ``field.path = value: rule``."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        where = ".".join(str(p) for p in loc) or "<top level>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "missing":
+            lines.append(f"{where}: required field is missing")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown field (misspelled?), value {e.get('input')!r}")
+        else:
+            value = _lookup(data, loc)
+            lines.append(f"{where} = {value!r}: {msg}")
+    return lines
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RuntimeConfig:
+    """Validate a config mapping; raise ConfigError listing every problem."""
+    try:
+        return RuntimeConfig.model_validate({**data, "source": source})
+    except ValidationError as err:
+        problems = format_validation_error(err, data)
+        # Cross-reference checks run only once every field is valid; report them anyway.
+        for p in _raw_joint_reference_problems(data):
+            if not any(p in line for line in problems):
+                problems.append(p)
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | os.PathLike) -> RuntimeConfig:
+    """Load and validate a runtime config YAML (following ``include:``)."""
+    p = Path(path)
+    return config_from_dict(_read_yaml(p), source=str(p.resolve()))

@@ -1,0 +1,116 @@
+"""What every node shares: topic names, QoS profiles as named constants, config loading.
+
+Topic contract between the runtime's own nodes (all under ``/vla``):
+
+* ``/vla/action_chunk`` (trajectory_msgs/JointTrajectory, reliable depth 1) — action_chunk_node →
+  controller_bridge. The scheduled command trajectory of the next few command periods, already
+  delay-compensated, blended and interpolated at the command rate. ``joint_names`` are the
+  action dimension names (joint names; ``<group>/x``… for Cartesian dims; ``<group>/gripper``),
+  ``header.stamp`` is the time of the first point, ``positions`` carry the values.
+  A message with **no points** is the policy asking for HOLD (stale latent, missing joint state,
+  engine overrun); ``header.frame_id`` then carries the reason.
+* ``/vla/policy_features`` (std_msgs/Float32MultiArray, best effort) — the fast path's features
+  for the failure detector.
+* ``/vla/safety_state`` (diagnostic_msgs/DiagnosticStatus, transient local) — the bridge's mode
+  (POLICY/TELEOP/HOLD/HALTED) and the reason of the last transition.
+* ``/vla/halt`` (std_msgs/String, reliable, transient local) — a halt request with its reason.
+* ``/vla/detector_heartbeat`` (std_msgs/Header, best effort) — failure detector liveness.
+* ``/vla/instruction`` (std_msgs/String, reliable, transient local) — the task instruction.
+* ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) — rates, latencies, ages per node.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+
+from vla_runtime.core.config import ConfigError, RuntimeConfig, load_config
+
+TOPIC_ACTION_CHUNK = "/vla/action_chunk"
+TOPIC_POLICY_FEATURES = "/vla/policy_features"
+TOPIC_SAFETY_STATE = "/vla/safety_state"
+TOPIC_HALT = "/vla/halt"
+TOPIC_DETECTOR_HEARTBEAT = "/vla/detector_heartbeat"
+TOPIC_INSTRUCTION = "/vla/instruction"
+TOPIC_JOINT_STATES = "/joint_states"
+TOPIC_EE_POSE = "/ee_pose"
+TOPIC_DIAGNOSTICS = "/diagnostics"
+SERVICE_SET_INSTRUCTION = "/vla/set_instruction"
+SERVICE_RESET = "/vla/reset"
+SERVICE_LIST_CONTROLLERS = "/controller_manager/list_controllers"
+SERVICE_SWITCH_CONTROLLER = "/controller_manager/switch_controller"
+
+#: Cameras, joint states, features: newest sample wins, a lost one is not resent.
+QOS_SENSOR = qos_profile_sensor_data
+#: Commands: reliable, only the newest matters.
+QOS_COMMAND = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+#: Safety state, halt and instruction: a late joiner must still see the latest value.
+QOS_LATCHED = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+#: Joint states on the robot side: reliable so the controllers' consumers see every sample.
+QOS_STATE = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+QOS_DIAGNOSTICS = QoSProfile(depth=10)
+
+
+def load_node_config(node: Node) -> RuntimeConfig:
+    """Read the node's ``config_file`` parameter and validate it; exit clearly when it is bad."""
+    node.declare_parameter("config_file", "")
+    path = node.get_parameter("config_file").get_parameter_value().string_value
+    if not path:
+        node.get_logger().fatal("parameter config_file is not set: pass -p config_file:=<yaml>")
+        raise SystemExit(2)
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        node.get_logger().fatal(str(e))
+        raise SystemExit(2) from None
+
+
+def ros_args_config(argv: list[str] | None = None) -> list[str]:
+    """argv for rclpy.init: our console scripts accept ``--config X`` as a shortcut for the param."""
+    argv = list(sys.argv if argv is None else argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise SystemExit("--config needs a path")
+        path = argv[i + 1]
+        del argv[i : i + 2]
+        argv += ["--ros-args", "-p", f"config_file:={path}"]
+    return argv
+
+
+def stamp_to_ns(stamp) -> int:
+    """builtin_interfaces/Time → integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int, msg_type=None):
+    """Integer nanoseconds → builtin_interfaces/Time."""
+    from builtin_interfaces.msg import Time
+
+    t = Time() if msg_type is None else msg_type()
+    t.sec = int(ns // 1_000_000_000)
+    t.nanosec = int(ns % 1_000_000_000)
+    return t

@@ -1,0 +1,222 @@
+"""Process supervisor: start the node graph a config describes, forward logs, stop with escalation.
+
+``vla-runtime up CONFIG`` uses this where ``ros2 launch`` is not installed (tests, CI, the demo);
+the launch files build the same graph from the same config through :func:`graph_for_config`.
+Every node is a separate OS process on the current ``ROS_DOMAIN_ID``. Stopping sends SIGINT,
+then SIGTERM, then SIGKILL, each after its own bounded wait, so a wedged node never outlives
+the supervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from vla_runtime.core.config import RuntimeConfig
+
+#: Node name → module whose ``main()`` runs it.
+NODE_MODULES: dict[str, str] = {
+    "sim_robot": "vla_runtime.nodes.sim_robot",
+    "slow_reasoner": "vla_runtime.nodes.slow_reasoner",
+    "action_chunk_node": "vla_runtime.nodes.action_chunk_node",
+    "controller_bridge": "vla_runtime.nodes.controller_bridge",
+    "failure_detector": "vla_runtime.nodes.failure_detector",
+    "teleop": "vla_runtime.nodes.teleop",
+}
+
+#: Start order: the robot first, the things that command it last.
+START_ORDER = ["sim_robot", "controller_bridge", "failure_detector", "slow_reasoner", "action_chunk_node", "teleop"]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node process."""
+
+    name: str
+    module: str
+    config_file: str
+    params: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+    def argv(self) -> list[str]:
+        """Command line that runs the node with this interpreter."""
+        args = [sys.executable, "-u", "-m", self.module, "--ros-args", "-r", f"__node:={self.name}"]
+        args += ["-p", f"config_file:={self.config_file}"]
+        for k, v in self.params.items():
+            val = str(v).lower() if isinstance(v, bool) else str(v)
+            args += ["-p", f"{k}:={val}"]
+        return args
+
+
+def graph_for_config(cfg: RuntimeConfig, config_file: str) -> list[NodeSpec]:
+    """The node processes a config asks for, in start order."""
+    names = sorted(cfg.nodes, key=START_ORDER.index)
+    return [NodeSpec(n, NODE_MODULES[n], config_file) for n in names]
+
+
+def ros_environment(domain_id: int | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for node processes: localhost-only discovery, unbuffered output, EGL rendering."""
+    env = dict(os.environ if base is None else base)
+    if domain_id is not None:
+        env["ROS_DOMAIN_ID"] = str(domain_id)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("MUJOCO_GL", "egl")
+    env.setdefault("PYOPENGL_PLATFORM", "egl")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class _Proc:
+    def __init__(self, spec: NodeSpec, popen: subprocess.Popen, pump: threading.Thread | None):
+        self.spec = spec
+        self.popen = popen
+        self.pump = pump
+
+
+class Supervisor:
+    """Starts node processes and stops them all, escalating signals within bounded time.
+
+    Args:
+        env: environment for the children (see :func:`ros_environment`).
+        log: where to forward children's output, each line prefixed with ``[node]``; None keeps
+            each child's output in ``log_dir/<node>.log`` only.
+        log_dir: directory for per-node log files (always written when given).
+    """
+
+    def __init__(self, env: dict[str, str] | None = None, log: IO[str] | None = sys.stdout,
+                 log_dir: str | os.PathLike | None = None):
+        self.env = env if env is not None else ros_environment()
+        self.log = log
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self._procs: list[_Proc] = []
+        self._lock = threading.Lock()
+
+    @property
+    def specs(self) -> list[NodeSpec]:
+        return [p.spec for p in self._procs]
+
+    def start(self, spec: NodeSpec) -> subprocess.Popen:
+        """Start one node process; its output is pumped by a daemon thread."""
+        logfile = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            logfile = open(self.log_dir / f"{spec.name}.log", "a", buffering=1)  # noqa: SIM115
+        popen = subprocess.Popen(
+            spec.argv(), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True,
+        )
+        pump = threading.Thread(target=self._pump, args=(spec.name, popen, logfile), daemon=True)
+        pump.start()
+        with self._lock:
+            self._procs.append(_Proc(spec, popen, pump))
+        return popen
+
+    def _pump(self, name: str, popen: subprocess.Popen, logfile: IO[str] | None) -> None:
+        assert popen.stdout is not None
+        try:
+            for line in popen.stdout:
+                if logfile is not None:
+                    logfile.write(line)
+                if self.log is not None:
+                    try:
+                        self.log.write(f"[{name}] {line}")
+                        self.log.flush()
+                    except ValueError:  # the log was closed under us
+                        pass
+        finally:
+            if logfile is not None:
+                logfile.close()
+
+    def start_graph(self, specs: list[NodeSpec]) -> None:
+        for s in specs:
+            self.start(s)
+
+    def poll(self) -> dict[str, int | None]:
+        """Exit code of every node (None while running)."""
+        return {p.spec.name: p.popen.poll() for p in self._procs}
+
+    def process(self, name: str) -> subprocess.Popen:
+        for p in self._procs:
+            if p.spec.name == name:
+                return p.popen
+        raise KeyError(f"no node named {name!r}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send a signal to one node (fault injection)."""
+        self.process(name).send_signal(sig)
+
+    def stop(self, sigint_s: float = 5.0, sigterm_s: float = 2.0) -> dict[str, str]:
+        """Stop every node: SIGINT, then SIGTERM, then SIGKILL. Returns how each one ended."""
+        how: dict[str, str] = {}
+        with self._lock:
+            procs = list(reversed(self._procs))
+        for sig, wait_s, label in ((signal.SIGINT, sigint_s, "SIGINT"), (signal.SIGTERM, sigterm_s, "SIGTERM")):
+            alive = [p for p in procs if p.popen.poll() is None]
+            for p in alive:
+                self._signal_group(p.popen, sig)
+            deadline = time.monotonic() + wait_s
+            for p in alive:
+                try:
+                    p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    how.setdefault(p.spec.name, label)
+                except subprocess.TimeoutExpired:
+                    pass
+        for p in procs:
+            if p.popen.poll() is None:
+                self._signal_group(p.popen, signal.SIGKILL)
+                p.popen.wait(timeout=5)
+                how[p.spec.name] = "SIGKILL"
+            how.setdefault(p.spec.name, f"exited {p.popen.returncode}")
+        for p in procs:
+            if p.pump is not None:
+                p.pump.join(timeout=1.0)
+        return how
+
+    @staticmethod
+    def _signal_group(popen: subprocess.Popen, sig: int) -> None:
+        try:
+            os.killpg(popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_up(cfg: RuntimeConfig, config_file: str, duration_s: float | None = None) -> int:
+    """``vla-runtime up``: start the graph, forward logs, stop on Ctrl-C or when a node dies."""
+    sup = Supervisor()
+    stop = threading.Event()
+
+    def _on_signal(signum, _frame):
+        stop.set()
+
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    rc = 0
+    try:
+        sup.start_graph(graph_for_config(cfg, config_file))
+        end = None if duration_s is None else time.monotonic() + duration_s
+        while not stop.is_set():
+            if end is not None and time.monotonic() >= end:
+                break
+            dead = {n: c for n, c in sup.poll().items() if c is not None}
+            if dead:
+                print(f"vla-runtime up: node(s) exited: {dead}; stopping the graph", file=sys.stderr)
+                rc = 1
+                break
+            stop.wait(0.2)
+    finally:
+        how = sup.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+        print(f"vla-runtime up: stopped {how}", file=sys.stderr)
+    return rc
