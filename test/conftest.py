@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,21 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vla_runtime.probe import Probe, wait_for  # noqa: F401 - re-exported for tests
+
 ROOT = Path(__file__).resolve().parents[1]
 _counter = itertools.count()
 _rng = random.Random(os.getpid() ^ int(time.time()))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.01, what: str = "") -> bool:
-    """Poll until predicate() is true; raise AssertionError naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    if what:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-    return False
 
 
 @pytest.fixture
@@ -81,56 +70,6 @@ def write_config(tmp_path) -> Callable[..., Path]:
         return out
 
     return _write
-
-
-class Probe:
-    """An rclpy node inside the test process, spun by its own executor thread."""
-
-    def __init__(self, domain_id: int):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node(f"test_probe_{os.getpid()}", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set() and self.context.ok():
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 - shutting down
-                if self._stop.is_set():
-                    return
-                raise
-
-    def collect(self, msg_type, topic: str, qos=10) -> list:
-        """Subscribe and return the (live) list of (receive_time, msg)."""
-        got: list = []
-        self.node.create_subscription(msg_type, topic, lambda m: got.append((time.monotonic(), m)), qos)
-        return got
-
-    def call(self, srv_type, name: str, request, timeout: float = 5.0):
-        """Call a service with a deadline; AssertionError on timeout."""
-        client = self.node.create_client(srv_type, name)
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise AssertionError(f"service {name} not available within {timeout}s")
-        fut = client.call_async(request)
-        wait_for(fut.done, timeout, what=f"response of {name}")
-        return fut.result()
-
-    def close(self) -> None:
-        import rclpy
-
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
 
 @pytest.fixture

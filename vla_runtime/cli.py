@@ -1,16 +1,141 @@
-"""The ``vla-runtime`` command line."""
+"""The ``vla-runtime`` command line.
+
+Subcommands import what they need lazily so ``vla-runtime check`` stays fast and works without
+a ROS graph. User errors (bad config, bad model package, bad arguments) end with a clear message
+and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
 
 from vla_runtime import __version__
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vla-runtime")
-    parser.add_argument("--version", action="version", version=__version__)
-    parser.parse_args(argv)
+def _print_json(obj: dict) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from vla_runtime.check import check_config
+
+    rc = 0
+    for path in args.configs:
+        report = check_config(path, load_models=not args.no_models)
+        if args.json:
+            _print_json(report.to_dict())
+        elif report.ok:
+            print(f"OK {path}")
+            for v in report.verified:
+                print(f"  ✓ {v}")
+        else:
+            print(f"INVALID {path}", file=sys.stderr)
+            for p in report.problems:
+                print(f"  ✗ {p}", file=sys.stderr)
+        rc = rc or (0 if report.ok else 1)
+    return rc
+
+
+def _load_or_exit(path: str):
+    from vla_runtime.core.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from vla_runtime.check import check_config
+    from vla_runtime.supervisor import run_up
+
+    report = check_config(args.config)
+    if not report.ok:
+        print(f"vla-runtime up: refusing to start, {args.config} is invalid:", file=sys.stderr)
+        for p in report.problems:
+            print(f"  ✗ {p}", file=sys.stderr)
+        return 1
+    cfg = _load_or_exit(args.config)
+    return run_up(cfg, str(cfg.source), duration_s=args.duration)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from vla_runtime.core.latent_buffer import generate_curve_keypair
+
+    for name in args.names:
+        pub, sec = generate_curve_keypair(args.dir, name)
+        print(f"wrote {pub} (public) and {sec} (secret, mode 0600)")
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vla_runtime.bench import run_benchmark
+
+    result = run_benchmark(args)
+    if args.json:
+        _print_json(result)
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 0 if result.get("passed", True) is not False or args.no_fail else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vla_runtime.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vla-runtime", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"vla_runtime {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate config(s) and the model packages they name")
+    p.add_argument("configs", nargs="+", metavar="CONFIG")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.add_argument("--no-models", action="store_true", help="validate the YAML only")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("up", help="start the node graph of a config as processes (Ctrl-C stops it)")
+    p.add_argument("config")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("keys", help="generate CURVE key pairs for the remote latent link")
+    p.add_argument("names", nargs="+", help="key names, e.g. slow_path fast_path")
+    p.add_argument("--dir", default="keys", help="directory to write into (created 0700)")
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("bench", help="benchmarks; each prints JSON with --json")
+    p.add_argument("which", choices=["loop", "handoff", "max-rate", "chunks", "engine"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--config", default=None, help="config for graph benchmarks (default: sim_panda)")
+    p.add_argument("--rate", type=float, default=30.0, help="loop rate in Hz (loop)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of measurement (loop)")
+    p.add_argument("--model", default=None, help="model package (engine; default: timing_reference)")
+    p.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="the simulated-robot demo, end to end")
+    p.add_argument("--config", default=None, help="default: config/sim_panda.yaml")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds to run")
+    p.add_argument("--out", default="runs", help="run directory root")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ class NodeSpec:
     module: str
     config_file: str
     params: dict[str, str | int | float | bool] = field(default_factory=dict)
+    cpu_affinity: tuple[int, ...] = ()
+    nice: int | None = None
 
     def argv(self) -> list[str]:
         """Command line that runs the node with this interpreter."""
@@ -57,7 +59,14 @@ class NodeSpec:
 def graph_for_config(cfg: RuntimeConfig, config_file: str) -> list[NodeSpec]:
     """The node processes a config asks for, in start order."""
     names = sorted(cfg.nodes, key=START_ORDER.index)
-    return [NodeSpec(n, NODE_MODULES[n], config_file) for n in names]
+    return [
+        NodeSpec(
+            n, NODE_MODULES[n], config_file,
+            cpu_affinity=tuple(cfg.process.cpu_affinity.get(n, ())),
+            nice=cfg.process.nice.get(n),
+        )
+        for n in names
+    ]
 
 
 def ros_environment(domain_id: int | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -111,11 +120,28 @@ class Supervisor:
             spec.argv(), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True,
         )
+        self._place(spec, popen.pid)
         pump = threading.Thread(target=self._pump, args=(spec.name, popen, logfile), daemon=True)
         pump.start()
         with self._lock:
             self._procs.append(_Proc(spec, popen, pump))
         return popen
+
+    def _place(self, spec: NodeSpec, pid: int) -> None:
+        """Apply CPU affinity and niceness; say so (never fail the start) where the OS refuses."""
+        if spec.cpu_affinity:
+            usable = sorted(set(spec.cpu_affinity) & os.sched_getaffinity(0))
+            if usable:
+                os.sched_setaffinity(pid, usable)
+            dropped = sorted(set(spec.cpu_affinity) - set(usable))
+            if dropped and self.log is not None:
+                self.log.write(f"[supervisor] {spec.name}: CPUs {dropped} do not exist here, using {usable or 'all'}\n")
+        if spec.nice is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, pid, spec.nice)
+            except PermissionError:
+                if self.log is not None:
+                    self.log.write(f"[supervisor] {spec.name}: not permitted to set nice {spec.nice}\n")
 
     def _pump(self, name: str, popen: subprocess.Popen, logfile: IO[str] | None) -> None:
         assert popen.stdout is not None
@@ -151,11 +177,23 @@ class Supervisor:
         """Send a signal to one node (fault injection)."""
         self.process(name).send_signal(sig)
 
+    def stop_node(self, name: str, sigint_s: float = 5.0, sigterm_s: float = 2.0) -> str:
+        """Stop one node with the same escalation and forget it (so it can be started again)."""
+        with self._lock:
+            procs = [p for p in self._procs if p.spec.name == name]
+            self._procs = [p for p in self._procs if p.spec.name != name]
+        if not procs:
+            raise KeyError(f"no node named {name!r}")
+        return self._stop_procs(procs, sigint_s, sigterm_s)[name]
+
     def stop(self, sigint_s: float = 5.0, sigterm_s: float = 2.0) -> dict[str, str]:
         """Stop every node: SIGINT, then SIGTERM, then SIGKILL. Returns how each one ended."""
-        how: dict[str, str] = {}
         with self._lock:
             procs = list(reversed(self._procs))
+        return self._stop_procs(procs, sigint_s, sigterm_s)
+
+    def _stop_procs(self, procs: list[_Proc], sigint_s: float, sigterm_s: float) -> dict[str, str]:
+        how: dict[str, str] = {}
         for sig, wait_s, label in ((signal.SIGINT, sigint_s, "SIGINT"), (signal.SIGTERM, sigterm_s, "SIGTERM")):
             alive = [p for p in procs if p.popen.poll() is None]
             for p in alive:

@@ -1,0 +1,32 @@
+"""Benchmarks behind ``vla-runtime bench``: each returns a JSON-ready dict with its targets."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    """Dispatch ``vla-runtime bench WHICH``."""
+    which = args.which
+    if which == "loop":
+        from vla_runtime.bench.graph import bench_loop
+
+        return bench_loop(args.config, rate=args.rate, duration=args.duration)
+    if which == "max-rate":
+        from vla_runtime.bench.graph import bench_max_rate
+
+        return bench_max_rate(args.config)
+    if which == "handoff":
+        from vla_runtime.bench.handoff import bench_handoff
+
+        return {"benchmark": "handoff", **bench_handoff()}
+    if which == "chunks":
+        from vla_runtime.bench.chunks import bench_chunks
+
+        return {"benchmark": "chunks", **bench_chunks()}
+    if which == "engine":
+        from vla_runtime.bench.engine_bench import bench_engine
+        from vla_runtime.core.config import PROJECT_ROOT
+
+        return {"benchmark": "engine", **bench_engine(args.model or PROJECT_ROOT / "models" / "timing_reference")}
+    raise ValueError(f"unknown benchmark {which!r}")

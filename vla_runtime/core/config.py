@@ -384,6 +384,25 @@ class SimConfig(_Frozen):
     )
 
 
+class ProcessConfig(_Frozen):
+    """How the supervisor places node processes on the machine (Jetson: keep the fast path alone)."""
+
+    cpu_affinity: dict[NodeName, list[int]] = Field(
+        default_factory=dict, description="node → CPU ids it may run on"
+    )
+    nice: dict[NodeName, int] = Field(default_factory=dict, description="node → nice value (-20..19)")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ProcessConfig:
+        for node, cpus in self.cpu_affinity.items():
+            if not cpus or any(c < 0 for c in cpus):
+                raise ValueError(f"cpu_affinity.{node} must list CPU ids >= 0, got {cpus}")
+        for node, n in self.nice.items():
+            if not -20 <= n <= 19:
+                raise ValueError(f"nice.{node} must be in -20..19, got {n}")
+        return self
+
+
 class RuntimeConfig(_Frozen):
     """A whole deployment."""
 
@@ -397,6 +416,7 @@ class RuntimeConfig(_Frozen):
     cameras: list[CameraConfig] = Field(default_factory=list)
     instruction: str = Field(default="", description="initial instruction")
     sim: SimConfig | None = None
+    process: ProcessConfig = ProcessConfig()
     nodes: list[NodeName] = Field(
         default_factory=lambda: ["slow_reasoner", "action_chunk_node", "controller_bridge"]
     )

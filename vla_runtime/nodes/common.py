@@ -114,3 +114,50 @@ def ns_to_stamp(ns: int, msg_type=None):
     t.sec = int(ns // 1_000_000_000)
     t.nanosec = int(ns % 1_000_000_000)
     return t
+
+
+def latent_buffer_config(cfg: RuntimeConfig, shape: tuple[int, int], dtype: str = "float32"):
+    """The latent-buffer transport settings of a config, for a latent of ``shape``.
+
+    Key paths in the config are base names (``keys/slow_path``): ``.key`` is the public half and
+    ``.key_secret`` the secret half, as written by ``vla-runtime keys``.
+    """
+    from vla_runtime.core.latent_buffer import LatentBufferConfig
+
+    lat = cfg.latent
+
+    def key(base: str | None, suffix: str):
+        return None if base is None else cfg.resolve_path(base + suffix)
+
+    allowed: tuple = ()
+    if lat.authorized_clients_dir is not None:
+        allowed = (cfg.resolve_path(lat.authorized_clients_dir),)
+    elif lat.client_key is not None:
+        allowed = (key(lat.client_key, ".key"),)
+    return LatentBufferConfig(
+        transport=lat.transport,
+        name=lat.name,
+        shape=shape,
+        dtype=dtype,
+        endpoint=lat.endpoint,
+        writer_binds=lat.bind == "writer",
+        curve=lat.transport == "zmq",
+        server_secret_key=key(lat.server_key, ".key_secret"),
+        server_public_key=key(lat.server_key, ".key"),
+        client_secret_key=key(lat.client_key, ".key_secret"),
+        allowed_client_keys=allowed,
+        max_message_bytes=max(lat.max_message_bytes, 64),
+    )
+
+
+def diagnostic_status(name: str, level: int, message: str, values: dict[str, object], hardware_id: str = ""):
+    """A diagnostic_msgs/DiagnosticStatus from plain values."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+    st = DiagnosticStatus()
+    st.name = name
+    st.level = bytes([level])
+    st.message = message
+    st.hardware_id = hardware_id
+    st.values = [KeyValue(key=str(k), value=str(v)) for k, v in values.items()]
+    return st

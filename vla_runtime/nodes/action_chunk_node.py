@@ -1,0 +1,364 @@
+"""action_chunk_node: the 30 Hz fast path.
+
+Every tick of a deadline loop (its own thread, absolute-time scheduling): newest joint state +
+newest latent (with its version and age) → fast engine → H×A chunk → ChunkScheduler (drops what
+is already past, cross-fades with the executing chunk, interpolates to the command rate) → the
+scheduled command trajectory on ``/vla/action_chunk`` for the controller bridge, the policy
+features on ``/vla/policy_features`` for the failure detector, and timing in diagnostics.
+
+A latent older than ``latent.max_age_s``, a missing or stale joint state, or an inference over its
+budget makes the node publish a HOLD request (an empty trajectory with the reason) instead of a
+plan: the robot holds, it never follows extrapolated motion. Subscription callbacks only copy
+the newest message under a short lock; nothing in the loop logs.
+
+Parameters: ``config_file``, ``autostart``, ``engine`` (``model`` | ``null``: the null engine
+measures the runtime's own overhead), ``rate_hz`` (overrides ``rates.fast_hz``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from vla_runtime.nodes.common import (
+    QOS_COMMAND,
+    QOS_DIAGNOSTICS,
+    QOS_SENSOR,
+    TOPIC_ACTION_CHUNK,
+    TOPIC_DIAGNOSTICS,
+    TOPIC_EE_POSE,
+    TOPIC_JOINT_STATES,
+    TOPIC_POLICY_FEATURES,
+    diagnostic_status,
+    latent_buffer_config,
+    load_node_config,
+    ns_to_stamp,
+    ros_args_config,
+)
+
+#: Why the node asks for HOLD (sent in header.frame_id of an empty trajectory).
+HOLD_NO_JOINT_STATE = "hold: no joint state"
+HOLD_STALE_JOINT_STATE = "hold: stale joint state"
+HOLD_NO_LATENT = "hold: no latent yet"
+HOLD_STALE_LATENT = "hold: stale latent"
+HOLD_OVERRUN = "hold: inference over budget"
+HOLD_BAD_OUTPUT = "hold: non-finite model output"
+
+
+class ActionChunkNode(LifecycleNode):
+    """Runs the fast graph at a fixed rate and streams a delay-compensated command plan."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("action_chunk_node", **kwargs)
+        self.cfg = load_node_config(self)
+        self.declare_parameter("autostart", True)
+        self.declare_parameter("engine", "model")
+        self.declare_parameter("rate_hz", 0.0)
+        self._state_lock = threading.Lock()
+        self._joint_pos: dict[str, float] = {}
+        self._joint_recv_mono = 0.0
+        self._ee: dict[str, float] = {}
+        self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
+        self.loop = None
+        self.package = None
+        self.reader = None
+        self.counters = {"ticks": 0, "hold_ticks": 0, "chunks": 0, "bad_joint_states": 0, "overruns": 0}
+        self.last_hold_reason = ""
+        self.last_latent_version = 0
+        self.last_latent_age_s = float("nan")
+
+    # ----------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from vla_runtime.core.chunk_scheduler import ChunkScheduler, ChunkSchedulerConfig
+        from vla_runtime.core.latent_buffer import open_latent_reader
+        from vla_runtime.core.policy_io import FastFeeds
+        from vla_runtime.engines import make_engine
+        from vla_runtime.engines.model_package import load_model_package
+
+        cfg = self.cfg
+        try:
+            self.package = load_model_package(cfg.model_package_path, fast=cfg.model.fast_engine, parts=("fast",))
+            spec = self.package.spec
+            self.engine = self.package.fast_engine
+            if self.get_parameter("engine").value == "null":
+                self.engine = make_engine(self.package.fast_onnx, backend="null")
+            self.feeds = FastFeeds(spec)
+            self.space = self.package.action_space
+            self.reader = open_latent_reader(latent_buffer_config(cfg, (spec.latent.tokens, spec.latent.dim), spec.latent.dtype))
+            self.engine.warmup(5)
+        except Exception as e:  # noqa: BLE001 - any failure to load means: do not run
+            self.get_logger().fatal(f"action_chunk_node cannot configure: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self.dim_names = list(self.space.dim_names)
+        self.horizon = spec.chunk_horizon
+        self.chunk_rate = spec.control_rate_hz
+        rate = float(self.get_parameter("rate_hz").value) or cfg.rates.fast_hz
+        self.rate_hz = rate
+        self.period_s = 1.0 / rate
+        self.infer_budget_s = cfg.scheduler.max_infer_overrun * self.period_s
+        self.dt_cmd = 1.0 / cfg.rates.command_hz
+        # Publish enough plan to ride out the bridge's watchdog window, not the whole chunk: the
+        # bridge holds when the plan ends, and a shorter message keeps the loop's overhead low.
+        chunk_points = int(math.ceil(self.horizon / self.chunk_rate / self.dt_cmd)) + 1
+        window_points = int(math.ceil((cfg.safety.watchdog_s + self.period_s) / self.dt_cmd)) + 1
+        self.max_points = max(2, min(chunk_points, window_points))
+        self.scheduler = ChunkScheduler(
+            ChunkSchedulerConfig(
+                chunk_rate_hz=self.chunk_rate,
+                blend_s=cfg.scheduler.blend_s,
+                interpolation=cfg.scheduler.interpolation,
+            ),
+            action_dim=len(self.dim_names),
+        )
+        self.use_prefix = cfg.scheduler.rtc_prefix and self.feeds.supports_prefix
+        self.actions_name = self.feeds.actions_spec.name
+        # Preallocated outgoing messages: the loop fills them in place.
+        self.plan_msg = JointTrajectory()
+        self.plan_msg.joint_names = self.dim_names
+        self.features_msg = Float32MultiArray()
+        k, d = spec.latent.tokens, spec.latent.dim
+        n_feat = d + self.horizon * len(self.dim_names) + 3
+        self.features_msg.layout.dim = [
+            MultiArrayDimension(label=f"latent_mean:{d}|chunk_raw:{self.horizon}x{len(self.dim_names)}|"
+                                      "latent_age_s,infer_ms,hold", size=n_feat, stride=n_feat)
+        ]
+        self._features = np.zeros(n_feat, dtype=np.float32)
+        self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
+
+        self.plan_pub = self.create_publisher(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
+        self.features_pub = self.create_publisher(Float32MultiArray, TOPIC_POLICY_FEATURES, QOS_SENSOR)
+        self.diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
+        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._joint_state_cb, QOS_SENSOR)
+        self.create_subscription(PoseStamped, TOPIC_EE_POSE, self._ee_cb, QOS_SENSOR)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(Trigger, "~/reset_stats", self._reset_stats)
+        self.get_logger().info(
+            f"fast path ready: {spec.name} on {self.engine.provider}, {rate:g} Hz, H={self.horizon}, "
+            f"A={len(self.dim_names)}, prefix conditioning {'on' if self.use_prefix else 'off'}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from vla_runtime.core.deadline_loop import DeadlineLoop
+
+        self.loop = DeadlineLoop(self._tick, self.rate_hz, name="action_chunk_loop")
+        self.loop.start()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_loop()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_loop()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_loop(self) -> None:
+        if self.loop is not None:
+            self.loop.stop(timeout_s=2.0)
+            if self.plan_pub is not None and rclpy.ok(context=self.context):
+                self._publish_hold("hold: fast path stopped", time.monotonic())
+
+    def _release(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        if self.package is not None:
+            self.package.close()
+            self.package = None
+
+    plan_pub = None
+
+    # ----------------------------------------------------------------- callbacks (copy only)
+    def _joint_state_cb(self, msg: JointState) -> None:
+        names = tuple(msg.name)
+        n = len(names)
+        if n == 0 or len(msg.position) != n or not all(math.isfinite(p) for p in msg.position):
+            self.counters["bad_joint_states"] += 1
+            return
+        with self._state_lock:
+            for name, p in zip(names, msg.position):
+                self._joint_pos[name] = p
+            self._joint_recv_mono = time.monotonic()
+
+    def _ee_cb(self, msg: PoseStamped) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        with self._state_lock:
+            self._ee = {"x": p.x, "y": p.y, "z": p.z, "qx": q.x, "qy": q.y, "qz": q.z, "qw": q.w}
+
+    # ----------------------------------------------------------------- the fast loop
+    def _current_state(self) -> dict[str, float]:
+        with self._state_lock:
+            state = dict(self._joint_pos)
+            ee = dict(self._ee)
+        for g in self.space.groups if hasattr(self.space, "groups") else ():
+            gname = getattr(g, "name", None)
+            if gname and ee:
+                for k, v in ee.items():
+                    state.setdefault(f"{gname}/{k}", v)
+        return state
+
+    def _tick(self, tick: int, scheduled_s: float) -> None:
+        now = time.monotonic()
+        self.counters["ticks"] += 1
+        recv = self._joint_recv_mono
+        if recv == 0.0:
+            return self._publish_hold(HOLD_NO_JOINT_STATE, now)
+        if now - recv > self.cfg.safety.joint_state_timeout_s:
+            return self._publish_hold(HOLD_STALE_JOINT_STATE, now)
+        sample = self.reader.read_into(self.feeds.latent_view)
+        if sample is None:
+            return self._publish_hold(HOLD_NO_LATENT, now)
+        age = sample.age_s(time.time_ns())
+        self.last_latent_version = sample.version
+        self.last_latent_age_s = age
+        if age > self.cfg.latent.max_age_s:
+            return self._publish_hold(HOLD_STALE_LATENT, now)
+        state = self._current_state()
+        try:
+            self.feeds.set_proprio(self.package.proprio(state))
+        except (KeyError, ValueError):
+            return self._publish_hold(HOLD_NO_JOINT_STATE, now)
+        if self.use_prefix:
+            prefix, mask = self.scheduler.prefix(now, None, self.horizon)
+            if mask.any():
+                rel = self.space.to_relative(prefix, state)
+                self.feeds.set_prefix(self.space.encode(rel), mask.astype(np.float32))
+            else:
+                self.feeds.set_prefix(None, None)
+        t0 = time.perf_counter_ns()
+        out = self.engine.infer(self.feeds.feeds)
+        infer_ns = time.perf_counter_ns() - t0
+        self.loop.stats.report_inference_ns(infer_ns)
+        raw = out[self.actions_name]
+        if infer_ns / 1e9 > self.infer_budget_s:
+            self.counters["overruns"] += 1
+            return self._publish_hold(HOLD_OVERRUN, time.monotonic())
+        if not np.all(np.isfinite(raw)):
+            return self._publish_hold(HOLD_BAD_OUTPUT, time.monotonic())
+        chunk = self.space.to_absolute(self.space.decode(raw), state)
+        after = time.monotonic()
+        try:
+            self.scheduler.submit(chunk, obs_time_s=now, now_s=after)
+        except ValueError:
+            return self._publish_hold(HOLD_BAD_OUTPUT, after)
+        self.counters["chunks"] += 1
+        self._publish_plan(after)
+        self._publish_features(sample.latent, raw, age, infer_ns / 1e6, hold=False)
+
+    def _publish_plan(self, now: float) -> None:
+        times, values = self.scheduler.window(now, self.max_points, self.dt_cmd)
+        if len(times) == 0:
+            return self._publish_hold("hold: plan ended", now)
+        msg = self.plan_msg
+        msg.header.stamp = ns_to_stamp(int(times[0] * 1e9) + self.mono_to_wall_ns)
+        msg.header.frame_id = "plan"
+        t0 = times[0]
+        points = []
+        for t, v in zip(times, values):
+            pt = JointTrajectoryPoint()
+            pt.positions = v.tolist()
+            dt = float(t - t0)
+            pt.time_from_start.sec = int(dt)
+            pt.time_from_start.nanosec = int((dt - int(dt)) * 1e9)
+            points.append(pt)
+        msg.points = points
+        self.plan_pub.publish(msg)
+
+    def _publish_hold(self, reason: str, now: float) -> None:
+        self.counters["hold_ticks"] += 1
+        self.last_hold_reason = reason
+        self.scheduler.hold()
+        msg = JointTrajectory()
+        msg.joint_names = self.dim_names
+        msg.header.stamp = ns_to_stamp(int(now * 1e9) + self.mono_to_wall_ns)
+        msg.header.frame_id = reason
+        self.plan_pub.publish(msg)
+
+    def _publish_features(self, latent: np.ndarray, raw: np.ndarray, age: float, infer_ms: float, hold: bool) -> None:
+        f = self._features
+        d = latent.shape[-1]
+        f[:d] = latent.mean(axis=0)
+        n = raw.size
+        f[d : d + n] = raw.reshape(-1)
+        f[d + n :] = (age, infer_ms, float(hold))
+        self.features_msg.data = f.tolist()
+        self.features_pub.publish(self.features_msg)
+
+    def _reset_stats(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Start timing statistics afresh (benchmarks call this once the graph is warm)."""
+        if self.loop is None:
+            response.success, response.message = False, "loop not running"
+            return response
+        self.loop.stats.reset()
+        for k in self.counters:
+            self.counters[k] = 0
+        response.success, response.message = True, "timing statistics reset"
+        return response
+
+    def _publish_diagnostics(self) -> None:
+        if self.loop is None:
+            return
+        s = self.loop.stats.summary()
+        values = {
+            "achieved_hz": s.get("achieved_hz"),
+            "period_jitter_ms_p99": (s.get("period_jitter_ms") or {}).get("p99"),
+            "deadline_miss_rate": s.get("deadline_miss_rate"),
+            "infer_ms_p50": (s.get("infer_ms") or {}).get("p50"),
+            "infer_ms_p99": (s.get("infer_ms") or {}).get("p99"),
+            "overhead_ms_p99": (s.get("overhead_ms") or {}).get("p99"),
+            "latent_version": self.last_latent_version,
+            "latent_age_s": round(self.last_latent_age_s, 3),
+            "delay_estimate_s": self.scheduler.delay_estimate_s,
+            "last_hold_reason": self.last_hold_reason,
+            "provider": self.engine.provider,
+            **self.counters,
+            "timing_json": json.dumps(s),
+        }
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        level = 0 if self.scheduler.status.name == "RUNNING" else 1
+        arr.status = [diagnostic_status("vla/action_chunk_node", level, self.scheduler.status.name, values)]
+        self.diag_pub.publish(arr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        with rclpy.init(args=ros_args_config(argv)):
+            node = ActionChunkNode()
+            executor = MultiThreadedExecutor(num_threads=2)
+            executor.add_node(node)
+            if node.get_parameter("autostart").value:
+                if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                    raise SystemExit(1)
+                node.trigger_activate()
+            try:
+                executor.spin()
+            finally:
+                node._stop_loop()
+                node._release()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
+if __name__ == "__main__":
+    main()

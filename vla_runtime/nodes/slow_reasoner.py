@@ -1,0 +1,254 @@
+"""slow_reasoner: camera image(s) + instruction → latent guidance, at its own pace.
+
+The VLM (the model package's slow graph) runs on its own thread on the newest frame of each
+camera; old frames are never queued. Each result goes into the latent buffer with the stamp of
+the observation it came from, so the fast path knows how old its guidance is. A new instruction
+(topic ``/vla/instruction`` or the ``instruction`` parameter) takes effect on the next slow step.
+
+Parameters: ``config_file`` (the runtime YAML), ``instruction`` (overrides the config's),
+``extra_latency_ms`` (adds latency to each slow step: emulates a heavier VLM or a remote link),
+``autostart`` (configure + activate on start).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from vla_runtime.engines.base import LatencyStats
+from vla_runtime.nodes.common import (
+    QOS_DIAGNOSTICS,
+    QOS_LATCHED,
+    QOS_SENSOR,
+    TOPIC_DIAGNOSTICS,
+    TOPIC_INSTRUCTION,
+    diagnostic_status,
+    latent_buffer_config,
+    load_node_config,
+    ros_args_config,
+    stamp_to_ns,
+)
+
+ENCODINGS = {"rgb8": (3, False), "bgr8": (3, True)}
+
+
+class SlowReasonerNode(LifecycleNode):
+    """Runs the slow (VLM) graph on the newest camera frames and writes the latent buffer."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("slow_reasoner", **kwargs)
+        self.cfg = load_node_config(self)
+        self.declare_parameter("instruction", self.cfg.instruction)
+        self.declare_parameter("extra_latency_ms", 0.0)
+        self.declare_parameter("autostart", True)
+        self._lock = threading.Lock()
+        self._frames: dict[str, tuple[np.ndarray, int]] = {}  # camera → (image, stamp_ns)
+        self._new_frame = threading.Event()
+        self._instruction = str(self.get_parameter("instruction").value)
+        self._instruction_dirty = True
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.package = None
+        self.writer = None
+        self.rejected_images = 0
+        self.steps = 0
+        self.latency = LatencyStats(256)
+        self.step_times = LatencyStats(256)
+        self.last_obs_ns = 0
+        self.add_on_set_parameters_callback(self._on_params)
+
+    # ----------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from vla_runtime.engines.model_package import load_model_package
+        from vla_runtime.core.latent_buffer import open_latent_writer
+        from vla_runtime.core.policy_io import SlowFeeds
+
+        try:
+            self.package = load_model_package(
+                self.cfg.model_package_path, slow=self.cfg.model.slow_engine, parts=("slow",)
+            )
+            spec = self.package.spec
+            self.feeds = SlowFeeds(spec.slow, [c.name for c in self.cfg.cameras])
+            self.latent_out = spec.slow.output_by_role("latent") or spec.slow.outputs[0]
+            shape = (spec.latent.tokens, spec.latent.dim)
+            self.writer = open_latent_writer(latent_buffer_config(self.cfg, shape, spec.latent.dtype))
+            self.package.slow_engine.warmup(2)
+        except Exception as e:  # noqa: BLE001 - any failure to load means: do not run
+            self.get_logger().fatal(f"slow_reasoner cannot configure: {e}")
+            return TransitionCallbackReturn.FAILURE
+        cams = {c.name: c for c in self.cfg.cameras}
+        self._subs = [
+            self.create_subscription(Image, cams[name].topic, self._image_cb(name), QOS_SENSOR)
+            for name in self.feeds.cameras
+        ]
+        self.create_subscription(String, TOPIC_INSTRUCTION, self._instruction_cb, QOS_LATCHED)
+        self.diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(
+            f"slow path ready: {self.package.spec.name} on {self.package.slow_engine.provider}, "
+            f"cameras {self.feeds.cameras}, latent {self.cfg.latent.transport}:{self.cfg.latent.name}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="slow_reasoner", daemon=True)
+        self._thread.start()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._halt_thread()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._halt_thread()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _halt_thread(self) -> None:
+        self._stop.set()
+        self._new_frame.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+    def _release(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.package is not None:
+            self.package.close()
+            self.package = None
+
+    # ----------------------------------------------------------------- callbacks (never block)
+    def _image_cb(self, camera: str):
+        def cb(msg: Image) -> None:
+            enc = ENCODINGS.get(msg.encoding)
+            if enc is None or msg.height == 0 or msg.width == 0 or len(msg.data) != msg.height * msg.step \
+                    or msg.step < msg.width * 3:
+                self.rejected_images += 1
+                return
+            buf = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
+            img = buf[:, : msg.width * 3].reshape(msg.height, msg.width, 3)
+            if enc[1]:
+                img = img[..., ::-1]
+            with self._lock:
+                self._frames[camera] = (img, stamp_to_ns(msg.header.stamp))
+            self._new_frame.set()
+
+        return cb
+
+    def _instruction_cb(self, msg: String) -> None:
+        with self._lock:
+            self._instruction = msg.data
+            self._instruction_dirty = True
+
+    def _on_params(self, params) -> SetParametersResult:
+        for p in params:
+            if p.name == "instruction":
+                with self._lock:
+                    self._instruction = str(p.value)
+                    self._instruction_dirty = True
+            elif p.name == "extra_latency_ms" and float(p.value) < 0:
+                return SetParametersResult(successful=False, reason=f"extra_latency_ms must be >= 0, got {p.value}")
+        return SetParametersResult(successful=True)
+
+    # ----------------------------------------------------------------- slow loop
+    def _run(self) -> None:
+        min_period = 1.0 / self.cfg.rates.slow_hz
+        tokenizer = self.package.tokenizer
+        engine = self.package.slow_engine
+        tokens = None
+        last_stamps: dict[str, int] = {}
+        next_start = time.monotonic()
+        while not self._stop.is_set():
+            self._new_frame.wait(timeout=0.5)
+            if self._stop.is_set():
+                return
+            self._new_frame.clear()
+            with self._lock:
+                frames = dict(self._frames)
+                if self._instruction_dirty or tokens is None:
+                    tokens = tokenizer.encode(self._instruction)
+                    self._instruction_dirty = False
+            if len(frames) < len(self.feeds.cameras):
+                continue
+            if all(last_stamps.get(c) == s for c, (_, s) in frames.items()):
+                continue  # nothing new since the last step
+            delay = next_start - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
+            t0 = time.monotonic()
+            obs_ns = min(s for _, s in frames.values())
+            feeds = self.feeds.build({c: img for c, (img, _) in frames.items()}, tokens.ids, tokens.mask)
+            out = engine.infer(feeds)
+            extra = float(self.get_parameter("extra_latency_ms").value) / 1000.0
+            if extra > 0 and self._stop.wait(extra):
+                return
+            latent = out[self.latent_out.name].reshape(self.package.spec.latent.tokens, self.package.spec.latent.dim)
+            self.writer.write(latent, obs_ns)
+            t1 = time.monotonic()
+            self.latency.record((t1 - t0) * 1e3)
+            if self.steps:
+                self.step_times.record((t1 - self._last_step) * 1e3)
+            self._last_step = t1
+            self.steps += 1
+            self.last_obs_ns = obs_ns
+            last_stamps = {c: s for c, (_, s) in frames.items()}
+            next_start = t0 + min_period
+
+    def _publish_diagnostics(self) -> None:
+        if self.writer is None:
+            return
+        period = self.step_times.percentile(50)
+        age = (time.time_ns() - self.last_obs_ns) / 1e9 if self.last_obs_ns else float("nan")
+        values = {
+            "rate_hz": round(1000.0 / period, 2) if period and period > 0 else 0.0,
+            "latency_ms_p50": round(self.latency.percentile(50), 2),
+            "latency_ms_p99": round(self.latency.percentile(99), 2),
+            "latent_version": self.writer.version,
+            "latent_age_s": round(age, 3),
+            "steps": self.steps,
+            "rejected_images": self.rejected_images,
+            "provider": self.package.slow_engine.provider if self.package else "",
+        }
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [diagnostic_status("vla/slow_reasoner", 0, "running", values)]
+        self.diag_pub.publish(arr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        with rclpy.init(args=ros_args_config(argv)):
+            node = SlowReasonerNode()
+            executor = MultiThreadedExecutor(num_threads=2)
+            executor.add_node(node)
+            if node.get_parameter("autostart").value:
+                if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                    raise SystemExit(1)
+                node.trigger_activate()
+            try:
+                executor.spin()
+            finally:
+                node._halt_thread()
+                node._release()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""An rclpy node that lives inside a tool or test process: observe and poke a running graph.
+
+Benchmarks and integration tests use it to subscribe, publish and call services on the node
+processes they started, without a global ``rclpy.init()``: it owns its own context, on the
+domain it is given, spun by its own executor thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.01, what: str = "") -> bool:
+    """Poll until ``predicate()`` is true. On timeout: raise AssertionError naming ``what``, or return False."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    if what:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return False
+
+
+class Probe:
+    """An rclpy node in this process with its own context and executor thread.
+
+    Args:
+        domain_id: ROS domain to join.
+        name: Node name (made unique with the pid).
+    """
+
+    def __init__(self, domain_id: int, name: str = "probe"):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node(f"{name}_{os.getpid()}", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name=f"{name}_spin", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # noqa: BLE001 - the context is going down
+                if self._stop.is_set() or not self.context.ok():
+                    return
+                raise
+
+    def collect(self, msg_type, topic: str, qos=10) -> list:
+        """Subscribe; return the live list of (monotonic receive time, msg)."""
+        got: list = []
+        self.node.create_subscription(msg_type, topic, lambda m: got.append((time.monotonic(), m)), qos)
+        return got
+
+    def call(self, srv_type, name: str, request, timeout: float = 5.0):
+        """Call a service with a deadline; AssertionError naming it on timeout."""
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise AssertionError(f"service {name} not available within {timeout}s")
+            fut = client.call_async(request)
+            wait_for(fut.done, timeout, what=f"response of {name}")
+            return fut.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self) -> None:
+        import rclpy
+
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        if self.context.ok():
+            rclpy.shutdown(context=self.context)
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
