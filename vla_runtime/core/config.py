@@ -250,20 +250,43 @@ EngineProvider = Literal["cpu", "cuda", "tensorrt"]
 
 
 class EngineConfig(_Frozen):
-    """How to run one ONNX graph."""
+    """How to run one ONNX graph (the engines layer takes this model as it is).
+
+    Attributes:
+        backend: ``onnxruntime``, ``tensorrt`` (native) or ``null`` (zeros; overhead measurement).
+        provider: ONNX Runtime execution provider: ``cpu``, ``cuda`` or ``tensorrt``. The engine
+            refuses to run on any other provider than the one asked for.
+        device_id: GPU index for GPU providers / native TensorRT.
+        intra_op_threads: ORT intra-op threads (0 = ORT default; 1 is steadiest on a busy CPU).
+        inter_op_threads: ORT inter-op threads (0 = ORT default).
+        graph_optimization: ORT graph optimisation level.
+        io_binding: ORT: bind inputs/outputs with preallocated output buffers.
+        fp16: TensorRT (EP or native): allow FP16 kernels.
+        int8: Native TensorRT: INT8, calibrated from ``calibration_dir``.
+        calibration_dir: Directory of ``.npz`` files, one feed dict each (no pickle).
+        trt_cache_dir: Where TensorRT engines are cached (None: beside the ONNX file in ``.trt_cache``).
+        latency_window: Size of each engine's latency ring buffer.
+    """
 
     backend: EngineBackend = "onnxruntime"
     provider: EngineProvider = "cpu"
-    intra_op_threads: int = Field(default=1, ge=1, le=64)
-    inter_op_threads: int = Field(default=1, ge=1, le=64)
-    fp16: bool = False
+    device_id: int = Field(default=0, ge=0)
+    intra_op_threads: int = Field(default=1, ge=0, le=64)
+    inter_op_threads: int = Field(default=1, ge=0, le=64)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     io_binding: bool = False
-    cache_dir: str | None = Field(default=None, description="TensorRT engine cache directory")
+    fp16: bool = False
+    int8: bool = False
+    calibration_dir: str | None = None
+    trt_cache_dir: str | None = None
+    latency_window: int = Field(default=1000, ge=1)
 
     @model_validator(mode="after")
     def _combo(self) -> EngineConfig:
         if self.backend == "tensorrt" and self.provider == "cpu":
             raise ValueError("backend 'tensorrt' runs on the GPU: provider must be 'tensorrt' or 'cuda', got 'cpu'")
+        if self.int8 and self.calibration_dir is None:
+            raise ValueError("int8 needs calibration_dir (a directory of .npz feed dicts)")
         return self
 
 
