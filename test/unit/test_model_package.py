@@ -67,7 +67,7 @@ def test_shipped_package_loads_and_runs_end_to_end(pkg: ModelPackage) -> None:
     assert raw.shape == (1, spec.chunk_horizon, spec.action_dim)
     chunk = pkg.action_space.decode(raw)
     assert chunk.shape == (16, 8) and np.isfinite(chunk).all()
-    assert pkg.action_space.dim_names[-1] == "hand/gripper"
+    assert pkg.action_space.dim_names[-1] == "gripper/gripper"
     assert pkg.slow_engine.latency.count == 1 and pkg.fast_engine.latency.count == 1
 
 
