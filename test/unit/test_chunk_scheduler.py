@@ -1,0 +1,148 @@
+"""ChunkScheduler with an injected clock (all times are arguments)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vla_runtime.core.chunk_scheduler import ChunkScheduler, ChunkSchedulerConfig, SchedulerStatus
+
+
+def _ramp(h: int, a: int = 2, start: float = 0.0) -> np.ndarray:
+    """Chunk whose action i equals start + i in every dimension."""
+    return np.repeat((start + np.arange(h, dtype=float))[:, None], a, axis=1)
+
+
+def test_chunk_arriving_two_steps_late_starts_at_its_third_action() -> None:
+    s = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=10.0, blend_s=0.0))
+    skipped = s.submit(_ramp(8), obs_time_s=1.0, now_s=1.2)
+    assert skipped == 2
+    np.testing.assert_allclose(s.sample(1.2), [2.0, 2.0])
+    np.testing.assert_allclose(s.sample(1.25), [2.5, 2.5])
+    assert s.status is SchedulerStatus.RUNNING
+    assert s.delay_estimate_s == pytest.approx(0.2)
+    assert s.delay_percentile_s(50) == pytest.approx(0.2)
+
+
+def test_blending_makes_the_switch_continuous() -> None:
+    def run(blend_s: float) -> float:
+        s = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=30.0, blend_s=blend_s, blend_shape="smoothstep"))
+        dt = 1 / 30
+        s.submit(_ramp(30) * dt, obs_time_s=0.0, now_s=0.0)  # unit-slope ramp in time
+        t = np.arange(0.0, 0.8, 0.01)
+        out = []
+        for tk in t:
+            if abs(tk - 0.3) < 1e-9:
+                # New chunk: same slope but offset by +1.0 (model bias), 2 ticks late.
+                obs = 0.3 - 2 * dt
+                s.submit(_ramp(30) * dt + obs + 1.0, obs_time_s=obs, now_s=0.3)
+            out.append(s.sample(float(tk))[0])
+        return float(np.abs(np.diff(out)).max())
+
+    hard = run(0.0)
+    smooth = run(0.2)
+    assert hard > 0.9  # the bias shows up as a jump
+    # Motion is 0.01 per 10 ms; the 1.0 offset is spread over 20 samples (smoothstep peak 1.5×).
+    assert smooth < 0.01 + 1.0 * 1.5 / 20 + 1e-6
+    assert smooth < 0.2 * hard
+
+
+def test_value_at_switch_equals_previous_command() -> None:
+    s = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=10.0, blend_s=0.3, blend_shape="cosine"))
+    s.submit(_ramp(10), 0.0, 0.0)
+    before = s.sample(0.35)
+    s.submit(_ramp(10) + 5.0, 0.3, 0.35)
+    np.testing.assert_allclose(s.sample(0.35), before)
+    np.testing.assert_allclose(s.sample(0.65), _ramp(10)[0] + 5.0 + 3.5)  # blend over: pure new chunk
+
+
+def test_hold_when_chunk_runs_out_without_extrapolation() -> None:
+    s = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=10.0, blend_s=0.0))
+    s.submit(_ramp(5), 0.0, 0.0)  # last point at t = 0.4
+    np.testing.assert_allclose(s.sample(0.4), [4.0, 4.0])
+    assert s.sample(0.41) is None
+    assert s.status is SchedulerStatus.HOLD
+    np.testing.assert_allclose(s.hold_value, [4.0, 4.0])  # not 4.1: no extrapolation
+    times, values = s.window(0.41, 5, 0.1)
+    assert times.size == 0 and values.shape == (0, 2)
+    # The next chunk blends in from the held value.
+    s2 = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=10.0, blend_s=0.2))
+    s2.submit(_ramp(5), 0.0, 0.0)
+    s2.sample(0.4)
+    assert s2.sample(0.5) is None
+    s2.submit(_ramp(5) + 10.0, 0.5, 0.5)
+    np.testing.assert_allclose(s2.sample(0.5), [4.0, 4.0])
+
+
+def test_stale_and_out_of_order_chunks_rejected() -> None:
+    s = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=10.0, max_delay_s=1.0))
+    assert s.submit(_ramp(5), 1.0, 1.0) == 0
+    assert s.submit(_ramp(5), 0.9, 1.1) == -1  # older observation than the executing chunk
+    assert s.submit(_ramp(5), 2.0, 3.5) == -1  # over max_delay_s
+    assert s.stats["rejected_stale"] == 1 and s.stats["rejected_delay"] == 1
+    with pytest.raises(ValueError, match="obs_time_s must be ≤ now_s"):
+        s.submit(_ramp(5), 5.0, 4.0)
+    with pytest.raises(ValueError, match="action dim 2, got 3"):
+        s.submit(_ramp(5, a=3), 1.2, 1.2)
+    s2 = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=10.0))
+    assert s2.submit(_ramp(5), 0.0, 1.0) == -1  # entirely in the past
+
+
+def test_interpolates_30hz_chunk_at_100hz() -> None:
+    dt = 1 / 30
+    t_pts = np.arange(12) * dt
+    lin = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=30.0, blend_s=0.0))
+    lin.submit(np.stack([3 * t_pts, -t_pts], axis=1), 0.0, 0.0)
+    t = np.arange(0.0, t_pts[-1], 0.01)
+    got = np.array([lin.sample(float(tk)) for tk in t])
+    np.testing.assert_allclose(got, np.stack([3 * t, -t], axis=1), atol=1e-12)
+
+    cub = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=30.0, blend_s=0.0, interpolation="cubic"))
+    cub.submit((t_pts**2)[:, None], 0.0, 0.0)
+    inner = t[(t >= dt) & (t <= t_pts[-2])]  # Catmull-Rom is exact for quadratics inside
+    got = np.array([cub.peek(float(tk))[0] for tk in inner])
+    np.testing.assert_allclose(got, inner**2, atol=1e-12)
+
+    times, values = lin.window(0.0, 5, 0.01)
+    np.testing.assert_allclose(times, np.arange(5) * 0.01)
+    np.testing.assert_allclose(values[:, 0], 3 * times)
+    times, _ = lin.window(0.3, 100, 0.01)
+    assert times[-1] <= t_pts[-1] + 1e-9 and len(times) < 100  # stops at the chunk's end
+
+
+def test_prefix_marks_actions_executed_during_next_inference() -> None:
+    s = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=10.0, blend_s=0.0))
+    s.submit(_ramp(6), 0.0, 0.0)
+    prefix, mask = s.prefix(0.2, delay_s=0.25, horizon=6)
+    np.testing.assert_allclose(prefix[:, 0], [2, 3, 4, 5, 5, 5])  # hold value past the end
+    np.testing.assert_array_equal(mask, [True, True, True, False, False, False])
+    empty, m = ChunkScheduler().prefix(0.0, None, 4)
+    assert empty.shape == (4, 0) and not m.any()
+
+
+def test_reset_and_hold() -> None:
+    s = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=10.0, blend_s=0.2))
+    s.reset(np.array([1.0, 2.0]))
+    assert s.status is SchedulerStatus.HOLD and s.sample(0.0) is None
+    np.testing.assert_allclose(s.hold_value, [1.0, 2.0])
+    s.submit(_ramp(10), 0.0, 0.1)
+    np.testing.assert_allclose(s.sample(0.1), [1.0, 2.0])  # blends in from the measured state
+    s.sample(0.2)
+    s.hold()
+    assert s.status is SchedulerStatus.HOLD and s.sample(0.25) is None
+    with pytest.raises(ValueError, match="action dim 2, got 3"):
+        s.reset(np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "msg"),
+    [
+        ({"blend_s": -1}, "blend_s must be ≥ 0, got -1"),
+        ({"chunk_rate_hz": 0}, "chunk_rate_hz must be > 0, got 0"),
+        ({"blend_shape": "step"}, "got 'step'"),
+        ({"delay_ema_alpha": 0}, "delay_ema_alpha must be in"),
+    ],
+)
+def test_config_errors_name_the_value(kwargs: dict, msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        ChunkSchedulerConfig(**kwargs)
