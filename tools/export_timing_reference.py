@@ -1,10 +1,28 @@
 #!/usr/bin/env python3
-"""Export ``models/timing_reference/``: a random-weight fast-slow VLA of realistic shape.
+"""Export ``models/timing_reference*/``: random-weight fast-slow VLAs of realistic shape.
 
-The package exists to measure the runtime (deadlines, latency, overhead) with
+A package exists to measure the runtime (deadlines, latency, overhead) with
 graphs whose sizes and shapes look like a real deployment. The weights are
 random (fixed seed): its actions mean nothing. ``model.yaml`` says so
 (``trained: false``).
+
+One package per robot (``--robot``), the action layout fitted to that robot's
+profile in ``config/`` (joint names, homes and ranges are read from the YAML):
+
+* ``panda`` → ``models/timing_reference``: ``arm`` joint_position (7) + ``gripper`` (1), A=8.
+* ``fr3`` → ``models/timing_reference_fr3``: ``arm`` cartesian_pose, quaternion (7) +
+  ``gripper`` (1), A=8; proprio = the 7 arm joints + ``gripper/gripper``.
+* ``ur5e`` → ``models/timing_reference_ur5e``: ``arm`` joint_position (6), A=6.
+* ``gr1`` → ``models/timing_reference_gr1``: one joint_position group per profile group
+  (arms, torso, head, hands), A=32.
+
+Normalisation: a joint's mean is its ``home``, its std a quarter of its range; pose dims use
+the profile workspace (centre, quarter of the extent) and a gripper-down orientation.
+
+``--size full`` (panda's default) is the shape described below; ``--size small`` (the default
+for the other robots) keeps every tensor interface the same (latent 8×256) but narrows both
+graphs (d=128: ~0.5M-parameter slow encoder, ~1M-parameter fast transformer) so the
+package stays a few MB in git.
 
 * slow.onnx: image ``(1, 3, 224, 224)`` uint8 → 3-stage conv patchifier (14×14
   tokens, d=256) + instruction ids/mask ``(1, 16)`` int64 → one transformer
@@ -12,13 +30,14 @@ random (fixed seed): its actions mean nothing. ``model.yaml`` says so
 * fast.onnx: latent ``(1, 8, 256)`` + proprio ``(1, 8)`` + RTC prefix
   (previous chunk ``(1, 16, 8)`` and prefix mask ``(1, 16)``) → 5-block
   transformer (~4.4M parameters) → chunk ``(1, 16, 8)``, with the masked prefix
-  copied through from the previous chunk.
+  copied through from the previous chunk. (Shapes for panda; P and A follow the robot.)
 
 Needs torch (==2.13.0), onnx and onnxscript; the runtime itself never imports torch.
 
 Usage::
 
-    python tools/export_timing_reference.py [--out models/timing_reference] [--check]
+    python tools/export_timing_reference.py [--robot panda|fr3|ur5e|gr1] [--size full|small]
+        [--out DIR] [--check]
 """
 
 from __future__ import annotations
@@ -26,17 +45,18 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+ROOT = Path(__file__).resolve().parent.parent
 SEED = 20261123
-H, A, P = 16, 8, 8  # chunk horizon, action dims (7 joints + gripper), proprio dims
-K, D = 8, 256  # latent tokens × width
+H = 16  # chunk horizon
+K, D = 8, 256  # latent tokens × width (the slow→fast interface, the same for every package)
 L = 16  # instruction length
 IMG = 224
-JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
 
 VOCAB = ["<pad>", "<unk>"] + sorted(
     set(
@@ -51,15 +71,186 @@ VOCAB = ["<pad>", "<unk>"] + sorted(
     )
 )
 
-HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]
-JOINT_STD = [0.6, 0.5, 0.6, 0.5, 0.6, 0.4, 0.7]
+# Panda layout: the original timing_reference package (hand-set stats, kept as shipped).
+PANDA_JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
+PANDA_HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]
+PANDA_JOINT_STD = [0.6, 0.5, 0.6, 0.5, 0.6, 0.4, 0.7]
 GRIPPER_MEAN, GRIPPER_STD = 0.04, 0.02
 
+# Orientation prior for Cartesian pose dims: gripper pointing down (180° about x), (qx, qy, qz, qw).
+POSE_QUAT_MEAN = [1.0, 0.0, 0.0, 0.0]
+POSE_QUAT_STD = [0.25, 0.25, 0.25, 0.25]
 
-def build_models():  # noqa: ANN201 - torch types stay local to this tool
+JOINT_CONTROLLERS = ("joint_trajectory", "forward_position", "joint_impedance")
+
+
+@dataclass(frozen=True)
+class Size:
+    """Widths of both graphs. Every tensor interface (latent K×D included) is size-independent."""
+
+    slow_width: int
+    slow_convs: tuple[int, int]
+    slow_ff: int
+    slow_mlp: int
+    fast_width: int
+    fast_layers: int
+    fast_ff: int
+    heads: int = 4
+    fast_heads: int = 8
+
+
+SIZES = {
+    # ~1.6M-parameter slow encoder, ~4.4M-parameter fast transformer (the panda package).
+    "full": Size(slow_width=256, slow_convs=(64, 128), slow_ff=1024, slow_mlp=512, fast_width=256, fast_layers=5, fast_ff=1152),
+    # ~0.5M / ~1M: a few MB per package, for the per-robot packages kept in git.
+    "small": Size(slow_width=128, slow_convs=(32, 64), slow_ff=512, slow_mlp=256, fast_width=128, fast_layers=5, fast_ff=448),
+}
+
+
+@dataclass
+class Layout:
+    """Robot-specific part of a package: action groups, proprio names and their statistics."""
+
+    robot: str
+    package: str
+    camera: str
+    groups: list[dict]
+    action_mean: list[float]
+    action_std: list[float]
+    proprio_names: list[str]
+    proprio_mean: list[float]
+    proprio_std: list[float]
+    default_size: str = "small"
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def A(self) -> int:  # noqa: N802 - the chunk's action width, as in the docs
+        return len(self.action_mean)
+
+    @property
+    def P(self) -> int:  # noqa: N802
+        return len(self.proprio_names)
+
+
+def panda_layout() -> Layout:
+    """The original package: Panda arm joints + gripper, scene camera (config/sim_panda.yaml)."""
+    names = PANDA_JOINTS + ["gripper/gripper"]
+    mean = PANDA_HOME + [GRIPPER_MEAN]
+    std = PANDA_JOINT_STD + [GRIPPER_STD]
+    # proprio and action share the same stats objects (the YAML anchors them).
+    return Layout(
+        robot="panda",
+        package="timing_reference",
+        camera="scene",
+        groups=[
+            {"name": "arm", "kind": "joint_position", "joints": PANDA_JOINTS},
+            {"name": "gripper", "kind": "gripper"},
+        ],
+        action_mean=mean,
+        action_std=std,
+        proprio_names=names,
+        proprio_mean=mean,
+        proprio_std=std,
+        default_size="full",
+    )
+
+
+def _r(x: float) -> float:
+    return round(float(x), 4)
+
+
+def layout_from_profile(config_name: str, package: str) -> Layout:
+    """Fit the action layout to a robot profile in ``config/``, one action group per profile group.
+
+    Joint controllers (joint_trajectory, forward_position, joint_impedance) get a joint_position
+    group over the group's joints (mean = home, std = range / 4); a cartesian_impedance group gets
+    a quaternion cartesian_pose group (workspace centre / extent / 4, gripper-down orientation)
+    and feeds its joints to proprio; a gripper group gets a ``<group>/gripper`` dim (mean = finger
+    home, std = half the gripper range). The first camera feeds the image input.
+    """
+    path = ROOT / "config" / config_name
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    robot = cfg["robot"]
+    joints = {j["name"]: j for j in robot["joints"]}
+
+    def joint_stats(name: str) -> tuple[float, float]:
+        j = joints[name]
+        lo, hi = j["position"]
+        return _r(j["home"]), _r((hi - lo) / 4.0)
+
+    groups: list[dict] = []
+    a_mean: list[float] = []
+    a_std: list[float] = []
+    p_names: list[str] = []
+    p_mean: list[float] = []
+    p_std: list[float] = []
+    for gname, g in robot["groups"].items():
+        ctrl = g["controller"]
+        if ctrl in JOINT_CONTROLLERS:
+            groups.append({"name": gname, "kind": "joint_position", "joints": list(g["joints"])})
+            for jn in g["joints"]:
+                m, sd = joint_stats(jn)
+                a_mean.append(m)
+                a_std.append(sd)
+                p_names.append(jn)
+                p_mean.append(m)
+                p_std.append(sd)
+        elif ctrl == "cartesian_impedance":
+            groups.append({
+                "name": gname,
+                "kind": "cartesian_pose",
+                "rotation": "quaternion",
+                "frame": g.get("frame_id", robot["base_frame"]),
+            })
+            ws = robot["workspace"]
+            a_mean += [_r((lo + hi) / 2.0) for lo, hi in zip(ws["min"], ws["max"])] + POSE_QUAT_MEAN
+            a_std += [_r((hi - lo) / 4.0) for lo, hi in zip(ws["min"], ws["max"])] + POSE_QUAT_STD
+            for jn in g["joints"]:
+                m, sd = joint_stats(jn)
+                p_names.append(jn)
+                p_mean.append(m)
+                p_std.append(sd)
+        elif ctrl == "gripper":
+            groups.append({"name": gname, "kind": "gripper"})
+            finger = joints[g["joints"][0]]
+            lo, hi = g.get("gripper_range", finger["position"])
+            m, sd = _r(finger["home"]), _r((hi - lo) / 2.0)
+            a_mean.append(m)
+            a_std.append(sd)
+            p_names.append(f"{gname}/gripper")
+            p_mean.append(m)
+            p_std.append(sd)
+        else:
+            raise SystemExit(f"{path}: group {gname!r}: no action layout for controller {ctrl!r}")
+    return Layout(
+        robot=robot["name"],
+        package=package,
+        camera=cfg["cameras"][0]["name"],
+        groups=groups,
+        action_mean=a_mean,
+        action_std=a_std,
+        proprio_names=p_names,
+        proprio_mean=p_mean,
+        proprio_std=p_std,
+        source=f"config/{config_name}",
+    )
+
+
+ROBOTS = {
+    "panda": panda_layout,
+    "fr3": lambda: layout_from_profile("franka_fr3.yaml", "timing_reference_fr3"),
+    "ur5e": lambda: layout_from_profile("ur5e.yaml", "timing_reference_ur5e"),
+    "gr1": lambda: layout_from_profile("humanoid_gr1.yaml", "timing_reference_gr1"),
+}
+
+
+def build_models(layout: Layout, size: Size):  # noqa: ANN201 - torch types stay local to this tool
     """Build the two torch modules (random weights, fixed seed)."""
     import torch  # noqa: PLC0415
     from torch import nn  # noqa: PLC0415
+
+    A, P = layout.A, layout.P  # noqa: N806
 
     class Attention(nn.Module):
         def __init__(self, d: int, heads: int) -> None:
@@ -94,20 +285,23 @@ def build_models():  # noqa: ANN201 - torch types stay local to this tool
     class Slow(nn.Module):
         def __init__(self) -> None:
             super().__init__()
+            d, (c1, c2) = size.slow_width, size.slow_convs
             self.conv = nn.Sequential(
-                nn.Conv2d(3, 64, 4, 4), nn.GELU(),
-                nn.Conv2d(64, 128, 2, 2), nn.GELU(),
-                nn.Conv2d(128, D, 2, 2),
+                nn.Conv2d(3, c1, 4, 4), nn.GELU(),
+                nn.Conv2d(c1, c2, 2, 2), nn.GELU(),
+                nn.Conv2d(c2, d, 2, 2),
             )
-            self.img_pos = nn.Parameter(torch.randn(1, (IMG // 16) ** 2, D) * 0.02)
-            self.tok = nn.Embedding(len(VOCAB), D)
-            self.txt_pos = nn.Parameter(torch.randn(1, L, D) * 0.02)
-            self.block = Block(D, 4, 1024)
-            self.queries = nn.Parameter(torch.randn(1, K, D) * 0.02)
-            self.nq, self.nc = nn.LayerNorm(D), nn.LayerNorm(D)
-            self.cross = Attention(D, 4)
-            self.mlp = nn.Sequential(nn.Linear(D, 512), nn.GELU(), nn.Linear(512, D))
-            self.out = nn.LayerNorm(D)
+            self.img_pos = nn.Parameter(torch.randn(1, (IMG // 16) ** 2, d) * 0.02)
+            self.tok = nn.Embedding(len(VOCAB), d)
+            self.txt_pos = nn.Parameter(torch.randn(1, L, d) * 0.02)
+            self.block = Block(d, size.heads, size.slow_ff)
+            self.queries = nn.Parameter(torch.randn(1, K, d) * 0.02)
+            self.nq, self.nc = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.cross = Attention(d, size.heads)
+            self.mlp = nn.Sequential(nn.Linear(d, size.slow_mlp), nn.GELU(), nn.Linear(size.slow_mlp, d))
+            self.out = nn.LayerNorm(d)
+            # A narrower encoder still emits the K×D latent every package shares.
+            self.proj = nn.Linear(d, D) if d != D else None
 
         def forward(self, image, instruction_ids, instruction_mask):  # noqa: ANN001, ANN202
             x = (image.float() / 127.5) - 1.0
@@ -121,18 +315,20 @@ def build_models():  # noqa: ANN201 - torch types stay local to this tool
             q = self.queries.expand(seq.shape[0], -1, -1)
             q = q + self.cross(self.nq(q), ctx, bias)
             q = q + self.mlp(q)
-            return self.out(q)
+            q = self.out(q)
+            return q if self.proj is None else self.proj(q)
 
     class Fast(nn.Module):
-        def __init__(self, layers: int = 5, ff: int = 1152) -> None:
+        def __init__(self) -> None:
             super().__init__()
-            self.lat = nn.Linear(D, D)
-            self.pro = nn.Linear(P, D)
-            self.act = nn.Linear(A + 1, D)
-            self.pos = nn.Parameter(torch.randn(1, K + 1 + H, D) * 0.02)
-            self.blocks = nn.ModuleList(Block(D, 8, ff) for _ in range(layers))
-            self.norm = nn.LayerNorm(D)
-            self.head = nn.Linear(D, A)
+            d = size.fast_width
+            self.lat = nn.Linear(D, d)
+            self.pro = nn.Linear(P, d)
+            self.act = nn.Linear(A + 1, d)
+            self.pos = nn.Parameter(torch.randn(1, K + 1 + H, d) * 0.02)
+            self.blocks = nn.ModuleList(Block(d, size.fast_heads, size.fast_ff) for _ in range(size.fast_layers))
+            self.norm = nn.LayerNorm(d)
+            self.head = nn.Linear(d, A)
 
         def forward(self, latent, proprio, prev_chunk, prefix_mask):  # noqa: ANN001, ANN202
             m = prefix_mask[..., None]
@@ -147,23 +343,28 @@ def build_models():  # noqa: ANN201 - torch types stay local to this tool
     return Slow().eval(), Fast().eval()
 
 
-def model_yaml(n_slow: int, n_fast: int) -> dict:
+def model_yaml(layout: Layout, size_name: str, n_slow: int, n_fast: int) -> dict:
     """The package's model.yaml content."""
-    names = JOINTS + ["gripper/gripper"]
-    mean = HOME + [GRIPPER_MEAN]
-    std = JOINT_STD + [GRIPPER_STD]
+    size = SIZES[size_name]
+    A, P = layout.A, layout.P  # noqa: N806
+    description = (
+        "Random-weight fast-slow VLA of realistic shape for latency and deadline measurements. "
+        f"Slow: conv patchifier + 1 transformer block + {K} query cross-attention ({n_slow / 1e6:.2f}M params). "
+        f"Fast: {size.fast_layers}-block d={size.fast_width} transformer with an RTC prefix ({n_fast / 1e6:.2f}M params). "
+        f"Seed {SEED}; regenerate with tools/export_timing_reference.py. Its actions mean nothing."
+    )
+    if layout.robot != "panda" or size_name != layout.default_size:
+        description += (
+            f" Regenerate with --robot {layout.robot} --size {size_name}"
+            + (f"; action layout fitted to {layout.source}." if layout.source else ".")
+        )
     return {
         "schema_version": 1,
-        "name": "timing_reference",
+        "name": layout.package,
         "trained": False,
         "purpose": "timing only — untrained weights",
-        "description": (
-            "Random-weight fast-slow VLA of realistic shape for latency and deadline measurements. "
-            f"Slow: conv patchifier + 1 transformer block + 8 query cross-attention ({n_slow / 1e6:.2f}M params). "
-            f"Fast: 5-block d=256 transformer with an RTC prefix ({n_fast / 1e6:.2f}M params). "
-            f"Seed {SEED}; regenerate with tools/export_timing_reference.py. Its actions mean nothing."
-        ),
-        "robot": "panda",
+        "description": description,
+        "robot": layout.robot,
         "control_rate_hz": 30.0,
         "chunk_horizon": H,
         "action_dim": A,
@@ -172,7 +373,7 @@ def model_yaml(n_slow: int, n_fast: int) -> dict:
             "onnx": "slow.onnx",
             "rate_hz": 2.0,
             "inputs": [
-                {"name": "image", "shape": [1, 3, IMG, IMG], "dtype": "uint8", "role": "image", "camera": "wrist", "layout": "NCHW"},
+                {"name": "image", "shape": [1, 3, IMG, IMG], "dtype": "uint8", "role": "image", "camera": layout.camera, "layout": "NCHW"},
                 {"name": "instruction_ids", "shape": [1, L], "dtype": "int64", "role": "instruction_ids"},
                 {"name": "instruction_mask", "shape": [1, L], "dtype": "int64", "role": "instruction_mask"},
             ],
@@ -189,26 +390,28 @@ def model_yaml(n_slow: int, n_fast: int) -> dict:
             "outputs": [{"name": "actions", "shape": [1, H, A], "dtype": "float32", "role": "actions"}],
         },
         "tokenizer": {"max_len": L, "vocab": VOCAB, "pad_token": "<pad>", "unk_token": "<unk>"},
-        "proprio": {"names": names, "normalization": {"kind": "mean_std", "mean": mean, "std": std}},
+        "proprio": {
+            "names": layout.proprio_names,
+            "normalization": {"kind": "mean_std", "mean": layout.proprio_mean, "std": layout.proprio_std},
+        },
         "action": {
             "head": "continuous",
-            "normalization": {"kind": "mean_std", "mean": mean, "std": std},
-            "groups": [
-                {"name": "arm", "kind": "joint_position", "joints": JOINTS},
-                {"name": "gripper", "kind": "gripper"},
-            ],
+            "normalization": {"kind": "mean_std", "mean": layout.action_mean, "std": layout.action_std},
+            "groups": layout.groups,
         },
     }
 
 
-def export(out: Path, check: bool) -> None:
+def export(out: Path, check: bool, layout: Layout, size_name: str) -> None:
     """Export both graphs and model.yaml into ``out``."""
     import torch  # noqa: PLC0415
 
-    slow, fast = build_models()
+    A, P = layout.A, layout.P  # noqa: N806
+    slow, fast = build_models(layout, SIZES[size_name])
     n_slow = sum(p.numel() for p in slow.parameters())
     n_fast = sum(p.numel() for p in fast.parameters())
-    print(f"slow: {n_slow / 1e6:.2f}M params, fast: {n_fast / 1e6:.2f}M params")
+    print(f"{layout.package} ({layout.robot}, {size_name}, A={A}, P={P}): "
+          f"slow: {n_slow / 1e6:.2f}M params, fast: {n_fast / 1e6:.2f}M params")
     out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(SEED)
     slow_args = (
@@ -246,10 +449,10 @@ def export(out: Path, check: bool) -> None:
             if err > 1e-3:
                 raise SystemExit(f"{path}: onnxruntime disagrees with torch (max abs error {err})")
     header = (
-        "# timing_reference — UNTRAINED, random weights (seed %d). For timing only: its actions mean nothing.\n"
-        "# Generated by tools/export_timing_reference.py; do not edit by hand.\n" % SEED
+        "# %s — UNTRAINED, random weights (seed %d). For timing only: its actions mean nothing.\n"
+        "# Generated by tools/export_timing_reference.py; do not edit by hand.\n" % (layout.package, SEED)
     )
-    text = yaml.safe_dump(model_yaml(n_slow, n_fast), sort_keys=False, default_flow_style=None, allow_unicode=True, width=120)
+    text = yaml.safe_dump(model_yaml(layout, size_name, n_slow, n_fast), sort_keys=False, default_flow_style=None, allow_unicode=True, width=120)
     (out / "model.yaml").write_text(header + text, encoding="utf-8")
     print(f"wrote {out / 'model.yaml'}")
 
@@ -257,7 +460,11 @@ def export(out: Path, check: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "timing_reference")
+    ap.add_argument("--robot", choices=sorted(ROBOTS), default="panda",
+                    help="action layout: panda (models/timing_reference) or a profile in config/ (default panda)")
+    ap.add_argument("--size", choices=sorted(SIZES), default=None,
+                    help="graph widths (default: full for panda, small for the others, as shipped)")
+    ap.add_argument("--out", type=Path, default=None, help="package directory (default models/<package name>)")
     ap.add_argument("--check", action="store_true", help="compare onnxruntime against torch after export")
     args = ap.parse_args(argv)
     try:
@@ -265,7 +472,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("this tool needs torch==2.13.0, onnx and onnxscript (pip install torch==2.13.0 onnx onnxscript)", file=sys.stderr)
         return 2
-    export(args.out, args.check)
+    layout = ROBOTS[args.robot]()
+    size_name = args.size or layout.default_size
+    out = args.out if args.out is not None else ROOT / "models" / layout.package
+    export(out, args.check, layout, size_name)
     return 0
 
 
