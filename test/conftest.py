@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Headless rendering for every test, whether or not it was started through the Makefile.
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
 from vla_runtime.probe import Probe, wait_for  # noqa: F401 - re-exported for tests
 
 ROOT = Path(__file__).resolve().parents[1]

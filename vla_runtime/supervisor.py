@@ -77,6 +77,8 @@ def ros_environment(domain_id: int | None = None, base: dict[str, str] | None = 
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("PYOPENGL_PLATFORM", "egl")
+    # Mesa's software rasteriser would take every core for a 96x96 frame; one is plenty.
+    env.setdefault("LP_NUM_THREADS", "1")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

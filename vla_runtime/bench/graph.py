@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vla_runtime.core.config import PROJECT_ROOT, RuntimeConfig, load_config
 from vla_runtime.probe import Probe, wait_for
-from vla_runtime.supervisor import NODE_MODULES, NodeSpec, Supervisor, ros_environment
+from vla_runtime.supervisor import NodeSpec, Supervisor, graph_for_config, ros_environment
 
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "sim_panda.yaml"
 
@@ -69,10 +69,14 @@ def _measure(probe: Probe, timing: _ChunkNodeTiming, duration: float, warm_timeo
 
 
 def _graph(cfg: RuntimeConfig, config_file: str, chunk_params: dict) -> list[NodeSpec]:
-    names = [n for n in ("sim_robot", "controller_bridge", "slow_reasoner") if n in cfg.nodes or n == "sim_robot"]
-    specs = [NodeSpec(n, NODE_MODULES[n], config_file) for n in names]
-    specs.append(NodeSpec("action_chunk_node", NODE_MODULES["action_chunk_node"], config_file, params=chunk_params))
-    return specs
+    """The config's own graph (placement included), with the sim robot and the given fast-path params."""
+    from dataclasses import replace
+
+    wanted = ("sim_robot", "controller_bridge", "slow_reasoner", "action_chunk_node")
+    specs = [s for s in graph_for_config(cfg, config_file) if s.name in wanted]
+    if not any(s.name == "sim_robot" for s in specs):
+        raise ValueError(f"{config_file}: graph benchmarks need the sim_robot node in `nodes`")
+    return [replace(s, params={**s.params, **chunk_params}) if s.name == "action_chunk_node" else s for s in specs]
 
 
 def bench_loop(config: str | os.PathLike | None = None, rate: float = 30.0, duration: float = 20.0) -> dict:
@@ -123,13 +127,13 @@ def bench_max_rate(config: str | os.PathLike | None = None, rates: tuple[float, 
             timing = _ChunkNodeTiming(probe)
             base = _graph(cfg, str(path.resolve()), {})
             sup.start_graph(base[:-1])
+            from dataclasses import replace
+
             for engine in ("null", "model"):
                 best = None
                 tried = []
                 for r in rates:
-                    spec = NodeSpec("action_chunk_node", NODE_MODULES["action_chunk_node"], str(path.resolve()),
-                                    params={"rate_hz": r, "engine": engine})
-                    sup.start(spec)
+                    sup.start(replace(base[-1], params={"rate_hz": r, "engine": engine}))
                     timing.latest = {}
                     try:
                         s = _measure(probe, timing, duration)

@@ -348,7 +348,12 @@ class SchedulerConfig(_Frozen):
     blend_s: float = Field(default=0.1, ge=0, description="cross-fade window at chunk switches")
     interpolation: Literal["linear", "cubic"] = "linear"
     rtc_prefix: bool = Field(default=True, description="condition on the executing prefix when the model allows")
-    max_infer_overrun: float = Field(default=1.0, gt=0, description="fraction of a period; beyond → HOLD")
+    plan_horizon_periods: float = Field(
+        default=3.0, ge=1.0, description="how far ahead each published plan reaches, in fast-loop periods"
+    )
+    max_infer_overrun: float = Field(
+        default=2.0, gt=0, description="inference budget in fast-loop periods; a longer inference → HOLD"
+    )
 
 
 class SafetyConfig(_Frozen):

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
+from array import array
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
@@ -55,6 +56,7 @@ HOLD_NO_JOINT_STATE = "hold: no joint state"
 HOLD_STALE_JOINT_STATE = "hold: stale joint state"
 HOLD_NO_LATENT = "hold: no latent yet"
 HOLD_STALE_LATENT = "hold: stale latent"
+HOLD_PROPRIO_INCOMPLETE = "hold: proprio incomplete"
 HOLD_OVERRUN = "hold: inference over budget"
 HOLD_BAD_OUTPUT = "hold: non-finite model output"
 
@@ -104,6 +106,9 @@ class ActionChunkNode(LifecycleNode):
             self.get_logger().fatal(f"action_chunk_node cannot configure: {e}")
             return TransitionCallbackReturn.FAILURE
         self.dim_names = list(self.space.dim_names)
+        groups = cfg.robot.groups
+        self._gripper_joints = [(g, grp.joints[0]) for g, grp in groups.items() if grp.controller == "gripper"]
+        self._cartesian_groups = [g for g, grp in groups.items() if grp.controller == "cartesian_impedance"]
         self.horizon = spec.chunk_horizon
         self.chunk_rate = spec.control_rate_hz
         rate = float(self.get_parameter("rate_hz").value) or cfg.rates.fast_hz
@@ -111,10 +116,11 @@ class ActionChunkNode(LifecycleNode):
         self.period_s = 1.0 / rate
         self.infer_budget_s = cfg.scheduler.max_infer_overrun * self.period_s
         self.dt_cmd = 1.0 / cfg.rates.command_hz
-        # Publish enough plan to ride out the bridge's watchdog window, not the whole chunk: the
-        # bridge holds when the plan ends, and a shorter message keeps the loop's overhead low.
+        # Each plan reaches a few periods ahead, not the whole chunk: the next plan replaces it one
+        # period later, a stalled loop leaves the bridge at the plan's end (where it holds), and a
+        # short message keeps the loop's own overhead low.
         chunk_points = int(math.ceil(self.horizon / self.chunk_rate / self.dt_cmd)) + 1
-        window_points = int(math.ceil((cfg.safety.watchdog_s + self.period_s) / self.dt_cmd)) + 1
+        window_points = int(math.ceil(cfg.scheduler.plan_horizon_periods * self.period_s / self.dt_cmd)) + 1
         self.max_points = max(2, min(chunk_points, window_points))
         self.scheduler = ChunkScheduler(
             ChunkSchedulerConfig(
@@ -129,6 +135,13 @@ class ActionChunkNode(LifecycleNode):
         # Preallocated outgoing messages: the loop fills them in place.
         self.plan_msg = JointTrajectory()
         self.plan_msg.joint_names = self.dim_names
+        self._points = []
+        for k in range(self.max_points):
+            pt = JointTrajectoryPoint()
+            t = k * self.dt_cmd
+            pt.time_from_start.sec = int(t)
+            pt.time_from_start.nanosec = int(round((t - int(t)) * 1e9))
+            self._points.append(pt)
         self.features_msg = Float32MultiArray()
         k, d = spec.latent.tokens, spec.latent.dim
         n_feat = d + self.horizon * len(self.dim_names) + 3
@@ -144,7 +157,7 @@ class ActionChunkNode(LifecycleNode):
         self.diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
         self.create_subscription(JointState, TOPIC_JOINT_STATES, self._joint_state_cb, QOS_SENSOR)
         self.create_subscription(PoseStamped, TOPIC_EE_POSE, self._ee_cb, QOS_SENSOR)
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0, self._publish_diagnostics)
         self.create_service(Trigger, "~/reset_stats", self._reset_stats)
         self.get_logger().info(
             f"fast path ready: {spec.name} on {self.engine.provider}, {rate:g} Hz, H={self.horizon}, "
@@ -207,14 +220,17 @@ class ActionChunkNode(LifecycleNode):
 
     # ----------------------------------------------------------------- the fast loop
     def _current_state(self) -> dict[str, float]:
+        """Measured state by action/proprio dim name: joints, ``<group>/gripper``, ``<group>/x..qw``."""
         with self._state_lock:
             state = dict(self._joint_pos)
             ee = dict(self._ee)
-        for g in self.space.groups if hasattr(self.space, "groups") else ():
-            gname = getattr(g, "name", None)
-            if gname and ee:
+        for gname, joint in self._gripper_joints:
+            if joint in state:
+                state[f"{gname}/gripper"] = state[joint]
+        if ee:
+            for gname in self._cartesian_groups:
                 for k, v in ee.items():
-                    state.setdefault(f"{gname}/{k}", v)
+                    state[f"{gname}/{k}"] = v
         return state
 
     def _tick(self, tick: int, scheduled_s: float) -> None:
@@ -237,7 +253,7 @@ class ActionChunkNode(LifecycleNode):
         try:
             self.feeds.set_proprio(self.package.proprio(state))
         except (KeyError, ValueError):
-            return self._publish_hold(HOLD_NO_JOINT_STATE, now)
+            return self._publish_hold(HOLD_PROPRIO_INCOMPLETE, now)
         if self.use_prefix:
             prefix, mask = self.scheduler.prefix(now, None, self.horizon)
             if mask.any():
@@ -263,25 +279,24 @@ class ActionChunkNode(LifecycleNode):
             return self._publish_hold(HOLD_BAD_OUTPUT, after)
         self.counters["chunks"] += 1
         self._publish_plan(after)
-        self._publish_features(sample.latent, raw, age, infer_ns / 1e6, hold=False)
+        if self.features_pub.get_subscription_count() > 0:  # the detector listens; skip the work otherwise
+            self._publish_features(sample.latent, raw, age, infer_ns / 1e6, hold=False)
 
     def _publish_plan(self, now: float) -> None:
         times, values = self.scheduler.window(now, self.max_points, self.dt_cmd)
-        if len(times) == 0:
+        n = len(times)
+        if n == 0:
             return self._publish_hold("hold: plan ended", now)
         msg = self.plan_msg
         msg.header.stamp = ns_to_stamp(int(times[0] * 1e9) + self.mono_to_wall_ns)
         msg.header.frame_id = "plan"
-        t0 = times[0]
-        points = []
-        for t, v in zip(times, values):
-            pt = JointTrajectoryPoint()
-            pt.positions = v.tolist()
-            dt = float(t - t0)
-            pt.time_from_start.sec = int(dt)
-            pt.time_from_start.nanosec = int((dt - int(dt)) * 1e9)
-            points.append(pt)
-        msg.points = points
+        # Points are preallocated with fixed time_from_start (k · dt_cmd); only positions change.
+        # array('d') is the type rclpy's setter takes without a per-element check.
+        for pt, row in zip(self._points, values):
+            buf = array("d")
+            buf.frombytes(row.tobytes())
+            pt.positions = buf
+        msg.points = self._points[:n]
         self.plan_pub.publish(msg)
 
     def _publish_hold(self, reason: str, now: float) -> None:
@@ -301,7 +316,9 @@ class ActionChunkNode(LifecycleNode):
         n = raw.size
         f[d : d + n] = raw.reshape(-1)
         f[d + n :] = (age, infer_ms, float(hold))
-        self.features_msg.data = f.tolist()
+        buf = array("f")
+        buf.frombytes(f.tobytes())
+        self.features_msg.data = buf
         self.features_pub.publish(self.features_msg)
 
     def _reset_stats(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -341,11 +358,19 @@ class ActionChunkNode(LifecycleNode):
         self.diag_pub.publish(arr)
 
 
+#: How often the interpreter offers the GIL to another thread. The default 5 ms would let the
+#: executor's callback threads delay the deadline loop by up to 5 ms; 0.5 ms bounds that.
+SWITCH_INTERVAL_S = 0.0005
+
+
 def main(argv: list[str] | None = None) -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         with rclpy.init(args=ros_args_config(argv)):
             node = ActionChunkNode()
-            executor = MultiThreadedExecutor(num_threads=2)
+            # Callbacks only copy data; the work has its own thread. (rclpy's MultiThreadedExecutor
+            # busy-polls at ~100 % CPU under a 250 Hz subscription, starving the deadline loop.)
+            executor = SingleThreadedExecutor()
             executor.add_node(node)
             if node.get_parameter("autostart").value:
                 if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:

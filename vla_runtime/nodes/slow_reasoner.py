@@ -19,7 +19,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -235,7 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with rclpy.init(args=ros_args_config(argv)):
             node = SlowReasonerNode()
-            executor = MultiThreadedExecutor(num_threads=2)
+            # Callbacks only copy data; the work has its own thread. (rclpy's MultiThreadedExecutor
+            # busy-polls at ~100 % CPU under a 250 Hz subscription, starving the deadline loop.)
+            executor = SingleThreadedExecutor()
             executor.add_node(node)
             if node.get_parameter("autostart").value:
                 if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
