@@ -49,6 +49,7 @@ from vla_runtime.nodes.common import (
     load_node_config,
     ns_to_stamp,
     ros_args_config,
+    ros_session,
 )
 
 #: Why the node asks for HOLD (sent in header.frame_id of an empty trajectory).
@@ -366,7 +367,7 @@ SWITCH_INTERVAL_S = 0.0005
 def main(argv: list[str] | None = None) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        with rclpy.init(args=ros_args_config(argv)):
+        with ros_session(ros_args_config(argv)):
             node = ActionChunkNode()
             # Callbacks only copy data; the work has its own thread. (rclpy's MultiThreadedExecutor
             # busy-polls at ~100 % CPU under a 250 Hz subscription, starving the deadline loop.)

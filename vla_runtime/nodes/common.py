@@ -13,7 +13,8 @@ Topic contract between the runtime's own nodes (all under ``/vla``):
   for the failure detector.
 * ``/vla/safety_state`` (diagnostic_msgs/DiagnosticStatus, transient local) — the bridge's mode
   (POLICY/TELEOP/HOLD/HALTED) and the reason of the last transition.
-* ``/vla/halt`` (std_msgs/String, reliable, transient local) — a halt request with its reason.
+* ``/vla/halt`` (std_msgs/String, reliable, transient local) — a halt request with its reason; an
+  EMPTY string says the cause has cleared (``/vla/reset`` is refused until then).
 * ``/vla/detector_heartbeat`` (std_msgs/Header, best effort) — failure detector liveness.
 * ``/vla/instruction`` (std_msgs/String, reliable, transient local) — the task instruction.
 * ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) — rates, latencies, ages per node.
@@ -21,7 +22,9 @@ Topic contract between the runtime's own nodes (all under ``/vla``):
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 from rclpy.node import Node
 from rclpy.qos import (
@@ -45,6 +48,11 @@ TOPIC_EE_POSE = "/ee_pose"
 TOPIC_DIAGNOSTICS = "/diagnostics"
 SERVICE_SET_INSTRUCTION = "/vla/set_instruction"
 SERVICE_RESET = "/vla/reset"
+SERVICE_HOLD = "/vla/hold"
+SERVICE_RESUME = "/vla/resume"
+TOPIC_SIM_OBJECTS = "/sim/objects"
+TOPIC_SIM_MOVE_OBJECT = "/sim/move_object"
+SERVICE_SIM_RESET = "/sim/reset"
 SERVICE_LIST_CONTROLLERS = "/controller_manager/list_controllers"
 SERVICE_SWITCH_CONTROLLER = "/controller_manager/switch_controller"
 
@@ -72,6 +80,20 @@ QOS_STATE = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 QOS_DIAGNOSTICS = QoSProfile(depth=10)
+
+
+@contextlib.contextmanager
+def ros_session(args: list[str] | None = None) -> Iterator[None]:
+    """``rclpy.init`` … ``shutdown`` as a context manager on every distro (on Humble ``rclpy.init``
+    returns None, so ``with rclpy.init():`` only works from Iron on)."""
+    import rclpy
+
+    rclpy.init(args=args)
+    try:
+        yield
+    finally:
+        if rclpy.ok():
+            rclpy.try_shutdown()
 
 
 def load_node_config(node: Node) -> RuntimeConfig:

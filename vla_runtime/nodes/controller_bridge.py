@@ -80,7 +80,9 @@ from vla_runtime.nodes.common import (
     QOS_LATCHED,
     QOS_SENSOR,
     SERVICE_LIST_CONTROLLERS,
+    SERVICE_HOLD,
     SERVICE_RESET,
+    SERVICE_RESUME,
     SERVICE_SWITCH_CONTROLLER,
     TOPIC_ACTION_CHUNK,
     TOPIC_DETECTOR_HEARTBEAT,
@@ -92,11 +94,10 @@ from vla_runtime.nodes.common import (
     load_node_config,
     ns_to_stamp,
     ros_args_config,
+    ros_session,
     stamp_to_ns,
 )
 
-SERVICE_HOLD = "/vla/hold"
-SERVICE_RESUME = "/vla/resume"
 #: Cartesian impedance targets must stream at least this fast.
 MIN_CARTESIAN_RATE_HZ = 50.0
 #: Time a hold trajectory gives a joint_trajectory_controller to settle on the held position.
@@ -912,7 +913,7 @@ class ControllerBridgeNode(Node):
 def main(args: list[str] | None = None) -> None:
     """Console script: ``controller_bridge --config sim_panda.yaml`` (or ``-p config_file:=…``)."""
     try:
-        with rclpy.init(args=ros_args_config(args)):
+        with ros_session(ros_args_config(args)):
             node = ControllerBridgeNode()
             # Every callback is short and nothing waits inside one (service calls are async with
             # deadlines checked in timers), so one thread serves all of them in arrival order.

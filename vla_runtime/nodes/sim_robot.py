@@ -66,13 +66,17 @@ from vla_runtime.nodes.common import (
     QOS_SENSOR,
     QOS_STATE,
     SERVICE_LIST_CONTROLLERS,
+    SERVICE_SIM_RESET,
     SERVICE_SWITCH_CONTROLLER,
     TOPIC_DIAGNOSTICS,
     TOPIC_EE_POSE,
     TOPIC_JOINT_STATES,
+    TOPIC_SIM_MOVE_OBJECT,
+    TOPIC_SIM_OBJECTS,
     load_node_config,
     ns_to_stamp,
     ros_args_config,
+    ros_session,
     stamp_to_ns,
 )
 from vla_runtime.sim.controllers import (
@@ -84,9 +88,6 @@ from vla_runtime.sim.controllers import (
 )
 from vla_runtime.sim.robot import CameraRenderer, SimRobot
 
-TOPIC_SIM_OBJECTS = "/sim/objects"
-TOPIC_SIM_MOVE_OBJECT = "/sim/move_object"
-SERVICE_SIM_RESET = "/sim/reset"
 
 #: A batch later than this behind its schedule is dropped from the schedule (re-anchored).
 MAX_LAG_S = 0.05
@@ -442,7 +443,7 @@ class SimRobotNode(Node):
 def main(args: list[str] | None = None) -> None:
     """Console script ``sim_robot`` (accepts ``--config FILE``)."""
     try:
-        with rclpy.init(args=ros_args_config(args)):
+        with ros_session(ros_args_config(args)):
             node = SimRobotNode()
             try:
                 rclpy.spin(node)

@@ -35,6 +35,7 @@ from vla_runtime.nodes.common import (
     latent_buffer_config,
     load_node_config,
     ros_args_config,
+    ros_session,
     stamp_to_ns,
 )
 
@@ -233,7 +234,7 @@ class SlowReasonerNode(LifecycleNode):
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        with rclpy.init(args=ros_args_config(argv)):
+        with ros_session(ros_args_config(argv)):
             node = SlowReasonerNode()
             # Callbacks only copy data; the work has its own thread. (rclpy's MultiThreadedExecutor
             # busy-polls at ~100 % CPU under a 250 Hz subscription, starving the deadline loop.)
