@@ -64,11 +64,30 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from vla_runtime.core.latent_buffer import generate_curve_keypair
+    from vla_runtime.deploy import write_keys
 
-    for name in args.names:
-        pub, sec = generate_curve_keypair(args.dir, name)
-        print(f"wrote {pub} (public) and {sec} (secret, mode 0600)")
+    try:
+        paths = write_keys(args.dir, args.names, force=args.force)
+    except (FileExistsError, ValueError) as e:
+        print(f"vla-runtime keys: {e}", file=sys.stderr)
+        return 1
+    for p in paths:
+        print(f"wrote {p}")
+    print("copy only the *.key (public) files to the other machine; *.key_secret never leaves this one")
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from vla_runtime.deploy import build_engines
+    from vla_runtime.engines.base import EngineError
+
+    try:
+        result = build_engines(args.model, fp16=args.fp16, int8=args.int8, calib=args.calib,
+                               cache_dir=args.cache_dir, parts=tuple(args.parts))
+    except EngineError as e:
+        print(f"vla-runtime build-engine: {e}", file=sys.stderr)
+        return 1
+    _print_json(result)
     return 0
 
 
@@ -109,7 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="generate CURVE key pairs for the remote latent link")
     p.add_argument("names", nargs="+", help="key names, e.g. slow_path fast_path")
     p.add_argument("--dir", default="keys", help="directory to write into (created 0700)")
+    p.add_argument("--force", action="store_true", help="overwrite existing keys")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("build-engine", help="build TensorRT engines for a model package (cached by GPU + TRT version)")
+    p.add_argument("model", help="model package directory, e.g. models/timing_reference")
+    p.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
+    p.add_argument("--int8", action="store_true", help="INT8, calibrated from --calib")
+    p.add_argument("--calib", default=None, help="directory of .npz feed dicts for INT8 calibration")
+    p.add_argument("--cache-dir", default=None, help="engine cache (default: beside the ONNX files)")
+    p.add_argument("--parts", nargs="+", default=["slow", "fast"], choices=["slow", "fast"])
+    p.set_defaults(func=cmd_build_engine)
 
     p = sub.add_parser("bench", help="benchmarks; each prints JSON with --json")
     p.add_argument("which", choices=["loop", "handoff", "max-rate", "chunks", "engine"])

@@ -464,14 +464,20 @@ class RuntimeConfig(_Frozen):
         return self
 
     def resolve_path(self, p: str) -> Path:
-        """Resolve a path from the config: absolute, else relative to the config file, else project."""
+        """Resolve a path from the config.
+
+        Absolute paths stand. A relative one is looked up beside the config file, then one level
+        up (an installed ``share/vla_runtime/config/x.yaml`` finds ``share/vla_runtime/models``),
+        then in the source checkout; if none exists, the source-checkout path is returned.
+        """
         path = Path(os.path.expanduser(p))
         if path.is_absolute():
             return path
         if self.source:
-            beside = Path(self.source).resolve().parent / path
-            if beside.exists():
-                return beside
+            here = Path(self.source).resolve().parent
+            for base in (here, here.parent):
+                if (base / path).exists():
+                    return base / path
         return PROJECT_ROOT / path
 
     @property

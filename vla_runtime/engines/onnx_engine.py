@@ -127,7 +127,7 @@ class OnnxRuntimeEngine(Engine):
         elif provider == "cuda":
             provider_list = [(ep, {"device_id": device_id}), "CPUExecutionProvider"]
         else:
-            cache = Path(trt_cache_dir) if trt_cache_dir else self.onnx_path.parent / ".trt_cache"
+            cache = Path(trt_cache_dir).expanduser() if trt_cache_dir else self.onnx_path.parent / ".trt_cache"
             cache.mkdir(parents=True, exist_ok=True)
             trt_opts = {
                 "device_id": device_id,

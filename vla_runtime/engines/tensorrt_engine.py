@@ -169,7 +169,7 @@ class TensorRTEngine(Engine):
         gpu_name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
         self._gpu_name = gpu_name
         precision = "int8" if int8 else ("fp16" if fp16 else "fp32")
-        cache = Path(cache_dir) if cache_dir else self.onnx_path.parent / ".trt_cache"
+        cache = Path(cache_dir).expanduser() if cache_dir else self.onnx_path.parent / ".trt_cache"
         cache.mkdir(parents=True, exist_ok=True)
         key = cache_key(gpu_name, trt.__version__, file_hash(self.onnx_path), precision)
         self.engine_path = cache / f"{self.onnx_path.stem}-{key}.engine"
