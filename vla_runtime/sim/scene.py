@@ -338,6 +338,13 @@ def build_gr1(seed: int = 0, physics_dt: float = 0.002, hands: bool = True,
     _add_world(spec, table_center=(0.6, 0.0), table_half=(0.3, 0.6), table_top=GR1_TABLE_TOP, floor_z=0.0)
     _add_cubes(spec, sample_cube_poses(seed, "gr1"))
     _add_camera(spec, "scene", pos=(1.8, 0.0, 1.6), target=(0.4, 0.0, 0.85), fovy=45.0)
+    # The head camera a real GR-1 carries (and humanoid_gr1.yaml names): the MJCF's head-mounted
+    # "robotview" under the name the profile uses.
+    robotview = spec.camera("robotview")
+    if robotview is not None:
+        head_cam = robotview.parent.add_camera(name="head", pos=list(robotview.pos), quat=list(robotview.quat),
+                                               fovy=robotview.fovy)
+        head_cam.alt = robotview.alt
     _finish(spec, physics_dt, offscreen)
     model = spec.compile()
     cams = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
