@@ -19,11 +19,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if which == "handoff":
         from vla_runtime.bench.handoff import bench_handoff
 
-        return {"benchmark": "handoff", **bench_handoff()}
+        r = bench_handoff()
+        targets = {"shm_p99_le_50us": (r["shm"]["p99_us"] or float("inf")) <= 50.0}
+        return {"benchmark": "handoff", **r, "targets": targets, "passed": all(targets.values())}
     if which == "chunks":
         from vla_runtime.bench.chunks import bench_chunks
 
-        return {"benchmark": "chunks", **bench_chunks()}
+        r = bench_chunks()
+        targets = {"scheduler_le_20pct_of_naive": r["ratio"] <= 0.2}
+        return {"benchmark": "chunks", **r, "targets": targets, "passed": all(targets.values())}
     if which == "engine":
         from vla_runtime.bench.engine_bench import bench_engine
         from vla_runtime.core.config import PROJECT_ROOT
