@@ -151,6 +151,31 @@ class _Chunk:
         )
 
 
+    def sample_many(self, ts: np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`sample`: (m, A), NaN rows where the chunk is not defined."""
+        p = self.points
+        n = len(p)
+        out = np.full((len(ts), p.shape[1]), np.nan)
+        ok = (ts >= self.t0 - 1e-9) & (ts <= self.end + 1e-9)
+        if not ok.any():
+            return out
+        if n == 1:
+            out[ok] = p[0]
+            return out
+        x = (ts[ok] - self.t0) / self.dt
+        i = np.clip(np.floor(x).astype(np.intp), 0, n - 2)
+        s = np.clip(x - i, 0.0, 1.0)[:, None]
+        p0, p1 = p[i], p[i + 1]
+        if not self.cubic:
+            out[ok] = p0 + s * (p1 - p0)
+            return out
+        m0 = np.where((i > 0)[:, None], (p1 - p[np.maximum(i - 1, 0)]) * 0.5, p1 - p0)
+        m1 = np.where((i + 2 < n)[:, None], (p[np.minimum(i + 2, n - 1)] - p0) * 0.5, p1 - p0)
+        s2, s3 = s * s, s * s * s
+        out[ok] = (2 * s3 - 3 * s2 + 1) * p0 + (s3 - 2 * s2 + s) * m0 + (-2 * s3 + 3 * s2) * p1 + (s3 - s2) * m1
+        return out
+
+
 class _Const:
     """The held command: defined forever."""
 
@@ -165,6 +190,9 @@ class _Const:
 
     def sample(self, t: float) -> np.ndarray:
         return self.value.copy()
+
+    def sample_many(self, ts: np.ndarray) -> np.ndarray:
+        return np.tile(self.value, (len(ts), 1)).astype(float)
 
 
 class _Blend:
@@ -208,6 +236,27 @@ class _Blend:
         if old is None:  # cannot happen: t_end ≤ old.end; guard anyway
             return new
         return old + w * (new - old)
+
+    def weights(self, ts: np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`weight`."""
+        x = np.clip((ts - self.t_start) / (self.t_end - self.t_start), 0.0, 1.0)
+        if self.shape == "linear":
+            w = x
+        elif self.shape == "smoothstep":
+            w = x * x * (3.0 - 2.0 * x)
+        else:
+            w = 0.5 - 0.5 * np.cos(np.pi * x)
+        return np.where(ts >= self.t_end, 1.0, w)
+
+    def sample_many(self, ts: np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`sample`: NaN rows where the new chunk is not defined."""
+        new = self.new.sample_many(ts)
+        w = self.weights(ts)[:, None]
+        if (w >= 1.0).all():
+            return new
+        old = self.old.sample_many(ts)
+        blended = old + w * (new - old)
+        return np.where((w >= 1.0) | np.isnan(old), new, blended)
 
 
 def _prune(traj, t: float):  # noqa: ANN001, ANN202
@@ -413,13 +462,11 @@ class ChunkScheduler:
             return np.zeros(0), np.zeros((0, a))
         times = now_s + dt * np.arange(n)
         times = times[times <= traj.end + 1e-9]
-        values = np.empty((len(times), a))
-        for k, t in enumerate(times):
-            v = traj.sample(float(t))
-            if v is None:
-                times, values = times[:k], values[:k]
-                break
-            values[k] = v
+        values = traj.sample_many(times)
+        bad = np.isnan(values).any(axis=1)
+        if bad.any():  # stop at the first undefined sample (never extrapolate)
+            k = int(np.argmax(bad))
+            times, values = times[:k], values[:k]
         return times, values
 
     def prefix(self, now_s: float, delay_s: float | None, horizon: int) -> tuple[np.ndarray, np.ndarray]:
