@@ -33,6 +33,9 @@ NODES = {
     "action_chunk_node": "vla_runtime.nodes.action_chunk_node:main",
     "controller_bridge": "vla_runtime.nodes.controller_bridge:main",
     "sim_robot": "vla_runtime.nodes.sim_robot:main",
+    "teleop": "vla_runtime.nodes.teleop:main",
+    "recorder": "vla_runtime.nodes.recorder:main",
+    "failure_detector": "vla_runtime.nodes.failure_detector:main",
 }
 
 setup(

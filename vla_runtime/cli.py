@@ -103,6 +103,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if result.get("passed", True) is not False or args.no_fail else 1
 
 
+def cmd_teleop(args: argparse.Namespace) -> int:
+    from vla_runtime.teleop_keyboard import KeyboardTeleopError, run_keyboard
+
+    if not args.keyboard:
+        print("vla-runtime teleop: only --keyboard is built in; joysticks and SpaceMice go through the "
+              "teleop node (sensor_msgs/Joy), see README 'Teleoperation'", file=sys.stderr)
+        return 2
+    cfg = _load_or_exit(args.config)
+    try:
+        return run_keyboard(cfg)
+    except KeyboardTeleopError as e:
+        print(f"vla-runtime teleop: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from vla_runtime.core.config import PROJECT_ROOT
+    from vla_runtime.replay import replay
+
+    model = args.model or str(PROJECT_ROOT / "models" / "timing_reference")
+    try:
+        result = replay(args.bag, model, tolerance=args.tolerance)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"vla-runtime replay: {e}", file=sys.stderr)
+        return 1
+    if not args.per_tick:
+        result = {k: v for k, v in result.items() if k != "per_tick"}
+    _print_json(result)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vla_runtime.demo import run_demo
 
@@ -141,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_engine)
 
     p = sub.add_parser("bench", help="benchmarks; each prints JSON with --json")
-    p.add_argument("which", choices=["loop", "handoff", "max-rate", "chunks", "engine"])
+    p.add_argument("which", choices=["loop", "handoff", "max-rate", "chunks", "engine", "teleop", "halt", "faults"])
+    p.add_argument("--trials", type=int, default=None, help="trials (teleop, halt)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--config", default=None, help="config for graph benchmarks (default: sim_panda)")
     p.add_argument("--rate", type=float, default=30.0, help="loop rate in Hz (loop)")
@@ -149,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model package (engine; default: timing_reference)")
     p.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("teleop", help="operator takeover from this terminal")
+    p.add_argument("--keyboard", action="store_true", help="drive with the keyboard (needs a TTY)")
+    p.add_argument("--config", default="config/sim_panda.yaml")
+    p.set_defaults(func=cmd_teleop)
+
+    p = sub.add_parser("replay", help="feed a recorded bag to the engines and report where chunks differ")
+    p.add_argument("bag", help="rosbag2 directory written by the recorder node")
+    p.add_argument("--model", default=None, help="model package (default: timing_reference)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="per-dim difference that counts as a deviation")
+    p.add_argument("--per-tick", action="store_true", help="include every tick in the JSON")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="the simulated-robot demo, end to end")
     p.add_argument("--config", default=None, help="default: config/sim_panda.yaml")

@@ -29,10 +29,13 @@ NODE_MODULES: dict[str, str] = {
     "controller_bridge": "vla_runtime.nodes.controller_bridge",
     "failure_detector": "vla_runtime.nodes.failure_detector",
     "teleop": "vla_runtime.nodes.teleop",
+    "recorder": "vla_runtime.nodes.recorder",
 }
 
 #: Start order: the robot first, the things that command it last.
-START_ORDER = ["sim_robot", "controller_bridge", "failure_detector", "slow_reasoner", "action_chunk_node", "teleop"]
+START_ORDER = [
+    "sim_robot", "recorder", "controller_bridge", "failure_detector", "slow_reasoner", "action_chunk_node", "teleop",
+]
 
 
 @dataclass(frozen=True)

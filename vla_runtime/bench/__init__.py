@@ -33,4 +33,16 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         from vla_runtime.core.config import PROJECT_ROOT
 
         return {"benchmark": "engine", **bench_engine(args.model or PROJECT_ROOT / "models" / "timing_reference")}
+    if which == "teleop":
+        from vla_runtime.bench.teleop import bench_teleop
+
+        return {"benchmark": "teleop", **bench_teleop(trials=args.trials or 50, config=args.config)}
+    if which == "halt":
+        from vla_runtime.bench.halt import bench_halt
+
+        return {"benchmark": "halt", **bench_halt(trials=args.trials or 200)}
+    if which == "faults":
+        from vla_runtime.bench.faults import bench_faults
+
+        return {"benchmark": "faults", **bench_faults()}
     raise ValueError(f"unknown benchmark {which!r}")

@@ -49,7 +49,8 @@ CONTROLLER_TOPIC_SUFFIX: dict[str, str] = {
 }
 
 NodeName = Literal[
-    "sim_robot", "slow_reasoner", "action_chunk_node", "controller_bridge", "failure_detector", "teleop"
+    "sim_robot", "slow_reasoner", "action_chunk_node", "controller_bridge", "failure_detector", "teleop",
+    "recorder",
 ]
 
 

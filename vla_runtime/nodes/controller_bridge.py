@@ -22,7 +22,26 @@ Publications:
     ``/vla/safety_state`` (DiagnosticStatus, QOS_LATCHED) on every transition and at 2 Hz;
     ``/diagnostics`` (DiagnosticArray) at 2 Hz.
 
-Services: ``/vla/reset``, ``/vla/hold``, ``/vla/resume`` (std_srvs/Trigger).
+Teleoperation (topics named in :mod:`vla_runtime.core.teleop`):
+    ``/vla/teleop/engage`` (Bool, reliable) — True: the operator takes over (→ TELEOP, from POLICY
+    or HOLD; from HALTED only when ``teleop.teleop_only_after_halt``: the halt stays latched and
+    teleop is the only thing that moves the robot until ``/vla/reset``); False: → HOLD.
+    ``/vla/teleop/twist`` (TwistStamped, base frame), ``/vla/teleop/pose`` (PoseStamped, absolute
+    target, servoed at the teleop speed limits), ``/vla/teleop/joint_jog`` (JointState velocities),
+    ``/vla/teleop/gripper`` (Float64). Every command tick integrates the newest operator command
+    onto the ``teleop.group`` target, which starts at the MEASURED state when teleop engages; a
+    Cartesian command on a joint group goes through the damped-least-squares Jacobian of the
+    robot's kinematic model (:mod:`vla_runtime.core.kinematics`; a robot without one takes joint
+    jogs only). The result goes through the same SafetyFilter and the same publisher as the
+    policy's commands. An operator stream silent for ``TELEOP_INPUT_FRESH_S`` stops the target;
+    silent for the arbiter's teleop timeout → HOLD. When the policy resumes after teleop, its
+    commands are rebased onto the state it resumes from (the offset fades out over
+    ``REBASE_S``), so neither switch jumps.
+    ``/vla/intervention`` (String, reliable) — ``start: …`` / ``end: …`` whenever the operator
+    takes over or hands back (HG-DAgger labels for the recorder).
+
+Services: ``/vla/reset``, ``/vla/hold``, ``/vla/resume``, ``/vla/teleop/take``,
+``/vla/teleop/release`` (std_srvs/Trigger).
 Clients: ``/controller_manager/list_controllers``, ``/controller_manager/switch_controller`` —
 always asynchronous, with deadlines checked in the supervision timer.
 
@@ -42,12 +61,12 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseStamped, Twist
+from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, Header, String
+from std_msgs.msg import Bool, Float64, Float64MultiArray, Header, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -73,7 +92,21 @@ from vla_runtime.core.command_mapping import (
     rotvec_to_quaternion,
 )
 from vla_runtime.core.config import ControllerGroup, RuntimeConfig
+from vla_runtime.core.kinematics import kinematics_for
 from vla_runtime.core.safety_filter import SafetyFilter, SafetyResult
+from vla_runtime.core.teleop import (
+    SERVICE_TELEOP_RELEASE,
+    SERVICE_TELEOP_TAKE,
+    TOPIC_INTERVENTION,
+    TOPIC_TELEOP_ENGAGE,
+    TOPIC_TELEOP_GRIPPER,
+    TOPIC_TELEOP_JOINT_JOG,
+    TOPIC_TELEOP_POSE,
+    TOPIC_TELEOP_TWIST,
+    TeleopIntegrator,
+    TeleopLimits,
+    homogeneous,
+)
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
@@ -106,6 +139,17 @@ HOLD_TRAJECTORY_S = 0.1
 HOLD_REPUBLISH_S = 1.0
 CONTROLLER_RETRY_S = 1.0
 SUPERVISE_HZ = 20.0
+#: An operator command older than this no longer moves the teleop target (it stops, still TELEOP).
+TELEOP_INPUT_FRESH_S = 0.15
+#: Silence of the operator stream that ends teleop under a halt (the arbiter's timeout in TELEOP).
+TELEOP_TIMEOUT_S = 0.5
+#: Teleop trajectories for joint_trajectory groups reach their point this many command periods ahead.
+TELEOP_LEAD_PERIODS = 2.0
+#: After teleop, the policy's commands are offset onto the resumed-from state; the offset fades out
+#: linearly over this many seconds.
+REBASE_S = 0.3
+#: Engage/intervention events: reliable, none lost, not replayed to late joiners.
+QOS_EVENT = QOS_DIAGNOSTICS
 
 _LEVEL = {
     Mode.POLICY: DiagnosticStatus.OK,
@@ -232,7 +276,8 @@ class ControllerBridgeNode(Node):
         self._stats = {
             "chunks_received": 0, "chunks_forwarded": 0, "chunks_rejected": 0, "chunks_dropped": 0,
             "hold_requests": 0, "commands_published": 0, "ticks": 0, "hold_without_state": 0,
-            "teleop_rejected": 0,
+            "teleop_rejected": 0, "teleop_inputs": 0, "teleop_inputs_ignored": 0, "teleop_commands": 0,
+            "interventions_started": 0,
         }
         self._last_reject = ""
         self._last_command_t: float | None = None
@@ -249,6 +294,7 @@ class ControllerBridgeNode(Node):
         self._switched_to_hold = False
         self._switch_timeout_s = self.cfg.safety.controller_check_timeout_s
 
+        self._setup_teleop()
         self._make_interfaces(status_hz)
         self.get_logger().info(
             f"controller_bridge: {len(self._groups)} group(s) "
@@ -257,6 +303,46 @@ class ControllerBridgeNode(Node):
         )
 
     # ------------------------------------------------------------------ setup
+    def _setup_teleop(self) -> None:
+        """The teleop group (``teleop.group``, else the first arm-like group), its integrator, state."""
+        tcfg = self.cfg.teleop
+        name = tcfg.group
+        if name is None:
+            arm_like = [n for n, g in self.robot.groups.items() if g.controller not in ("gripper", "base_twist")]
+            name = next((n for n in arm_like if self.robot.groups[n].ee_link), arm_like[0] if arm_like else None)
+        self._tp_rt: _GroupRuntime | None = self._groups.get(name) if name else None
+        grippers = [rt for rt in self._groups.values() if rt.spec.controller == "gripper"]
+        self._tp_grip_rt: _GroupRuntime | None = grippers[0] if grippers else None
+        self._tp: TeleopIntegrator | None = None
+        self._tp_kinematics = "none"
+        if self._tp_rt is not None and self._tp_rt.spec.controller != "base_twist":
+            spec = self._tp_rt.spec
+            scale = self.cfg.safety.velocity_scale
+            limits = TeleopLimits(
+                max_linear_mps=tcfg.max_linear_mps,
+                max_angular_rps=tcfg.max_angular_rps,
+                joint_velocity={j.name: j.velocity * scale for j in self.robot.joints if j.name in spec.joints},
+                joint_position={j: self.safety.position_limits(j) for j in spec.joints},
+            )
+            chain = None
+            if spec.controller != "cartesian_impedance":
+                chain = kinematics_for(self.robot.name, spec.joints)
+            self._tp_kinematics = ("cartesian controller" if spec.controller == "cartesian_impedance"
+                                   else f"{chain.name} DH model, DLS Jacobian" if chain is not None
+                                   else "none: joint jogs only")
+            self._tp = TeleopIntegrator(spec.joints if spec.controller != "cartesian_impedance" else (),
+                                        chain, limits)
+        self._tp_twist: tuple[np.ndarray, float] | None = None  # (twist, receive time)
+        self._tp_pose: tuple[np.ndarray, float] | None = None  # (4×4 target, receive time)
+        self._tp_jog: tuple[dict[str, float], float] | None = None
+        self._tp_gripper: float | None = None
+        self._tp_last_input = -math.inf
+        self._tp_last_step = -math.inf
+        self._tp_started = False
+        self._halt_teleop = False  # teleop while HALTED (teleop_only_after_halt)
+        self._rebase: tuple[float, dict[str, np.ndarray]] | None = None
+        self._rebase_pending = False
+
     def _make_interfaces(self, status_hz: float) -> None:
         from controller_manager_msgs.srv import ListControllers, SwitchController
 
@@ -293,6 +379,20 @@ class ControllerBridgeNode(Node):
         self.create_service(Trigger, SERVICE_RESET, self._srv_reset, callback_group=io)
         self.create_service(Trigger, SERVICE_HOLD, self._srv_hold, callback_group=io)
         self.create_service(Trigger, SERVICE_RESUME, self._srv_resume, callback_group=io)
+        # Teleop: operator intent and commands share the command group with the timers, so an
+        # arriving command is integrated and sent at once (takeover latency ≈ one DDS hop).
+        cmd = self._cmd_cbg
+        self.create_subscription(Bool, TOPIC_TELEOP_ENGAGE, self._on_engage, QOS_EVENT, callback_group=cmd)
+        self.create_subscription(TwistStamped, TOPIC_TELEOP_TWIST, self._on_teleop_twist, QOS_COMMAND,
+                                 callback_group=cmd)
+        self.create_subscription(PoseStamped, TOPIC_TELEOP_POSE, self._on_teleop_pose, QOS_COMMAND, callback_group=cmd)
+        self.create_subscription(JointState, TOPIC_TELEOP_JOINT_JOG, self._on_teleop_jog, QOS_COMMAND,
+                                 callback_group=cmd)
+        self.create_subscription(Float64, TOPIC_TELEOP_GRIPPER, self._on_teleop_gripper, QOS_COMMAND,
+                                 callback_group=cmd)
+        self.create_service(Trigger, SERVICE_TELEOP_TAKE, self._srv_teleop_take, callback_group=io)
+        self.create_service(Trigger, SERVICE_TELEOP_RELEASE, self._srv_teleop_release, callback_group=io)
+        self._intervention_pub = self.create_publisher(String, TOPIC_INTERVENTION, QOS_EVENT)
         self._list_client = self.create_client(ListControllers, SERVICE_LIST_CONTROLLERS, callback_group=self._client_cbg)
         self._switch_client = self.create_client(
             SwitchController, SERVICE_SWITCH_CONTROLLER, callback_group=self._client_cbg
@@ -432,9 +532,13 @@ class ControllerBridgeNode(Node):
     def _install(self, chunk: _Chunk, now: float) -> None:
         """Hand a chunk to the groups it drives (JT groups publish it at once)."""
         forwarded = False
+        if self._rebase_pending:
+            self._start_rebase(chunk)
         for gname in chunk.mapper.groups:
             rt = self._groups[gname]
             vals = chunk.mapper.group_values(chunk.values, gname)
+            if self._rebase is not None:
+                vals = self._rebased(gname, chunk.times, vals)
             c = rt.spec.controller
             if c == "joint_trajectory":
                 if not self._publish_policy_trajectory(rt, chunk, vals, now):
@@ -518,6 +622,16 @@ class ControllerBridgeNode(Node):
             else:
                 self._publish_values(rt, r.values, now)
                 return
+        if self._teleop_active(mode):
+            if rt is self._tp_rt and self._tp_started:
+                if now - self._tp_last_step >= 0.5 * rt.period_s:
+                    self._teleop_step(now)
+                return
+            if rt is self._tp_grip_rt and self._tp_gripper is not None:
+                r = self.safety.filter_gripper(rt.name, self._tp_gripper, now)
+                if not r.rejected:
+                    self._publish_values(rt, r.values, now)
+                    return
         if mode is Mode.TELEOP and rt.teleop is not None:
             self._publish_command(rt, rt.teleop, now)
             return
@@ -638,6 +752,24 @@ class ControllerBridgeNode(Node):
             log.info(text)
         else:
             log.warning(text)
+        if tr.source is Mode.TELEOP and tr.target is not Mode.TELEOP:
+            self._end_teleop(f"{tr.target}: {tr.reason}")
+            self._rebase_pending = tr.target is Mode.HOLD
+        if tr.source is Mode.HALTED and self._halt_teleop:
+            self._halt_teleop = False
+            self._end_teleop(f"{tr.target}: {tr.reason}")
+        if tr.target is not Mode.POLICY and tr.target is not Mode.HOLD:
+            self._rebase_pending = False
+        if tr.target is Mode.TELEOP:
+            # Everything holds where it is NOW (not where it was before POLICY); the teleop group's
+            # target starts at the measured state.
+            for rt in self._groups.values():
+                rt.policy = rt.policy_stiffness = rt.published = rt.teleop = None
+            self._pending = None
+            self._rebase = None
+            self._capture_hold(list(self._groups.values()))
+            self._reset_references_to_hold()
+            self._begin_teleop(tr.reason)
         if tr.target in (Mode.HOLD, Mode.HALTED) and tr.source is not tr.target:
             if not (tr.target is Mode.HALTED and tr.source is Mode.HOLD):
                 self._capture_hold(list(self._groups.values()))
@@ -645,7 +777,7 @@ class ControllerBridgeNode(Node):
                 rt.policy = rt.policy_stiffness = rt.published = rt.teleop = None
                 rt.hold_dirty = True
             self._pending = None
-        if tr.target in (Mode.POLICY, Mode.TELEOP):
+        if tr.target is Mode.POLICY:
             self._capture_hold([rt for rt in self._groups.values() if rt.hold is None])
             self._reset_references_to_hold()
         if tr.target is Mode.HALTED:
@@ -789,6 +921,8 @@ class ControllerBridgeNode(Node):
         now = self._now()
         with self._lock:
             self.arbiter.check(now)
+            if self._halt_teleop and now - self._tp_last_input > TELEOP_TIMEOUT_S:
+                self._exit_halt_teleop(f"no teleop command for more than {TELEOP_TIMEOUT_S} s")
             self._poll_controller_check(now)
             self._poll_switch(now)
             if self.arbiter.mode is Mode.HOLD and self._pending is not None:
@@ -816,16 +950,257 @@ class ControllerBridgeNode(Node):
         resp.message = d.reason
         return resp
 
-    # ------------------------------------------------------------------ teleop hook
+    # ------------------------------------------------------------------ teleop
     def request_teleop(self, reason: str = "teleop requested") -> Decision:
-        """Enter TELEOP (the teleop node/issue will call this through a service)."""
+        """The operator takes over: TELEOP from POLICY/HOLD; from HALTED, teleop under the latched
+        halt when ``teleop.teleop_only_after_halt`` allows it."""
         with self._lock:
-            return self.arbiter.request_teleop(reason)
+            now = self._now()
+            if self.arbiter.mode is Mode.HALTED:
+                d = self._enter_halt_teleop(reason, now)
+            else:
+                d = self.arbiter.request_teleop(reason)
+            if d and self._teleop_active(self.arbiter.mode) and self._tp_started:
+                self._teleop_step(now)  # the first teleop command goes out now: hold in place
+            return d
 
     def release_teleop(self, reason: str = "teleop released") -> Decision:
-        """Leave TELEOP to HOLD."""
+        """Leave TELEOP to HOLD (under a halt: back to holding, still HALTED)."""
         with self._lock:
+            if self._halt_teleop:
+                self._exit_halt_teleop(reason)
+                return Decision(True, reason)
             return self.arbiter.release_teleop(reason)
+
+    def _teleop_active(self, mode: Mode) -> bool:
+        """Whether teleop commands may move the robot now."""
+        if mode is Mode.TELEOP:
+            return True
+        return (mode is Mode.HALTED and self._halt_teleop and not self._switched_to_hold
+                and (self._switch is None or self._switch.what != "to_hold"))
+
+    def _enter_halt_teleop(self, reason: str, now: float) -> Decision:
+        if not self.cfg.teleop.teleop_only_after_halt:
+            return Decision(False, "HALTED: teleop after a halt is disabled (teleop.teleop_only_after_halt)")
+        if self._halt_teleop:
+            return Decision(True, "already teleoperating under the halt")
+        if not self.arbiter._fresh(self.arbiter._last_joint_state, self.arbiter.joint_state_timeout_s, now):  # noqa: SLF001
+            return Decision(False, "teleop refused: no fresh joint states")
+        self._halt_teleop = True
+        self._capture_hold(list(self._groups.values()))
+        self._reset_references_to_hold()
+        if self._switched_to_hold or (self._switch is not None and self._switch.what == "to_hold"):
+            self._request_switch("to_teleop", tuple(self.robot.controller_names), (self.robot.hold_controller,))
+        self._begin_teleop(f"under halt: {reason}")
+        self.get_logger().warning(f"HALTED: operator teleop under the latched halt ({reason}); reset still needed")
+        self._publish_state()
+        return Decision(True, f"teleop under the latched halt: {reason}")
+
+    def _exit_halt_teleop(self, reason: str) -> None:
+        self._halt_teleop = False
+        self._end_teleop(f"HALTED: {reason}")
+        self._capture_hold(list(self._groups.values()))
+        if self.robot.hold_controller and self.cfg.safety.halt_switches_to_hold_controller:
+            self._request_switch("to_hold", (self.robot.hold_controller,), tuple(self.robot.controller_names))
+        self.get_logger().warning(f"HALTED: teleop under the halt ended ({reason}); holding")
+        self._publish_state()
+
+    def _begin_teleop(self, reason: str) -> None:
+        """Start the teleop target at the measured state; mark the intervention."""
+        self._tp_started = False
+        self._tp_twist = self._tp_pose = self._tp_jog = None
+        self._tp_gripper = None
+        self._tp_last_input = self._now()  # the arbiter's teleop watchdog starts now too
+        self._tp_last_step = -math.inf
+        rt, tp = self._tp_rt, self._tp
+        if rt is not None and tp is not None:
+            try:
+                if rt.spec.controller == "cartesian_impedance":
+                    if self._ee_pose is None:
+                        raise KeyError("no measured end-effector pose on /ee_pose")
+                    tp.start_pose(*self._ee_pose)
+                    self.safety.reset_pose_reference(rt.name, *self._ee_pose)
+                else:
+                    tp.start_joints(self._joint_pos)
+                    self.safety.reset_reference({j: self._joint_pos[j] for j in rt.spec.joints})
+                self._tp_started = True
+            except (KeyError, ValueError) as e:
+                self.get_logger().error(f"teleop cannot start group {rt.name!r}: {e}; holding it")
+        self._stats["interventions_started"] += 1
+        self._intervention_pub.publish(String(data=f"start: {reason}"))
+
+    def _end_teleop(self, reason: str) -> None:
+        self._tp_started = False
+        self._tp_twist = self._tp_pose = self._tp_jog = None
+        self._tp_gripper = None
+        self._intervention_pub.publish(String(data=f"end: {reason}"))
+
+    def _teleop_step(self, now: float) -> None:
+        """Integrate the newest operator command onto the teleop target; filter; publish."""
+        rt, tp = self._tp_rt, self._tp
+        if rt is None or tp is None:
+            return
+        dt = now - self._tp_last_step if math.isfinite(self._tp_last_step) else rt.period_s
+        dt = min(max(dt, 0.0), 2.0 * rt.period_s)
+        self._tp_last_step = now
+        twist = jog = None
+        if self._tp_twist is not None and now - self._tp_twist[1] <= TELEOP_INPUT_FRESH_S:
+            twist = self._tp_twist[0]
+        elif self._tp_pose is not None and now - self._tp_pose[1] <= TELEOP_INPUT_FRESH_S and tp.cartesian_capable:
+            twist = tp.servo_twist(self._tp_pose[0])
+        if self._tp_jog is not None and now - self._tp_jog[1] <= TELEOP_INPUT_FRESH_S:
+            jog = self._tp_jog[0]
+        try:
+            target = tp.step(dt, twist=twist, joint_velocity=jog)
+        except RuntimeError:
+            self._stats["teleop_inputs_ignored"] += 1
+            target = tp.step(dt)
+        if rt.spec.controller == "cartesian_impedance":
+            r = self.safety.filter_pose(rt.name, target[:3], target[3:7], now)
+            if not r.rejected:
+                tp.pose = homogeneous(r.values[:3], r.values[3:7])  # stay on what is really sent
+        elif rt.spec.controller == "forward_velocity":
+            r = self.safety.filter_joint_velocity(rt.spec.joints, tp.qdot, now, self._joint_pos)
+        else:
+            r = self.safety.filter_joint(rt.spec.joints, target, now)
+            if not r.rejected:
+                tp.q = np.array(r.values, dtype=np.float64)
+        if r.rejected:
+            self._stats["teleop_rejected"] += 1
+            if self.arbiter.mode is Mode.TELEOP:
+                self.arbiter.hold(f"teleop command rejected: {r.reason}", CAUSE_REJECTED)
+            elif self._halt_teleop:
+                self._exit_halt_teleop(f"teleop command rejected: {r.reason}")
+            return
+        self._stats["teleop_commands"] += 1
+        if rt.spec.controller == "joint_trajectory":
+            lead = TELEOP_LEAD_PERIODS * rt.period_s
+            msg = JointTrajectory()
+            msg.header.stamp = self._stamp(now)
+            msg.header.frame_id = "teleop"
+            msg.joint_names = list(rt.spec.joints)
+            msg.points.append(JointTrajectoryPoint(
+                positions=[float(x) for x in r.values], velocities=[float(x) for x in tp.qdot],
+                time_from_start=_duration(lead)))
+            rt.pub.publish(msg)
+            self._note_published(now)
+        else:
+            self._publish_values(rt, r.values, now)
+
+    def _note_teleop_input(self, now: float) -> bool:
+        """An operator command arrived: feeds the watchdogs; False when teleop is not active."""
+        self._stats["teleop_inputs"] += 1
+        if not self._teleop_active(self.arbiter.mode) and not self._halt_teleop:
+            self._stats["teleop_inputs_ignored"] += 1
+            return False
+        self._tp_last_input = now
+        self.arbiter.note_teleop_command(now)
+        return True
+
+    def _frame_ok(self, frame_id: str) -> bool:
+        rt = self._tp_rt
+        ok = frame_id in ("", self.robot.base_frame) or (rt is not None and frame_id == rt.spec.frame_id)
+        if not ok:
+            self._stats["teleop_inputs_ignored"] += 1
+            self._last_reject = f"teleop command in frame {frame_id!r}: only the base frame is accepted"
+        return ok
+
+    def _on_engage(self, msg: Bool) -> None:
+        if msg.data:
+            d = self.request_teleop("operator engaged (deadman held)")
+            if not d:
+                self.get_logger().warning(f"teleop engage refused: {d.reason}")
+        else:
+            with self._lock:
+                if self._halt_teleop or self.arbiter.mode is Mode.TELEOP:
+                    self.release_teleop("operator released the deadman")
+
+    def _on_teleop_twist(self, msg: TwistStamped) -> None:
+        now = self._now()
+        lin, ang = msg.twist.linear, msg.twist.angular
+        v = np.array([lin.x, lin.y, lin.z, ang.x, ang.y, ang.z], dtype=np.float64)
+        with self._lock:
+            if not self._frame_ok(msg.header.frame_id):
+                return
+            if not np.all(np.isfinite(v)):
+                self._stats["teleop_rejected"] += 1
+                return
+            if not self._note_teleop_input(now):
+                return
+            self._tp_twist = (v, now)
+            rt = self._tp_rt
+            if self._tp_started and rt is not None and now - self._tp_last_step >= 0.5 * rt.period_s:
+                self._teleop_step(now)  # do not wait for the next tick
+
+    def _on_teleop_pose(self, msg: PoseStamped) -> None:
+        now = self._now()
+        p, o = msg.pose.position, msg.pose.orientation
+        with self._lock:
+            if not self._frame_ok(msg.header.frame_id):
+                return
+            try:
+                target = homogeneous((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))
+            except ValueError:
+                self._stats["teleop_rejected"] += 1
+                return
+            if not np.all(np.isfinite(target)) or not self._note_teleop_input(now):
+                return
+            self._tp_pose = (target, now)
+
+    def _on_teleop_jog(self, msg: JointState) -> None:
+        now = self._now()
+        jog = {n: float(v) for n, v in zip(msg.name, msg.velocity)}
+        with self._lock:
+            if not all(math.isfinite(v) for v in jog.values()) or len(jog) != len(msg.name):
+                self._stats["teleop_rejected"] += 1
+                return
+            if self._note_teleop_input(now):
+                self._tp_jog = (jog, now)
+
+    def _on_teleop_gripper(self, msg: Float64) -> None:
+        now = self._now()
+        with self._lock:
+            if math.isfinite(msg.data) and self._note_teleop_input(now):
+                self._tp_gripper = float(msg.data)
+
+    def _srv_teleop_take(self, _req, resp):
+        d = self.request_teleop("operator take via /vla/teleop/take")
+        return self._answer(resp, d)
+
+    def _srv_teleop_release(self, _req, resp):
+        with self._lock:
+            if not self._halt_teleop and self.arbiter.mode is not Mode.TELEOP:
+                return self._answer(resp, Decision(False, f"not teleoperating (mode {self.arbiter.mode})"))
+            d = self.release_teleop("operator release via /vla/teleop/release")
+        return self._answer(resp, d)
+
+    # ------------------------------------------------------------------ bumpless policy resume
+    def _start_rebase(self, chunk: _Chunk) -> None:
+        """First chunk after teleop: offsets from its first point to the held state."""
+        self._rebase_pending = False
+        offsets: dict[str, np.ndarray] = {}
+        for gname in chunk.mapper.groups:
+            rt = self._groups[gname]
+            hold = rt.hold
+            first = chunk.mapper.group_values(chunk.values[:1], gname)[0]
+            if isinstance(hold, JointCommand) and hold.kind == "position" and len(first) == len(hold.values):
+                offsets[gname] = np.asarray(hold.values, dtype=np.float64) - first
+            elif isinstance(hold, PoseCommand):
+                off = np.zeros(len(first))
+                off[:3] = hold.position - first[:3]
+                offsets[gname] = off
+        self._rebase = (float(chunk.times[0]), offsets) if offsets else None
+
+    def _rebased(self, gname: str, times: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        t0, offsets = self._rebase
+        off = offsets.get(gname)
+        if off is None:
+            return vals
+        w = np.clip(1.0 - (times - t0) / REBASE_S, 0.0, 1.0)
+        if times[0] > t0 + REBASE_S:
+            self._rebase = None  # the offset has faded out
+            return vals
+        return vals + w[:, None] * off[None, :]
 
     def teleop_command(self, command: GroupCommand) -> SafetyResult | None:
         """Filter a teleop command and make it the group's target (sent by the command timer).
@@ -875,6 +1250,10 @@ class ControllerBridgeNode(Node):
             "controllers": self._controllers_status,
             "switch_controller": self._switch_status,
             "halt_cause_present": str(self._halt_cause_present()).lower(),
+            "teleop": ("engaged" if a.mode is Mode.TELEOP else "engaged under halt" if self._halt_teleop
+                       else "off"),
+            "teleop_group": self._tp_rt.name if self._tp_rt is not None else "none",
+            "teleop_kinematics": self._tp_kinematics,
             "interventions": str(self.safety.total_interventions),
             "interventions_by_kind": ", ".join(f"{k}={v}" for k, v in sorted(counters.items())) or "none",
             "interventions_by_name": "; ".join(

@@ -1,0 +1,68 @@
+"""The recorder as a real process: a teleop intervention is recorded; SIGKILL keeps closed parts."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+import yaml
+
+from test.conftest import node_logs, wait_for
+from vla_runtime.bench.teleop import GAMEPAD_TELEOP, TeleopRig
+from vla_runtime.recording import read_bag, recover
+from vla_runtime.supervisor import NodeSpec
+
+pytestmark = pytest.mark.integration
+
+
+def test_recorder_survives_sigkill_with_closed_parts_and_interventions(supervisor, probe, write_config, tmp_path):
+    cfg = write_config("sim_panda.yaml", {"teleop": GAMEPAD_TELEOP, "cameras": []})
+    bag = tmp_path / "bag"
+    rig = TeleopRig(probe)
+    for name, module, params in (
+        ("sim_robot", "vla_runtime.nodes.sim_robot", {}),
+        ("controller_bridge", "vla_runtime.nodes.controller_bridge", {}),
+        ("teleop", "vla_runtime.nodes.teleop", {}),
+        ("recorder", "vla_runtime.nodes.recorder", {"bag_dir": str(bag), "part_s": 0.5}),
+    ):
+        supervisor.start(NodeSpec(name, module, str(cfg), params=params))
+    try:
+        wait_for(lambda: rig.mode() == "POLICY", 30, what="POLICY")
+        wait_for(lambda: (bag / "metadata.yaml").exists(), 10, what="a first closed part")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{node_logs(tmp_path)}") from None
+    rig.deadman(True, [1.0, 0, 0, 0, 0, 0])
+    wait_for(lambda: rig.mode() == "TELEOP", 2, what="TELEOP")
+    time.sleep(0.4)
+    rig.deadman(False)
+    wait_for(lambda: rig.mode() == "POLICY", 3, what="POLICY again")
+    t_back = probe.node.get_clock().now().nanoseconds
+    time.sleep(1.0)
+
+    def closed_until() -> int:
+        meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        return meta["starting_time"]["nanoseconds_since_epoch"] + meta["duration"]["nanoseconds"]
+
+    # the writer may lag on a loaded machine: kill once the handback lies in closed parts
+    wait_for(lambda: closed_until() > t_back + 500_000_000, 15, what="closed parts covering the handback")
+    supervisor.kill("recorder", signal.SIGKILL)
+    supervisor.process("recorder").wait(timeout=5)
+
+    recover(bag)
+    seen: dict[str, int] = {}
+    interventions, teleop_cmds, modes = [], 0, set()
+    for topic, _t, msg in read_bag(bag):
+        seen[topic] = seen.get(topic, 0) + 1
+        if topic == "/vla/intervention":
+            interventions.append(msg.data)
+        elif topic == "/arm_controller/joint_trajectory" and msg.header.frame_id == "teleop":
+            teleop_cmds += 1
+        elif topic == "/vla/safety_state":
+            modes.add(msg.message)
+    assert seen.get("/joint_states", 0) > 100 and seen.get("/ee_pose", 0) > 50, seen
+    assert seen.get("/vla/action_chunk", 0) > 10, seen
+    assert seen.get("/joy", 0) > 10 and seen.get("/vla/teleop/twist", 0) > 5, seen
+    assert teleop_cmds > 10, seen
+    assert {"POLICY", "TELEOP", "HOLD"} <= modes, modes
+    assert any(s.startswith("start") for s in interventions) and any(s.startswith("end") for s in interventions)

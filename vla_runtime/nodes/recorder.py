@@ -1,0 +1,223 @@
+"""recorder: every tick of the runtime into a crash-safe rosbag2 (MCAP) directory.
+
+Subscribes (serialised, never deserialised: ``raw=True``) to what it takes to replay and to learn
+from a run, and hands the bytes to a writer thread (:class:`~vla_runtime.recording.BagRecorder`):
+
+* observations: ``/joint_states``, ``/ee_pose``, the config's camera topics (their header stamps
+  are the observation references; ``record_images:=false`` keeps only joint states);
+* the policy: ``/vla/action_chunk`` (the plan), ``/vla/policy_features`` (latent summary, latent
+  age, inference time), ``/diagnostics`` (latent version, rates), ``/vla/instruction``;
+* what was really sent: every controller topic of the config, ``/vla/safety_state`` (arbiter mode
+  and safety interventions), ``/vla/halt``;
+* the operator: ``/joy``, ``/vla/teleop/{twist,pose,joint_jog,gripper,engage}`` and
+  ``/vla/intervention`` (interventions are also listed in the bag's metadata).
+
+Parameters: ``config_file``, ``bag_dir`` (default ``runs/bags/<UTC time>``), ``max_bytes``
+(2 GiB), ``max_duration_s`` (3600), ``part_s`` (5.0), ``record_images`` (true).
+Diagnostics (``/diagnostics``, 1 Hz): status (ERROR with the reason when the disk is full),
+parts closed, bytes, messages, queue drops.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile
+
+from vla_runtime.core.config import PROJECT_ROOT, RuntimeConfig
+from vla_runtime.core.teleop import (
+    TOPIC_INTERVENTION,
+    TOPIC_JOY,
+    TOPIC_TELEOP_ENGAGE,
+    TOPIC_TELEOP_GRIPPER,
+    TOPIC_TELEOP_JOINT_JOG,
+    TOPIC_TELEOP_POSE,
+    TOPIC_TELEOP_TWIST,
+)
+from vla_runtime.nodes.common import (
+    QOS_COMMAND,
+    QOS_DIAGNOSTICS,
+    QOS_LATCHED,
+    QOS_SENSOR,
+    TOPIC_ACTION_CHUNK,
+    TOPIC_DIAGNOSTICS,
+    TOPIC_EE_POSE,
+    TOPIC_HALT,
+    TOPIC_INSTRUCTION,
+    TOPIC_JOINT_STATES,
+    TOPIC_POLICY_FEATURES,
+    TOPIC_SAFETY_STATE,
+    diagnostic_status,
+    load_node_config,
+    ros_args_config,
+    ros_session,
+)
+from vla_runtime.recording import BagRecorder, RecorderLimits, RecordingError, TopicSpec
+
+_CONTROLLER_TYPES = {
+    "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+    "forward_position": "std_msgs/msg/Float64MultiArray",
+    "forward_velocity": "std_msgs/msg/Float64MultiArray",
+    "gripper": "std_msgs/msg/Float64MultiArray",
+    "cartesian_impedance": "geometry_msgs/msg/PoseStamped",
+    "joint_impedance": "sensor_msgs/msg/JointState",
+    "base_twist": "geometry_msgs/msg/Twist",
+}
+QUEUE_SIZE = 4096
+
+
+def recorded_topics(cfg: RuntimeConfig, record_images: bool = True) -> list[tuple[TopicSpec, str]]:
+    """Every topic the recorder subscribes to, with its QoS kind (``sensor``/``command``/``latched``/``reliable``)."""
+    out: list[tuple[TopicSpec, str]] = [
+        (TopicSpec(TOPIC_JOINT_STATES, "sensor_msgs/msg/JointState"), "sensor"),
+        (TopicSpec(TOPIC_EE_POSE, "geometry_msgs/msg/PoseStamped"), "sensor"),
+        (TopicSpec(TOPIC_ACTION_CHUNK, "trajectory_msgs/msg/JointTrajectory"), "command"),
+        (TopicSpec(TOPIC_POLICY_FEATURES, "std_msgs/msg/Float32MultiArray"), "sensor"),
+        (TopicSpec(TOPIC_DIAGNOSTICS, "diagnostic_msgs/msg/DiagnosticArray"), "reliable"),
+        (TopicSpec(TOPIC_SAFETY_STATE, "diagnostic_msgs/msg/DiagnosticStatus", latched=True), "latched"),
+        (TopicSpec(TOPIC_HALT, "std_msgs/msg/String", latched=True), "latched"),
+        (TopicSpec(TOPIC_INSTRUCTION, "std_msgs/msg/String", latched=True), "latched"),
+        (TopicSpec(TOPIC_INTERVENTION, "std_msgs/msg/String"), "reliable"),
+        (TopicSpec(TOPIC_JOY, "sensor_msgs/msg/Joy"), "sensor"),
+        (TopicSpec(TOPIC_TELEOP_TWIST, "geometry_msgs/msg/TwistStamped"), "command"),
+        (TopicSpec(TOPIC_TELEOP_POSE, "geometry_msgs/msg/PoseStamped"), "command"),
+        (TopicSpec(TOPIC_TELEOP_JOINT_JOG, "sensor_msgs/msg/JointState"), "command"),
+        (TopicSpec(TOPIC_TELEOP_GRIPPER, "std_msgs/msg/Float64"), "command"),
+        (TopicSpec(TOPIC_TELEOP_ENGAGE, "std_msgs/msg/Bool"), "reliable"),
+    ]
+    for g in cfg.robot.groups.values():
+        out.append((TopicSpec(g.resolved_topic, _CONTROLLER_TYPES[g.controller]), "command"))
+        if g.controller in ("cartesian_impedance", "joint_impedance") and g.stiffness_limits is not None:
+            out.append((TopicSpec(f"/{g.controller_name}/target_stiffness", "std_msgs/msg/Float64MultiArray"),
+                        "command"))
+    if record_images:
+        out += [(TopicSpec(c.topic, "sensor_msgs/msg/Image"), "sensor") for c in cfg.cameras]
+    return out
+
+
+def _msg_class(msgtype: str):
+    import importlib
+
+    pkg, _, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{pkg}.msg"), name)
+
+
+class RecorderNode(Node):
+    """Records the runtime's topics into a bounded, crash-safe rosbag2 directory."""
+
+    def __init__(self, config: RuntimeConfig | None = None, node_name: str = "recorder") -> None:
+        super().__init__(node_name)
+        self.cfg = config if config is not None else load_node_config(self)
+        self.declare_parameter("bag_dir", "")
+        self.declare_parameter("max_bytes", 2 * 1024**3)
+        self.declare_parameter("max_duration_s", 3600.0)
+        self.declare_parameter("part_s", 5.0)
+        self.declare_parameter("record_images", True)
+        bag_dir = str(self.get_parameter("bag_dir").value) or str(
+            PROJECT_ROOT / "runs" / "bags" / time.strftime("%Y%m%d_%H%M%S", time.gmtime()))
+        limits = RecorderLimits(
+            max_bytes=int(self.get_parameter("max_bytes").value),
+            max_duration_s=float(self.get_parameter("max_duration_s").value),
+            part_s=float(self.get_parameter("part_s").value),
+        )
+        topics = recorded_topics(self.cfg, bool(self.get_parameter("record_images").value))
+        try:
+            self.bag = BagRecorder(Path(bag_dir), [t for t, _ in topics], limits)
+        except (RecordingError, OSError) as e:
+            self.get_logger().fatal(f"cannot record into {bag_dir}: {e}")
+            raise SystemExit(2) from None
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self.queue_drops = 0
+        # A recorder must not lose samples to a short scheduling hiccup: deeper queues than the
+        # runtime's own (newest-wins) subscriptions.
+        sensor = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=QOS_SENSOR.reliability,
+                            durability=QOS_SENSOR.durability)
+        deep = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=QOS_COMMAND.reliability)
+        qos = {"sensor": sensor, "command": deep, "latched": QOS_LATCHED, "reliable": deep}
+        for spec, kind in topics:
+            self.create_subscription(_msg_class(spec.msgtype), spec.name, self._make_cb(spec.name), qos[kind],
+                                     raw=True)
+        self._diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self._last_status = self.bag.status
+        self._writer = threading.Thread(target=self._write_loop, name="bag_writer", daemon=True)
+        self._writer.start()
+        self.get_logger().info(f"recording {len(topics)} topics into {bag_dir} "
+                               f"(parts of {limits.part_s:g} s, ≤ {limits.max_bytes} bytes)")
+
+    def _make_cb(self, topic: str):
+        def cb(data: bytes) -> None:
+            t = self.get_clock().now().nanoseconds
+            try:
+                self._queue.put_nowait((topic, t, data))
+            except queue.Full:
+                self.queue_drops += 1
+
+        return cb
+
+    def _write_loop(self) -> None:
+        from vla_runtime.recording import _typestore, deserialize
+
+        ts = _typestore()
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            topic, t, data = item
+            if topic == TOPIC_INTERVENTION:
+                try:
+                    self.bag.mark_intervention(t, deserialize(ts, data, "std_msgs/msg/String").data)
+                except Exception:  # noqa: BLE001 - a bad label must not stop the recording
+                    pass
+            self.bag.write(topic, t, data)
+
+    def _publish_diagnostics(self) -> None:
+        s = self.bag.summary()
+        s["queue_drops"] = self.queue_drops
+        failed = str(s["status"]).startswith("FAILED")
+        if s["status"] != self._last_status:
+            self._last_status = s["status"]
+            if failed:
+                self.get_logger().error(f"recording: {s['status']}")
+            else:
+                self.get_logger().info(f"recording: {s['status']}")
+        level = 2 if failed else 0  # DiagnosticStatus ERROR / OK
+        arr = DiagnosticArray(status=[diagnostic_status("vla/recorder", level, str(s["status"]), s)])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(arr)
+
+    def close(self) -> None:
+        """Write what is queued, close the open part (bounded wait)."""
+        try:
+            self._queue.put(None, timeout=1.0)
+        except queue.Full:
+            pass
+        self._writer.join(timeout=5.0)
+        self.bag.stop("stopped: recorder shut down")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console script: ``recorder --config sim_panda.yaml --ros-args -p bag_dir:=runs/bags/x``."""
+    try:
+        with ros_session(ros_args_config(args)):
+            node = RecorderNode()
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            try:
+                executor.spin()
+            finally:
+                node.close()
+                executor.shutdown(timeout_sec=1.0)
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
+if __name__ == "__main__":
+    main()
