@@ -1,0 +1,105 @@
+"""The failure detector as a real process in the whole sim graph: it halts, the arm holds, reset
+waits for the cause to clear; a silent detector makes the bridge HOLD.
+
+One graph (config/sim_panda_detector.yaml: MuJoCo robot, slow path, fast path, bridge, detector)
+serves all checks of a test, over DDS on a private domain.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from std_srvs.srv import Trigger
+
+from test.conftest import wait_for
+from vla_runtime.bench.faults import GraphUnderTest
+from vla_runtime.nodes.common import SERVICE_RESET
+from vla_runtime.nodes.failure_detector import decision_ns
+
+pytestmark = pytest.mark.integration
+
+#: 2 fast-loop periods at 30 Hz, plus DDS and a loaded 2-core machine.
+HALT_DEADLINE_S = 0.1
+
+
+@pytest.fixture
+def graph(domain_id, ros_env, tmp_path):
+    g = GraphUnderTest(relay=False, log_dir=tmp_path / "logs", domain_id=domain_id)
+    try:
+        g.start(timeout=90)
+        yield g
+    finally:
+        g.close()
+
+
+def _reset(g: GraphUnderTest):
+    return g.probe.call(Trigger, SERVICE_RESET, Trigger.Request(), timeout=5.0)
+
+
+def test_fault_halts_holds_and_reset_waits_for_the_cause(graph):
+    g = graph
+    g.wait_policy()
+    # Fault: the fast path freezes (SIGSTOP) — plans stop, the detector's fast-path monitor fires.
+    pid = g.sup.process("action_chunk_node").pid
+    t_f = time.monotonic()
+    n_jt = len(g.jt)
+    g.sup.kill("action_chunk_node", signal.SIGSTOP)
+    try:
+        wait_for(lambda: g.mode() == "HALTED", 2.0, interval=0.005, what="HALTED after the fast path froze")
+        t_safe, worst = g.safe_after(t_f)
+        reason = g.state()["reason"]
+        assert "failure_detector: fast_path" in reason, reason
+        assert decision_ns(reason) is not None
+        # fast-path timeout (4 periods = 133 ms) + the bridge's reaction
+        assert t_safe - t_f <= 4 / g.cfg.rates.fast_hz + HALT_DEADLINE_S, (t_safe - t_f, g.state())
+        # the arm got a hold command and the hand stays put
+        wait_for(lambda: any(n == 1 for _, n in g.jt[n_jt:]), 1.0, what="a hold command")
+        time.sleep(1.0)
+        motion = g.motion_mm(t_safe + 0.05, t_safe + 1.0)
+        assert motion is not None and motion <= 5.0, motion
+        # the cause persists: reset refused
+        assert (g.halt_signal() or "").strip()
+        resp = _reset(g)
+        assert not resp.success and "halt cause still present" in resp.message, resp.message
+    finally:
+        g.sup.kill("action_chunk_node", signal.SIGCONT)
+    del pid
+    # cause cleared → "" on /vla/halt → reset accepted → POLICY again
+    wait_for(lambda: g.halt_signal() == "", 3.0, what="the detector clearing its halt")
+    assert _reset(g).success
+    g.wait_policy(10.0)
+
+
+def test_nan_features_halt_within_deadline_and_silent_detector_holds(graph):
+    from array import array
+
+    import numpy as np
+    from std_msgs.msg import Float32MultiArray, MultiArrayDimension
+
+    g = graph
+    g.wait_policy()
+    wait_for(lambda: bool(g.features_label), 10, what="policy features")
+    msg = Float32MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=g.features_label, size=g.features_size, stride=g.features_size)]
+    bad = np.zeros(g.features_size, np.float32)
+    bad[3] = np.inf
+    msg.data = array("f", bad.tobytes())
+    t_f = time.monotonic()
+    g.features_pub.publish(msg)
+    wait_for(lambda: g.mode() == "HALTED", 1.0, interval=0.002, what="HALTED after non-finite features")
+    t_safe, _ = g.safe_after(t_f)
+    assert t_safe - t_f <= HALT_DEADLINE_S, t_safe - t_f
+    assert "features_finite" in g.state()["reason"]
+    g.recover(10.0)
+
+    # The detector dies: no heartbeat → the bridge HOLDs (it cannot enter POLICY without one).
+    t_k = time.monotonic()
+    g.sup.kill("failure_detector", signal.SIGKILL)
+    wait_for(lambda: g.mode() == "HOLD", 2.0, interval=0.005, what="HOLD after the detector went silent")
+    t_hold, _ = g.safe_after(t_k)
+    assert "failure detector silent" in g.state()["reason"], g.state()
+    assert t_hold - t_k <= g.cfg.safety.detector_heartbeat_s + HALT_DEADLINE_S
+    time.sleep(0.5)
+    assert g.mode() == "HOLD" and "failure detector heartbeat missing" in g.state().get("policy_refused", "")

@@ -1,0 +1,359 @@
+"""``vla-runtime calibrate-detector``: record rollouts, train the failure head, calibrate, evaluate.
+
+A rollout is one episode of the fast path's ``/vla/policy_features`` with its receive times and
+its outcome (label 1 = failed, 0 = succeeded). Rollouts are stored as one ``.npz`` each
+(``times``, ``features``; no pickle) plus ``rollouts.yaml`` (label, scenario, layout, fault
+time) in a directory.
+
+Pipeline (:func:`calibrate_detector`): split the rollouts into train / calibration / held-out
+(stratified, seeded), train the MLP head on train (successes and failures), calibrate δ(t) on
+the calibration split's SUCCESSES only at ``alpha``, evaluate on held-out, save into
+``<package>/detector/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from vla_runtime.core.failure_detection import (
+    ConformalThreshold,
+    FeatureLayout,
+    LearnedDetector,
+    calibrate_threshold,
+    episode_step_features,
+    roc_auc,
+    train_scorer,
+)
+
+INDEX_FILE = "rollouts.yaml"
+
+
+@dataclass
+class Rollout:
+    """One recorded episode.
+
+    Attributes:
+        times: Seconds since the episode started, (T,).
+        features: Raw ``/vla/policy_features`` vectors, (T, N).
+        label: 1 = failed, 0 = succeeded.
+        layout: The feature layout label.
+        scenario: How it was produced (``nominal``, ``target_moved``, ``arm_blocked``, ``wrong_object``…).
+        fault_t: When the induced fault started (s into the episode), None for nominal episodes.
+    """
+
+    times: np.ndarray
+    features: np.ndarray
+    label: int
+    layout: str
+    scenario: str = "nominal"
+    fault_t: float | None = None
+    meta: dict = field(default_factory=dict)
+
+
+# ============================================================================ storage
+def save_rollouts(rollouts: Sequence[Rollout], directory: str | os.PathLike) -> Path:
+    """Write ``NNNN.npz`` per rollout and the ``rollouts.yaml`` index."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    index = []
+    for i, r in enumerate(rollouts):
+        name = f"{i:04d}.npz"
+        np.savez_compressed(d / name, times=np.asarray(r.times, np.float64), features=np.asarray(r.features, np.float32))
+        index.append({"file": name, "label": int(r.label), "scenario": r.scenario, "layout": r.layout,
+                      "fault_t": None if r.fault_t is None else float(r.fault_t), "steps": int(len(r.times)),
+                      "meta": {str(k): v for k, v in r.meta.items()}})
+    (d / INDEX_FILE).write_text(yaml.safe_dump({"rollouts": index}, sort_keys=False))
+    return d
+
+
+def load_rollouts(directory: str | os.PathLike) -> list[Rollout]:
+    """Read a directory written by :func:`save_rollouts` (or :func:`record_rollouts`)."""
+    d = Path(directory)
+    idx = yaml.safe_load((d / INDEX_FILE).read_text()) or {}
+    out = []
+    for e in idx.get("rollouts", []):
+        with np.load(d / e["file"], allow_pickle=False) as z:
+            out.append(Rollout(z["times"], z["features"], int(e["label"]), str(e["layout"]), str(e.get("scenario", "")),
+                               e.get("fault_t"), dict(e.get("meta") or {})))
+    if not out:
+        raise ValueError(f"{d}: no rollouts in {INDEX_FILE}")
+    return out
+
+
+# ============================================================================ synthetic data
+def synthetic_rollouts(n: int, fail_fraction: float = 0.5, layout: FeatureLayout | None = None, rate_hz: float = 30.0,
+                       duration_s: tuple[float, float] = (4.0, 8.0), seed: int = 0) -> list[Rollout]:
+    """Feature sequences shaped like the fast node's, for building and testing the pipeline.
+
+    Successes: a stationary latent around a per-episode task embedding and smooth chunks that
+    converge. Failures: the same until a random onset, then the latent drifts off and the chunks
+    grow jittery and inconsistent from step to step (what SAFE observes in real VLA features).
+    These are NOT real rollouts: numbers from them say the code works, not that a policy's
+    failures are detectable.
+    """
+    layout = layout or FeatureLayout(32, 8, 4)
+    rng = np.random.default_rng(seed)
+    out = []
+    task = rng.normal(0, 1, layout.latent_dim)
+    drift_dir = rng.normal(0, 1, layout.latent_dim)
+    drift_dir /= np.linalg.norm(drift_dir)
+    for i in range(n):
+        fail = rng.random() < fail_fraction
+        T = int(rng.uniform(*duration_s) * rate_hz)
+        times = np.arange(T) / rate_hz + rng.normal(0, 0.002, T).clip(-0.004, 0.004)
+        times = np.maximum.accumulate(np.clip(times, 0, None))
+        onset = rng.uniform(0.2, 0.6) * times[-1] if fail else math.inf
+        goal = rng.normal(0, 0.3, layout.action_dim)
+        feats = np.zeros((T, layout.size), np.float32)
+        state = np.zeros(layout.action_dim)
+        for t in range(T):
+            after = max(0.0, times[t] - onset)
+            latent = task + rng.normal(0, 0.5, layout.latent_dim) + 1.5 * min(after, 1.5) * drift_dir
+            jitter = 0.02 + 0.15 * min(after, 1.0)
+            target = goal + (rng.normal(0, 0.4, layout.action_dim) if after > 0 else 0.0)
+            steps = np.linspace(0, 1, layout.horizon)[:, None]
+            chunk = state + steps * (target - state) * 0.3 + rng.normal(0, jitter, (layout.horizon, layout.action_dim))
+            state = state + 0.05 * (target - state)
+            age = rng.uniform(0.05, 0.45)
+            feats[t] = np.concatenate([latent, chunk.reshape(-1), [age, rng.uniform(1, 3), 0.0]])
+        out.append(Rollout(times, feats, int(fail), layout.label, "synthetic_fail" if fail else "synthetic_success",
+                           None if not fail else float(onset), {"synthetic": True}))
+    return out
+
+
+# ============================================================================ train / calibrate / evaluate
+def _layout_of(rollouts: Sequence[Rollout]) -> FeatureLayout:
+    labels = {r.layout for r in rollouts}
+    if len(labels) != 1:
+        raise ValueError(f"rollouts mix feature layouts: {sorted(labels)}")
+    return FeatureLayout.parse(labels.pop(), rollouts[0].features.shape[1])
+
+
+def train_detector(rollouts: Sequence[Rollout], hidden: int = 32, epochs: int = 300, accumulate: str = "max_ema",
+                   seed: int = 0) -> LearnedDetector:
+    """Train the MLP head on successes and failures; the result is not calibrated yet."""
+    layout = _layout_of(rollouts)
+    labels = [r.label for r in rollouts]
+    if len(set(labels)) < 2:
+        raise ValueError(f"training needs both successful and failed rollouts, got labels {sorted(set(labels))}")
+    x = [episode_step_features(layout, r.features) for r in rollouts]
+    scorer = train_scorer(x, labels, hidden=hidden, epochs=epochs, accumulate=accumulate, seed=seed)
+    return LearnedDetector(layout, scorer, None, {"trained_on": len(rollouts), "train_failures": int(sum(labels))})
+
+
+def calibrate(model: LearnedDetector, successful_rollouts: Sequence[Rollout], alpha: float, bin_s: float = 0.5,
+              method: str = "functional", seed: int = 0) -> LearnedDetector:
+    """Set δ(t) from SUCCESSFUL rollouts at level alpha (ValueError if a failure is passed)."""
+    bad = [i for i, r in enumerate(successful_rollouts) if r.label != 0]
+    if bad:
+        raise ValueError(f"calibration takes successful rollouts only; rollouts {bad[:5]} are failures")
+    curves = [(np.asarray(r.times), model.episode_scores(r.features)) for r in successful_rollouts]
+    model.threshold = calibrate_threshold(curves, alpha, bin_s=bin_s, method=method, seed=seed)
+    model.info = {**model.info, "calibrated_on": len(successful_rollouts)}
+    return model
+
+
+def evaluate(model: LearnedDetector, heldout: Sequence[Rollout]) -> dict:
+    """ROC-AUC, mean detection time and false-alarm rate on held-out rollouts.
+
+    * ``roc_auc``: threshold-free, episode score = max over the episode of ``s(t)``, failures
+      positive; ``roc_auc_margin`` uses the alarm margin ``max_t s(t) − δ(t)`` instead.
+    * ``mean_detection_time_s``: over detected failures, time of the first alarm from the episode
+      start; ``mean_detection_delay_s`` from the induced fault's start where it is known.
+    * ``false_alarm_rate``: share of held-out successes with an alarm at any time.
+    """
+    th: ConformalThreshold | None = model.threshold
+    if th is None:
+        raise ValueError("evaluate needs a calibrated detector (run calibrate first)")
+    maxima: list[float] = []
+    margins: list[float] = []
+    labels: list[int] = []
+    det_t: list[float] = []
+    det_delay: list[float] = []
+    alarms_on_success = n_succ = n_fail = detected = 0
+    for r in heldout:
+        s = model.episode_scores(r.features)
+        t = np.asarray(r.times)
+        idx = np.minimum((t // th.bin_s).astype(int), len(th.thresholds) - 1)
+        margin = s - th.thresholds[idx]
+        maxima.append(float(np.max(s)))
+        margins.append(float(np.max(margin)) if np.isfinite(margin).any() else -math.inf)
+        labels.append(r.label)
+        hit = th.first_crossing(t, s)
+        if r.label:
+            n_fail += 1
+            if hit is not None:
+                detected += 1
+                det_t.append(float(t[hit]))
+                if r.fault_t is not None:
+                    det_delay.append(float(t[hit] - r.fault_t))
+        else:
+            n_succ += 1
+            alarms_on_success += hit is not None
+    finite = [m if math.isfinite(m) else -1e9 for m in margins]
+    return {
+        "roc_auc": roc_auc(maxima, labels),
+        "roc_auc_margin": roc_auc(finite, labels),
+        "mean_detection_time_s": float(np.mean(det_t)) if det_t else None,
+        "mean_detection_delay_s": float(np.mean(det_delay)) if det_delay else None,
+        "detection_rate": detected / n_fail if n_fail else None,
+        "false_alarm_rate": alarms_on_success / n_succ if n_succ else None,
+        "alpha": th.alpha,
+        "heldout_successes": n_succ,
+        "heldout_failures": n_fail,
+    }
+
+
+def split_rollouts(rollouts: Sequence[Rollout], fractions: tuple[float, float, float] = (0.5, 0.25, 0.25),
+                   seed: int = 0) -> tuple[list[Rollout], list[Rollout], list[Rollout]]:
+    """Stratified (by label) train / calibration / held-out split."""
+    rng = np.random.default_rng(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    for lab in (0, 1):
+        idx = [i for i, r in enumerate(rollouts) if r.label == lab]
+        rng.shuffle(idx)
+        n = len(idx)
+        a = int(round(fractions[0] * n))
+        b = a + int(round(fractions[1] * n))
+        for part, sl in zip(parts, (idx[:a], idx[a:b], idx[b:])):
+            part.extend(rollouts[i] for i in sl)
+    return parts
+
+
+def calibrate_detector(rollouts_dir: str | os.PathLike, alpha: float, package: str | os.PathLike | None = None,
+                       bin_s: float = 0.5, method: str = "functional", seed: int = 0, epochs: int = 300) -> dict:
+    """The ``calibrate-detector`` command: train, calibrate, evaluate, save. Returns the report."""
+    rollouts = load_rollouts(rollouts_dir)
+    train, cal, held = split_rollouts(rollouts, seed=seed)
+    model = train_detector(train, epochs=epochs, seed=seed)
+    cal_ok = [r for r in cal if r.label == 0]
+    if not cal_ok:
+        raise ValueError("the calibration split holds no successful rollout: record more successes")
+    calibrate(model, cal_ok, alpha, bin_s=bin_s, method=method, seed=seed)
+    report = {"rollouts": len(rollouts), "train": len(train), "calibration_successes": len(cal_ok),
+              "heldout": len(held), "method": method, "bin_s": bin_s,
+              "synthetic": any(r.meta.get("synthetic") for r in rollouts), **evaluate(model, held)}
+    if not math.isfinite(float(np.max(model.threshold.thresholds))):
+        report["warning"] = (f"too few calibration successes ({len(cal_ok)}) for alpha={alpha}: "
+                             "threshold is +inf, the learned part never alarms")
+    model.info = {**model.info, "evaluation": {k: v for k, v in report.items() if not isinstance(v, dict)}}
+    if package is not None:
+        report["saved_to"] = str(model.save(package))
+    return report
+
+
+# ============================================================================ recording on the graph
+#: Induced failures: scenario → what is done to the running graph at the fault time.
+SCENARIOS = ("nominal", "target_moved", "arm_blocked", "wrong_object")
+
+
+def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episodes: int = 40,
+                    scenarios: Sequence[str] = SCENARIOS, episode_s: float = 8.0, fault_at_s: tuple[float, float] = (1.0, 3.0),
+                    target: str = "red_cube", success_radius_m: float = 0.05, wrong_instruction: str = "touch the blue cube",
+                    seed: int = 0, log=None) -> list[Rollout]:
+    """Run episodes through the config's graph and record features + outcome.
+
+    One graph (sim robot, slow path, fast path, bridge) runs for all episodes. Each episode:
+    ``/sim/reset`` (robot home, cubes re-placed), the instruction, ``/vla/reset`` + ``/vla/resume``,
+    then ``episode_s`` of features. Induced failures at a random time in ``fault_at_s``:
+    ``target_moved`` (the target cube is teleported 25 cm away), ``arm_blocked`` (the arm's
+    controller is switched off through controller_manager), ``wrong_object`` (the instruction
+    names another object from the start). Label: success when the hand came within
+    ``success_radius_m`` of the target (``/ee_pose`` vs ``/sim/objects``) and no fault was
+    induced; every induced scenario is labelled a failure.
+    """
+    from controller_manager_msgs.srv import SwitchController
+    from geometry_msgs.msg import PoseStamped
+    from std_msgs.msg import Float32MultiArray, String
+    from std_srvs.srv import Trigger
+
+    from vla_runtime.bench.graph import _private_domain
+    from vla_runtime.core.config import load_config
+    from vla_runtime.nodes.common import (
+        QOS_COMMAND,
+        QOS_LATCHED,
+        QOS_SENSOR,
+        SERVICE_RESET,
+        SERVICE_RESUME,
+        SERVICE_SIM_RESET,
+        SERVICE_SWITCH_CONTROLLER,
+        TOPIC_EE_POSE,
+        TOPIC_INSTRUCTION,
+        TOPIC_POLICY_FEATURES,
+        TOPIC_SIM_MOVE_OBJECT,
+        TOPIC_SIM_OBJECTS,
+    )
+    from vla_runtime.probe import Probe, wait_for
+    from vla_runtime.supervisor import Supervisor, graph_for_config, ros_environment
+
+    path = Path(config).resolve()
+    cfg = load_config(path)
+    rng = np.random.default_rng(seed)
+    arm_controller = next(g.controller_name for g in cfg.robot.groups.values() if g.controller != "gripper")
+    domain = _private_domain()
+    rollouts: list[Rollout] = []
+    specs = [s for s in graph_for_config(cfg, str(path)) if s.name != "failure_detector"]
+    with Supervisor(env=ros_environment(domain), log=log, log_dir=Path(out_dir) / "logs") as sup, \
+            Probe(domain, "record_rollouts") as probe:
+        feats: list = []
+        probe.node.create_subscription(Float32MultiArray, TOPIC_POLICY_FEATURES,
+                                       lambda m: feats.append((time.monotonic(), m)), QOS_SENSOR)
+        ee = probe.collect(PoseStamped, TOPIC_EE_POSE, QOS_SENSOR)
+        objects = probe.collect(String, TOPIC_SIM_OBJECTS, QOS_LATCHED)
+        instr = probe.node.create_publisher(String, TOPIC_INSTRUCTION, QOS_LATCHED)
+        move = probe.node.create_publisher(String, TOPIC_SIM_MOVE_OBJECT, QOS_COMMAND)
+        sup.start_graph(specs)
+        wait_for(lambda: len(feats) > 10, 120, interval=0.2, what="policy features from the fast path")
+        for ep in range(episodes):
+            scenario = scenarios[ep % len(scenarios)]
+            probe.call(Trigger, SERVICE_SIM_RESET, Trigger.Request(), timeout=10)
+            instr.publish(String(data=wrong_instruction if scenario == "wrong_object" else cfg.instruction))
+            probe.call(Trigger, SERVICE_RESET, Trigger.Request(), timeout=10)
+            probe.call(Trigger, SERVICE_RESUME, Trigger.Request(), timeout=10)
+            time.sleep(0.5)  # the slow path takes the new instruction
+            fault_t = float(rng.uniform(*fault_at_s)) if scenario in ("target_moved", "arm_blocked") else None
+            t0 = time.monotonic()
+            feats.clear()
+            best = math.inf
+            faulted = False
+            while time.monotonic() - t0 < episode_s:
+                now = time.monotonic() - t0
+                if fault_t is not None and not faulted and now >= fault_t:
+                    faulted = True
+                    if scenario == "target_moved":
+                        pos = json.loads(objects[-1][1].data)["objects"][target]["position"]
+                        move.publish(String(data=json.dumps({"name": target, "position": [pos[0], pos[1] + 0.25, pos[2]]})))
+                    else:
+                        req = SwitchController.Request(deactivate_controllers=[arm_controller],
+                                                       strictness=SwitchController.Request.BEST_EFFORT)
+                        probe.call(SwitchController, SERVICE_SWITCH_CONTROLLER, req, timeout=5)
+                if ee and objects:
+                    p = ee[-1][1].pose.position
+                    obj = json.loads(objects[-1][1].data)["objects"].get(target)
+                    if obj is not None:
+                        best = min(best, float(np.linalg.norm(np.array([p.x, p.y, p.z]) - np.array(obj["position"]))))
+                time.sleep(0.02)
+            if scenario == "arm_blocked":
+                req = SwitchController.Request(activate_controllers=[arm_controller],
+                                               strictness=SwitchController.Request.BEST_EFFORT)
+                probe.call(SwitchController, SERVICE_SWITCH_CONTROLLER, req, timeout=5)
+            got = [(t, m) for t, m in feats if t >= t0]
+            if len(got) < 5:
+                continue
+            label_str = got[0][1].layout.dim[0].label
+            times = np.array([t - t0 for t, _ in got])
+            x = np.array([np.asarray(m.data, np.float32) for _, m in got])
+            label = int(scenario != "nominal" or best > success_radius_m)
+            rollouts.append(Rollout(times, x, label, label_str, scenario, fault_t,
+                                    {"closest_m": None if not math.isfinite(best) else best, "episode": ep}))
+    save_rollouts(rollouts, out_dir)
+    return rollouts
