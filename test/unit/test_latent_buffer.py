@@ -306,3 +306,48 @@ def test_zmq_reader_rejects_bad_frames_and_keeps_running(curve_setup) -> None:  
     finally:
         r.close()
         w.close()
+
+
+def test_shm_reader_follows_a_writer_restarted_after_sigkill(tmp_path):
+    """A writer killed with SIGKILL cannot close its segment; the reader must find its successor."""
+    import signal
+    import subprocess
+    import sys
+    import time as _time
+
+    from vla_runtime.core.latent_buffer import LatentBufferConfig, open_latent_reader
+
+    name = f"vla_test_restart_{os.getpid()}"
+    script = (
+        "import sys, time, numpy as np\n"
+        "from vla_runtime.core.latent_buffer import LatentBufferConfig, open_latent_writer\n"
+        f"w = open_latent_writer(LatentBufferConfig(transport='shm', name='{name}', shape=(2, 4)))\n"
+        "value = float(sys.argv[1])\n"
+        "print('up', flush=True)\n"
+        "while True:\n"
+        "    w.write(np.full((2, 4), value, np.float32), time.time_ns()); time.sleep(0.01)\n"
+    )
+    reader = open_latent_reader(LatentBufferConfig(transport="shm", name=name, shape=(2, 4)))
+    procs = []
+    try:
+        for value in (1.0, 2.0):
+            p = subprocess.Popen([sys.executable, "-c", script, str(value)], stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout.readline().strip() == "up"
+            deadline = _time.monotonic() + 5.0
+            while _time.monotonic() < deadline:
+                s = reader.read()
+                if s is not None and float(s.latent[0, 0]) == value:
+                    break
+                _time.sleep(0.01)
+            else:
+                raise AssertionError(f"reader never saw writer {value}: stats {reader.stats}")
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=5)
+            _time.sleep(0.3)  # the dead writer's resource tracker unlinks the name
+    finally:
+        reader.close()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert reader.stats.get("writer_replaced", 0) + reader.stats["attaches"] >= 2

@@ -612,8 +612,26 @@ class _ShmWriter(LatentWriter):
             pass
 
 
-def _open_segment_readonly(name: str) -> mmap.mmap | None:
-    """Map an existing segment read-only without involving the resource tracker."""
+def _segment_identity(name: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the segment the name refers to now, or None if there is none."""
+    import _posixshmem
+
+    try:
+        fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, mode=0o600)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino)
+    finally:
+        os.close(fd)
+
+
+def _open_segment_readonly(name: str) -> tuple[mmap.mmap, tuple[int, int]] | None:
+    """Map an existing segment read-only without involving the resource tracker.
+
+    Returns the mapping and the segment's identity (st_dev, st_ino), or None.
+    """
     import _posixshmem  # CPython's own POSIX shm binding (used by multiprocessing)
 
     try:
@@ -621,10 +639,10 @@ def _open_segment_readonly(name: str) -> mmap.mmap | None:
     except FileNotFoundError:
         return None
     try:
-        size = os.fstat(fd).st_size
-        if size < _HEADER:
+        st = os.fstat(fd)
+        if st.st_size < _HEADER:
             return None
-        return mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        return mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ), (st.st_dev, st.st_ino)
     finally:
         os.close(fd)
 
@@ -632,6 +650,10 @@ def _open_segment_readonly(name: str) -> mmap.mmap | None:
 class _ShmReader(LatentReader):
     #: Minimum seconds between attach attempts while the segment is missing.
     ATTACH_RETRY_S = 0.05
+    #: While nothing new arrives, how often to check that the name still refers to the mapped
+    #: segment. A writer killed with SIGKILL cannot mark its segment closed; its resource tracker
+    #: unlinks the name and a restarted writer creates a new segment under it.
+    IDENTITY_CHECK_S = 0.1
 
     def __init__(self, cfg: LatentBufferConfig) -> None:
         if sys.platform == "win32":  # pragma: no cover
@@ -658,9 +680,10 @@ class _ShmReader(LatentReader):
         if not force and now < self._next_attach:
             return False
         self._next_attach = now + self.ATTACH_RETRY_S
-        mm = _open_segment_readonly(self.config.name)
-        if mm is None:
+        opened = _open_segment_readonly(self.config.name)
+        if opened is None:
             return False
+        mm, identity = opened
         buf = memoryview(mm)
         try:
             layout = _shm_layout_of(buf)
@@ -679,6 +702,8 @@ class _ShmReader(LatentReader):
             mm.close()
             raise
         self._mm = mm
+        self._identity = identity
+        self._next_identity_check = now + self.IDENTITY_CHECK_S
         self._buf = buf
         self._seq = buf[_OFF_SEQ : _OFF_SEQ + 8].cast("Q")
         self._state = buf[_OFF_STATE : _OFF_STATE + 4].cast("I")
@@ -709,7 +734,18 @@ class _ShmReader(LatentReader):
             if not self._try_attach():
                 return False
         elif self._seq[0] == self._good_seq and self._state[0] != _STATE_CLOSED:
-            return False  # fast path: nothing written since the last good copy
+            # Fast path: nothing written since the last good copy. Now and then make sure the
+            # writer has not been replaced under the same name (it died without closing).
+            now = time.monotonic()
+            if now < self._next_identity_check:
+                return False
+            self._next_identity_check = now + self.IDENTITY_CHECK_S
+            if _segment_identity(self.config.name) == self._identity:
+                return False
+            self.stats["writer_replaced"] = self.stats.get("writer_replaced", 0) + 1
+            self._detach()
+            if not self._try_attach(force=True):
+                return False
         if self._state[0] == _STATE_CLOSED:
             self._detach()
             if not self._try_attach():

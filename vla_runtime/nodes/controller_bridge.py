@@ -134,7 +134,7 @@ from vla_runtime.nodes.common import (
 #: Cartesian impedance targets must stream at least this fast.
 MIN_CARTESIAN_RATE_HZ = 50.0
 #: Time a hold trajectory gives a joint_trajectory_controller to settle on the held position.
-HOLD_TRAJECTORY_S = 0.1
+HOLD_TRAJECTORY_S = 0.05
 #: A joint_trajectory group in HOLD re-sends its hold point this often (idempotent).
 HOLD_REPUBLISH_S = 1.0
 CONTROLLER_RETRY_S = 1.0
@@ -414,6 +414,8 @@ class ControllerBridgeNode(Node):
         if m is None:
             try:
                 m = CommandMapper(self.robot, names)
+                if m.unused_dims:  # a dim no group takes is a malformed (or mis-targeted) chunk
+                    m = MappingError(f"dims that are not in robot {self.robot.name!r}: {list(m.unused_dims)}")
             except MappingError as e:
                 m = e
             if len(self._mappers) > 32:
@@ -777,6 +779,13 @@ class ControllerBridgeNode(Node):
                 rt.policy = rt.policy_stiffness = rt.published = rt.teleop = None
                 rt.hold_dirty = True
             self._pending = None
+            # The hold goes out now, from the callback that decided it, not on the next command tick.
+            now = self._now()
+            for rt in self._groups.values():
+                if rt.hold is not None:
+                    self._publish_command(rt, rt.hold, now)
+                    rt.hold_dirty = False
+                    rt.hold_sent_at = now
         if tr.target is Mode.POLICY:
             self._capture_hold([rt for rt in self._groups.values() if rt.hold is None])
             self._reset_references_to_hold()
