@@ -134,6 +134,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record_rollouts(args: argparse.Namespace) -> int:
+    from vla_runtime.detector_tools import record_rollouts, save_rollouts
+
+    _load_or_exit(args.config)
+    rollouts = record_rollouts(args.config, args.out, episodes=args.episodes, episode_s=args.episode_s,
+                               seed=args.seed, log=print)
+    path = save_rollouts(rollouts, args.out)
+    n_ok = sum(1 for r in rollouts if r.label == 0)
+    print(f"recorded {len(rollouts)} rollouts ({n_ok} successes) into {path}")
+    return 0
+
+
+def cmd_calibrate_detector(args: argparse.Namespace) -> int:
+    from vla_runtime.detector_tools import calibrate_detector
+
+    try:
+        result = calibrate_detector(args.rollouts, args.alpha, package=args.package, bin_s=args.bin_s,
+                                    method=args.method)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"vla-runtime calibrate-detector: {e}", file=sys.stderr)
+        return 1
+    _print_json(result)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vla_runtime.demo import run_demo
 
@@ -193,6 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.05, help="per-dim difference that counts as a deviation")
     p.add_argument("--per-tick", action="store_true", help="include every tick in the JSON")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("record-rollouts", help="run episodes (nominal and induced failures) and record features")
+    p.add_argument("config", help="e.g. config/sim_panda_reach.yaml")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--episodes", type=int, default=40)
+    p.add_argument("--episode-s", type=float, default=8.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_record_rollouts)
+
+    p = sub.add_parser("calibrate-detector",
+                       help="train the failure score on recorded rollouts and calibrate its conformal threshold")
+    p.add_argument("rollouts", help="directory of recorded rollouts (successes and failures)")
+    p.add_argument("--alpha", type=float, default=0.2, help="allowed false-alarm rate on successful episodes")
+    p.add_argument("--package", default=None, help="model package to write detector/ into")
+    p.add_argument("--bin-s", type=float, default=0.5, help="time-bin width of the threshold")
+    p.add_argument("--method", choices=["functional", "per_bin"], default="functional")
+    p.set_defaults(func=cmd_calibrate_detector)
 
     p = sub.add_parser("demo", help="the simulated-robot demo, end to end")
     p.add_argument("--config", default=None, help="default: config/sim_panda.yaml")
