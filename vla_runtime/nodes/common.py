@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rclpy.node import Node
 from rclpy.qos import (
@@ -94,6 +94,39 @@ def ros_session(args: list[str] | None = None) -> Iterator[None]:
     finally:
         if rclpy.ok():
             rclpy.try_shutdown()
+
+
+def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> None:
+    """The body of every node's console script: init, spin, and stop cleanly on Ctrl-C.
+
+    One ``SingleThreadedExecutor`` serves the node: its callbacks only copy or hand over data (the
+    real work has its own thread), so arrival order is all they need — and rclpy's
+    MultiThreadedExecutor busy-polls at ~100 % of a core under this graph's message rates. A
+    lifecycle node whose ``autostart`` parameter is true is configured and activated first (exit
+    code 1 when configuring fails); a node's ``close()``, if it has one, runs on the way out.
+    """
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+
+    try:
+        with ros_session(ros_args_config(argv)):
+            node = make_node()
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            try:
+                if isinstance(node, LifecycleNode) and node.get_parameter("autostart").value:
+                    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                        raise SystemExit(1)
+                    node.trigger_activate()
+                executor.spin()
+            finally:
+                close = getattr(node, "close", None)
+                if callable(close):
+                    close()
+                executor.shutdown(timeout_sec=1.0)
+                node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
 
 
 def load_node_config(node: Node) -> RuntimeConfig:

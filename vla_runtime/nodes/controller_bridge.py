@@ -58,12 +58,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, Header, String
@@ -112,8 +110,8 @@ from vla_runtime.nodes.common import (
     QOS_DIAGNOSTICS,
     QOS_LATCHED,
     QOS_SENSOR,
-    SERVICE_LIST_CONTROLLERS,
     SERVICE_HOLD,
+    SERVICE_LIST_CONTROLLERS,
     SERVICE_RESET,
     SERVICE_RESUME,
     SERVICE_SWITCH_CONTROLLER,
@@ -126,8 +124,7 @@ from vla_runtime.nodes.common import (
     TOPIC_SAFETY_STATE,
     load_node_config,
     ns_to_stamp,
-    ros_args_config,
-    ros_session,
+    run_node,
     stamp_to_ns,
 )
 
@@ -1300,21 +1297,7 @@ class ControllerBridgeNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Console script: ``controller_bridge --config sim_panda.yaml`` (or ``-p config_file:=…``)."""
-    try:
-        with ros_session(ros_args_config(args)):
-            node = ControllerBridgeNode()
-            # Every callback is short and nothing waits inside one (service calls are async with
-            # deadlines checked in timers), so one thread serves all of them in arrival order.
-            # rclpy's MultiThreadedExecutor busy-polls at ~100 % of a core under these rates.
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                executor.shutdown(timeout_sec=1.0)
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    run_node(ControllerBridgeNode, args)
 
 
 if __name__ == "__main__":

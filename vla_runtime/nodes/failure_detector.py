@@ -43,9 +43,7 @@ import re
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray, Header, String
@@ -79,8 +77,7 @@ from vla_runtime.nodes.common import (
     TOPIC_SAFETY_STATE,
     diagnostic_status,
     load_node_config,
-    ros_args_config,
-    ros_session,
+    run_node,
     stamp_to_ns,
 )
 
@@ -342,20 +339,7 @@ class FailureDetectorNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``failure_detector --config FILE`` (or ``-p config_file:=…``)."""
-    try:
-        with ros_session(ros_args_config(args)):
-            node = FailureDetectorNode()
-            # Every callback is short; one thread serves them in arrival order (rclpy's
-            # MultiThreadedExecutor busy-polls at ~100 % of a core).
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                executor.shutdown(timeout_sec=1.0)
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    run_node(FailureDetectorNode, args)
 
 
 if __name__ == "__main__":

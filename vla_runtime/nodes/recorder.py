@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile
 
@@ -55,8 +54,7 @@ from vla_runtime.nodes.common import (
     TOPIC_SAFETY_STATE,
     diagnostic_status,
     load_node_config,
-    ros_args_config,
-    ros_session,
+    run_node,
 )
 from vla_runtime.recording import BagRecorder, RecorderLimits, RecordingError, TopicSpec
 
@@ -204,19 +202,7 @@ class RecorderNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Console script: ``recorder --config sim_panda.yaml --ros-args -p bag_dir:=runs/bags/x``."""
-    try:
-        with ros_session(ros_args_config(args)):
-            node = RecorderNode()
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                node.close()
-                executor.shutdown(timeout_sec=1.0)
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    run_node(RecorderNode, args)
 
 
 if __name__ == "__main__":

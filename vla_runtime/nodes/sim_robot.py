@@ -44,13 +44,11 @@ import time
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
-import rclpy
 from controller_manager_msgs.msg import ControllerState
 from controller_manager_msgs.srv import ListControllers, SwitchController
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, Twist
 from rclpy._rclpy_pybind11 import RCLError
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
@@ -75,8 +73,7 @@ from vla_runtime.nodes.common import (
     TOPIC_SIM_OBJECTS,
     load_node_config,
     ns_to_stamp,
-    ros_args_config,
-    ros_session,
+    run_node,
     stamp_to_ns,
 )
 from vla_runtime.sim.controllers import (
@@ -432,6 +429,10 @@ class SimRobotNode(Node):
         self._diag_pub.publish(arr)
 
     # -------------------------------------------------------------------------------- shutdown
+    def close(self) -> None:
+        """Stop physics and rendering (the console script calls this on the way out)."""
+        self.shutdown()
+
     def shutdown(self) -> None:
         """Stop the physics and render threads (bounded waits)."""
         self._stop.set()
@@ -442,16 +443,7 @@ class SimRobotNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``sim_robot`` (accepts ``--config FILE``)."""
-    try:
-        with ros_session(ros_args_config(args)):
-            node = SimRobotNode()
-            try:
-                rclpy.spin(node)
-            finally:
-                node.shutdown()
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    run_node(SimRobotNode, args)
 
 
 if __name__ == "__main__":

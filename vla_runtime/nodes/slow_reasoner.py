@@ -16,10 +16,8 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -34,8 +32,7 @@ from vla_runtime.nodes.common import (
     diagnostic_status,
     latent_buffer_config,
     load_node_config,
-    ros_args_config,
-    ros_session,
+    run_node,
     stamp_to_ns,
 )
 
@@ -118,6 +115,11 @@ class SlowReasonerNode(LifecycleNode):
         self._halt_thread()
         self._release()
         return TransitionCallbackReturn.SUCCESS
+
+    def close(self) -> None:
+        """Stop the slow loop and release the engine and the latent buffer."""
+        self._halt_thread()
+        self._release()
 
     def _halt_thread(self) -> None:
         self._stop.set()
@@ -233,24 +235,8 @@ class SlowReasonerNode(LifecycleNode):
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        with ros_session(ros_args_config(argv)):
-            node = SlowReasonerNode()
-            # Callbacks only copy data; the work has its own thread. (rclpy's MultiThreadedExecutor
-            # busy-polls at ~100 % CPU under a 250 Hz subscription, starving the deadline loop.)
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            if node.get_parameter("autostart").value:
-                if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                    raise SystemExit(1)
-                node.trigger_activate()
-            try:
-                executor.spin()
-            finally:
-                node._halt_thread()
-                node._release()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    """Console script ``slow_reasoner --config FILE`` (or ``-p config_file:=…``)."""
+    run_node(SlowReasonerNode, argv)
 
 
 if __name__ == "__main__":

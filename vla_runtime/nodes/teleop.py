@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Joy
 from std_msgs.msg import Bool, Float64
@@ -52,8 +51,7 @@ from vla_runtime.nodes.common import (
     QOS_SENSOR,
     TOPIC_EE_POSE,
     load_node_config,
-    ros_args_config,
-    ros_session,
+    run_node,
 )
 
 #: Engage events: reliable, none lost.
@@ -116,6 +114,11 @@ class TeleopNode(Node):
     def _wanted_engaged(self, now: float) -> bool:
         joy = self._joy is not None and self._joy[0] and self._fresh(self._joy, now)
         return joy or self._fresh(self._twist_in, now) or (self._fresh(self._pose_in, now) and self.clutch.engaged)
+
+    def close(self) -> None:
+        """Tell the bridge the operator is gone (the console script calls this on the way out)."""
+        if self._engaged:
+            self.engage_pub.publish(Bool(data=False))
 
     def _set_engaged(self, engaged: bool) -> None:
         if engaged == self._engaged:
@@ -227,21 +230,7 @@ class TeleopNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Console script: ``teleop --config sim_panda.yaml`` (or ``-p config_file:=…``)."""
-    try:
-        with ros_session(ros_args_config(args)):
-            node = TeleopNode()
-            # Short callbacks only; rclpy's MultiThreadedExecutor would busy-poll a core.
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            try:
-                executor.spin()
-            finally:
-                if node._engaged:  # noqa: SLF001 - tell the bridge the operator is gone
-                    node.engage_pub.publish(Bool(data=False))
-                executor.shutdown(timeout_sec=1.0)
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    run_node(TeleopNode, args)
 
 
 if __name__ == "__main__":
