@@ -12,7 +12,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_the_graph_and_writes_a_report(ros_env, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vla_runtime.cli", "demo", "--duration", "4", "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "vla_runtime.cli", "demo", "--config", "config/sim_panda.yaml",
+                        "--duration", "4", "--out", str(tmp_path)],
                        env=ros_env, capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run_dirs = list(tmp_path.glob("demo-*"))
