@@ -12,7 +12,14 @@ plan: the robot holds, it never follows extrapolated motion. Subscription callba
 the newest message under a short lock; nothing in the loop logs.
 
 Parameters: ``config_file``, ``autostart``, ``engine`` (``model`` | ``null``: the null engine
-measures the runtime's own overhead), ``rate_hz`` (overrides ``rates.fast_hz``).
+measures the runtime's own overhead), ``rate_hz`` (overrides ``rates.fast_hz``), ``lockstep``
+(false; see below).
+
+Lockstep (``lockstep:=true``) is the single-frequency baseline the fast-slow design replaces: the
+fast graph runs only when a NEW latent version is in the buffer, and its whole chunk is the plan,
+executed open-loop until the next latent (the loop keeps re-publishing what is left of that same
+chunk, so the bridge's watchdog stays fed; when it runs out the node asks for HOLD). No
+re-planning happens between latents, so the robot acts at the slow path's rate.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
@@ -48,8 +54,7 @@ from vla_runtime.nodes.common import (
     latent_buffer_config,
     load_node_config,
     ns_to_stamp,
-    ros_args_config,
-    ros_session,
+    run_node,
 )
 
 #: Why the node asks for HOLD (sent in header.frame_id of an empty trajectory).
@@ -71,6 +76,7 @@ class ActionChunkNode(LifecycleNode):
         self.declare_parameter("autostart", True)
         self.declare_parameter("engine", "model")
         self.declare_parameter("rate_hz", 0.0)
+        self.declare_parameter("lockstep", False)
         self._state_lock = threading.Lock()
         self._joint_pos: dict[str, float] = {}
         self._joint_recv_mono = 0.0
@@ -123,6 +129,10 @@ class ActionChunkNode(LifecycleNode):
         chunk_points = int(math.ceil(self.horizon / self.chunk_rate / self.dt_cmd)) + 1
         window_points = int(math.ceil(cfg.scheduler.plan_horizon_periods * self.period_s / self.dt_cmd)) + 1
         self.max_points = max(2, min(chunk_points, window_points))
+        self.lockstep = bool(self.get_parameter("lockstep").value)
+        self._lockstep_version = -1
+        if self.lockstep:  # the plan is the whole chunk, not a few periods of it
+            self.max_points = max(2, chunk_points)
         self.scheduler = ChunkScheduler(
             ChunkSchedulerConfig(
                 chunk_rate_hz=self.chunk_rate,
@@ -162,6 +172,7 @@ class ActionChunkNode(LifecycleNode):
         self.create_service(Trigger, "~/reset_stats", self._reset_stats)
         self.get_logger().info(
             f"fast path ready: {spec.name} on {self.engine.provider}, {rate:g} Hz, H={self.horizon}, "
+            f"{'LOCKSTEP (one chunk per latent), ' if self.lockstep else ''}"
             f"A={len(self.dim_names)}, prefix conditioning {'on' if self.use_prefix else 'off'}"
         )
         return TransitionCallbackReturn.SUCCESS
@@ -185,6 +196,11 @@ class ActionChunkNode(LifecycleNode):
         self._stop_loop()
         self._release()
         return TransitionCallbackReturn.SUCCESS
+
+    def close(self) -> None:
+        """Stop the loop (with a last HOLD request) and release the engine and the latent reader."""
+        self._stop_loop()
+        self._release()
 
     def _stop_loop(self) -> None:
         if self.loop is not None:
@@ -250,6 +266,10 @@ class ActionChunkNode(LifecycleNode):
         self.last_latent_age_s = age
         if age > self.cfg.latent.max_age_s:
             return self._publish_hold(HOLD_STALE_LATENT, now)
+        if self.lockstep:
+            if sample.version == self._lockstep_version:
+                return self._publish_plan(now)  # the rest of the same chunk: no re-planning
+            self._lockstep_version = sample.version
         state = self._current_state()
         try:
             self.feeds.set_proprio(self.package.proprio(state))
@@ -360,30 +380,14 @@ class ActionChunkNode(LifecycleNode):
 
 
 #: How often the interpreter offers the GIL to another thread. The default 5 ms would let the
-#: executor's callback threads delay the deadline loop by up to 5 ms; 0.5 ms bounds that.
+#: executor's callback thread delay the deadline loop by up to 5 ms; 0.5 ms bounds that.
 SWITCH_INTERVAL_S = 0.0005
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Console script ``action_chunk_node --config FILE`` (or ``-p config_file:=…``)."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    try:
-        with ros_session(ros_args_config(argv)):
-            node = ActionChunkNode()
-            # Callbacks only copy data; the work has its own thread. (rclpy's MultiThreadedExecutor
-            # busy-polls at ~100 % CPU under a 250 Hz subscription, starving the deadline loop.)
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            if node.get_parameter("autostart").value:
-                if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                    raise SystemExit(1)
-                node.trigger_activate()
-            try:
-                executor.spin()
-            finally:
-                node._stop_loop()
-                node._release()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    run_node(ActionChunkNode, argv)
 
 
 if __name__ == "__main__":

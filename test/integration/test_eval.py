@@ -1,0 +1,45 @@
+"""Task evaluation through the real node graph: sim robot, slow path, fast path and bridge as
+processes over DDS on a private ROS_DOMAIN_ID, driven only through their topics and services."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from test.conftest import ROOT
+from vla_runtime.evaluation import run_eval
+
+pytestmark = pytest.mark.integration
+
+PACKAGE = ROOT / "models" / "reference_reach" / "model.yaml"
+
+
+def _trained() -> bool:
+    return PACKAGE.exists() and bool(yaml.safe_load(PACKAGE.read_text()).get("trained"))
+
+
+@pytest.mark.skipif(not PACKAGE.exists(), reason="models/reference_reach not exported (tools/train_reference.py)")
+def test_two_touch_episodes_through_the_graph():
+    r = run_eval("touch", 2, mode="async", seed=0, log=None)
+    for key in ("success_rate", "time_to_success_s", "achieved_hz", "per_episode", "successes", "fast_path"):
+        assert key in r, key
+    assert set(r["time_to_success_s"]) == {"mean", "p90"}
+    assert r["episodes"] == 2 and len(r["per_episode"]) == 2
+    for row in r["per_episode"]:
+        assert {"seed", "colour", "instruction", "success", "time_to_success_s", "min_distance_m"} <= set(row)
+        assert row["instruction"] == f"touch the {row['colour']} cube"
+    assert r["achieved_hz"] is not None and r["achieved_hz"] > 20.0
+    if _trained():
+        assert r["successes"] >= 1, f"the trained policy touched no cube: {r['per_episode']}"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"task": "grasp"}, "task"),
+    ({"episodes": 0}, "episodes"),
+    ({"mode": "lockstep"}, "mode"),
+    ({"slow_latency_ms": -1.0}, "slow_latency_ms"),
+])
+def test_bad_arguments_are_refused_before_anything_starts(kwargs, match):
+    args = {"task": "touch", "episodes": 1, "mode": "async", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        run_eval(args.pop("task"), args.pop("episodes"), **args)

@@ -1,0 +1,661 @@
+"""Task evaluation of a fast-slow policy: real episodes through the whole node graph.
+
+:func:`run_eval` starts the config's graph (``sim_robot``, ``slow_reasoner``,
+``action_chunk_node``, ``controller_bridge``) as separate processes on a private
+``ROS_DOMAIN_ID`` (101..200) and runs episodes of a task from :mod:`vla_runtime.tasks` against
+it, observing it only through its public topics and services, as an operator would:
+
+1. **Reset**: with the bridge in POLICY, ``/sim/reset`` (std_srvs/Trigger) re-homes the arm, and
+   ``/vla/hold`` at once makes the bridge hold the arm there (its hold target is captured from
+   the measured state on the POLICY → HOLD transition). The cubes are placed at the episode
+   seed's random poses with ``/sim/move_object`` and checked on ``/sim/objects``.
+2. **Instruction**: "touch the <colour> cube" on ``/vla/instruction`` (latched). The episode waits
+   until the fast path holds a latent computed from an image taken after the scene and the
+   instruction were set (``/vla/policy_features`` carries the latent's age), so no episode starts
+   on the previous episode's guidance.
+3. **Run**: ``/vla/resume``; the clock starts. For ``touch_dynamic`` the target slides at a steady
+   speed (``/sim/move_object`` at 30 Hz along :class:`~vla_runtime.tasks.TargetMotion`).
+   Success: the TCP (from ``/ee_pose``) within 3 cm of the target's centre before the time limit.
+
+Modes: ``async`` is the fast-slow design (the fast loop re-plans at 30 Hz on the newest latent);
+``sync`` is the single-frequency baseline it replaces (``action_chunk_node`` with
+``lockstep:=true``: one chunk per fresh latent, executed open-loop). ``slow_latency_ms`` adds
+latency to every slow step (slow_reasoner's ``extra_latency_ms``), emulating a heavier VLM.
+
+``realtime=False`` runs the same episodes in simulated time in this process instead (no ROS: the
+model package's ONNX graphs drive a :class:`~vla_runtime.sim.robot.SimRobot` directly, the slow
+path's rate and latency emulated): a quick check of a package, not of the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+# The simulated-time path renders offscreen in this process; MuJoCo picks its GL backend when it is
+# first imported (vla_runtime.tasks imports it), so choose EGL here, as the sim node does.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np
+import yaml
+
+from vla_runtime.core.config import PROJECT_ROOT, RuntimeConfig, load_config
+from vla_runtime.tasks import (
+    ARM_JOINTS,
+    CONTROL_HZ,
+    SUCCESS_RADIUS_M,
+    TASKS,
+    EpisodeSpec,
+    is_success,
+    make_episode,
+    tcp_from_hand,
+)
+
+DEFAULT_CONFIG = PROJECT_ROOT / "config" / "sim_panda_reach.yaml"
+MODES = ("async", "sync")
+GRAPH_NODES = ("sim_robot", "controller_bridge", "slow_reasoner", "action_chunk_node")
+#: Episode seeds are ``seed * EPISODE_SEED_STRIDE + i`` (the training data uses far larger seeds).
+EPISODE_SEED_STRIDE = 1000
+#: How long to wait for the graph to come up (first plans), for a fresh latent, and for a reset.
+STARTUP_TIMEOUT_S = 120.0
+FRESH_LATENT_TIMEOUT_S = 10.0
+RESET_TIMEOUT_S = 5.0
+MOVE_OBJECT_HZ = 30.0
+
+
+def _check_args(task: str, episodes: int, mode: str, slow_latency_ms: float | None) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if slow_latency_ms is not None and not (slow_latency_ms >= 0 and math.isfinite(slow_latency_ms)):
+        raise ValueError(f"slow_latency_ms must be >= 0, got {slow_latency_ms}")
+
+
+def _p90(xs: list[float]) -> float | None:
+    return float(np.percentile(xs, 90)) if xs else None
+
+
+def _summary(task: str, mode: str, slow_latency_ms: float | None, config: Path, rows: list[dict],
+             extra: dict) -> dict:
+    times = [r["time_to_success_s"] for r in rows if r["success"]]
+    return {
+        "task": task,
+        "mode": mode,
+        "slow_latency_ms": slow_latency_ms or 0.0,
+        "config": str(config),
+        "episodes": len(rows),
+        "successes": sum(r["success"] for r in rows),
+        "success_rate": sum(r["success"] for r in rows) / len(rows) if rows else 0.0,
+        "time_to_success_s": {"mean": float(np.mean(times)) if times else None, "p90": _p90(times)},
+        **extra,
+        "per_episode": rows,
+    }
+
+
+# ------------------------------------------------------------------------------ graph session
+class _GraphObserver:
+    """What the harness watches and pokes, on a :class:`~vla_runtime.probe.Probe` node."""
+
+    def __init__(self, probe) -> None:  # noqa: ANN001
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+        from geometry_msgs.msg import PoseStamped
+        from std_msgs.msg import Float32MultiArray, String
+
+        from vla_runtime.nodes.common import (
+            QOS_COMMAND,
+            QOS_LATCHED,
+            QOS_SENSOR,
+            TOPIC_DIAGNOSTICS,
+            TOPIC_EE_POSE,
+            TOPIC_INSTRUCTION,
+            TOPIC_POLICY_FEATURES,
+            TOPIC_SAFETY_STATE,
+            TOPIC_SIM_MOVE_OBJECT,
+            TOPIC_SIM_OBJECTS,
+        )
+
+        self.probe = probe
+        self.lock = threading.Lock()
+        self.tcp: np.ndarray | None = None
+        self.tcp_mono = 0.0
+        self.objects: dict[str, np.ndarray] = {}
+        self.objects_mono = 0.0
+        self.mode = ""
+        self.latent_obs_wall = 0.0        # wall time of the observation behind the newest latent
+        self.feature_count = 0
+        self.fast_diag: dict[str, str] = {}
+        self.recording: dict[str, list] | None = None
+        self._String = String
+        self._clients: dict[str, object] = {}
+        node = probe.node
+
+        def on_ee(msg: PoseStamped) -> None:
+            p, o = msg.pose.position, msg.pose.orientation
+            tcp = tcp_from_hand((p.x, p.y, p.z), (o.w, o.x, o.y, o.z))
+            now = time.monotonic()
+            with self.lock:
+                self.tcp, self.tcp_mono = tcp, now
+                if self.recording is not None:
+                    self.recording["ee"].append((now, *tcp.tolist()))
+
+        def on_objects(msg: String) -> None:
+            try:
+                objs = json.loads(msg.data)["objects"]
+                parsed = {n: np.asarray(v["position"], float) for n, v in objs.items()}
+            except (ValueError, KeyError, TypeError):
+                return
+            with self.lock:
+                self.objects, self.objects_mono = parsed, time.monotonic()
+
+        def on_features(msg: Float32MultiArray) -> None:
+            if len(msg.data) < 3:
+                return
+            age, infer_ms, hold = (float(x) for x in msg.data[-3:])
+            now_wall, now = time.time(), time.monotonic()
+            with self.lock:
+                self.latent_obs_wall = now_wall - age
+                self.feature_count += 1
+                if self.recording is not None:
+                    self.recording["latent"].append((now, age, infer_ms, hold))
+
+        def on_safety(msg: DiagnosticStatus) -> None:
+            kv = {v.key: v.value for v in msg.values}
+            with self.lock:
+                self.mode = kv.get("mode", msg.message)
+
+        def on_diag(msg: DiagnosticArray) -> None:
+            for st in msg.status:
+                if st.name == "vla/action_chunk_node":
+                    kv = {v.key: v.value for v in st.values}
+                    with self.lock:
+                        self.fast_diag = kv
+                        if self.recording is not None:
+                            self.recording["fast_diag"].append((time.monotonic(), kv))
+
+        node.create_subscription(PoseStamped, TOPIC_EE_POSE, on_ee, QOS_SENSOR)
+        node.create_subscription(String, TOPIC_SIM_OBJECTS, on_objects, QOS_LATCHED)
+        node.create_subscription(Float32MultiArray, TOPIC_POLICY_FEATURES, on_features, QOS_SENSOR)
+        node.create_subscription(DiagnosticStatus, TOPIC_SAFETY_STATE, on_safety, QOS_LATCHED)
+        node.create_subscription(DiagnosticArray, TOPIC_DIAGNOSTICS, on_diag, 50)
+        self.instruction_pub = node.create_publisher(String, TOPIC_INSTRUCTION, QOS_LATCHED)
+        self.move_pub = node.create_publisher(String, TOPIC_SIM_MOVE_OBJECT, QOS_COMMAND)
+
+    # -------------------------------------------------------------------------------- actions
+    def trigger(self, service: str, timeout: float = 5.0) -> tuple[bool, str]:
+        """Call a std_srvs/Trigger service (clients are kept: no discovery delay per call)."""
+        from std_srvs.srv import Trigger
+
+        from vla_runtime.probe import wait_for
+
+        client = self._clients.get(service)
+        if client is None:
+            client = self._clients[service] = self.probe.node.create_client(Trigger, service)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"eval: service {service} not available within {timeout:g} s")
+        fut = client.call_async(Trigger.Request())
+        if not wait_for(fut.done, timeout, interval=0.001):
+            raise TimeoutError(f"eval: no response from {service} within {timeout:g} s")
+        resp = fut.result()
+        return bool(resp.success), str(resp.message)
+
+    def move(self, name: str, position, orientation_wxyz=None) -> None:  # noqa: ANN001
+        req = {"name": name, "position": [float(v) for v in position]}
+        if orientation_wxyz is not None:
+            req["orientation_wxyz"] = [float(v) for v in orientation_wxyz]
+        self.move_pub.publish(self._String(data=json.dumps(req)))
+
+    def instruct(self, text: str) -> None:
+        self.instruction_pub.publish(self._String(data=text))
+
+    def snapshot(self) -> tuple[np.ndarray | None, float, dict[str, np.ndarray], str]:
+        with self.lock:
+            return self.tcp, self.tcp_mono, dict(self.objects), self.mode
+
+
+class _GraphSession:
+    """The node graph of an evaluation, started once for all its episodes."""
+
+    def __init__(self, mode: str, slow_latency_ms: float | None, config: Path | None, log: Callable[[str], None]):
+        self.mode = mode
+        self.slow_latency_ms = slow_latency_ms
+        self.config = Path(config) if config else DEFAULT_CONFIG
+        self.log = log
+        self.cfg: RuntimeConfig = load_config(self.config)
+        self._tmp = tempfile.TemporaryDirectory(prefix="vla_eval_")
+        self.tmp = Path(self._tmp.name)
+        self.domain = random.Random(os.getpid() ^ time.time_ns()).randrange(101, 201)
+
+    def _write_config(self) -> Path:
+        """The config with a private latent-buffer name (parallel runs never share one)."""
+        over = {
+            "include": str(self.config.resolve()),
+            "model": {"package": str(self.cfg.model_package_path)},
+            "latent": {"name": f"{self.cfg.latent.name}_eval{os.getpid()}_{self.domain}"},
+        }
+        path = self.tmp / "eval.yaml"
+        path.write_text(yaml.safe_dump(over, sort_keys=False))
+        return path
+
+    def __enter__(self) -> _GraphSession:
+        from vla_runtime.probe import Probe
+        from vla_runtime.supervisor import Supervisor, graph_for_config, ros_environment
+
+        cfg_path = self._write_config()
+        specs = [s for s in graph_for_config(self.cfg, str(cfg_path)) if s.name in GRAPH_NODES]
+        missing = set(GRAPH_NODES) - {s.name for s in specs}
+        if missing:
+            raise ValueError(f"{self.config}: evaluation needs nodes {sorted(missing)} in `nodes`")
+        params = {
+            "slow_reasoner": {"extra_latency_ms": float(self.slow_latency_ms or 0.0)},
+            "action_chunk_node": {"lockstep": self.mode == "sync"},
+        }
+        specs = [replace(s, params={**s.params, **params.get(s.name, {})}) for s in specs]
+        self.sup = Supervisor(env=ros_environment(self.domain), log=None, log_dir=self.tmp / "logs")
+        self.sup.__enter__()
+        try:
+            self.probe = Probe(self.domain, "eval")
+            self.obs = _GraphObserver(self.probe)
+            self.log(f"eval: starting {[s.name for s in specs]} on ROS_DOMAIN_ID={self.domain} "
+                     f"(mode {self.mode}, extra slow latency {self.slow_latency_ms or 0:g} ms)")
+            self.sup.start_graph(specs)
+            self._wait(lambda: self.obs.feature_count >= 5 and self.obs.tcp is not None and bool(self.obs.objects),
+                       STARTUP_TIMEOUT_S, "the graph to come up (fast-path features, /ee_pose, /sim/objects)")
+            from std_srvs.srv import Trigger
+
+            from vla_runtime.nodes.common import SERVICE_HOLD, SERVICE_RESUME, SERVICE_SIM_RESET
+
+            for name in (SERVICE_SIM_RESET, SERVICE_HOLD, SERVICE_RESUME):  # discovered once, up front
+                client = self.obs._clients[name] = self.probe.node.create_client(Trigger, name)
+                if not client.wait_for_service(timeout_sec=30.0):
+                    raise TimeoutError(f"eval: service {name} did not appear")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        probe = getattr(self, "probe", None)
+        if probe is not None:
+            probe.close()
+        self.sup.__exit__(*exc) if exc and exc[0] is not None else self.sup.__exit__(None, None, None)
+        self._tmp.cleanup()
+
+    def _dead(self) -> dict[str, int]:
+        return {n: c for n, c in self.sup.poll().items() if c is not None}
+
+    def _wait(self, pred: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return
+            dead = self._dead()
+            if dead:
+                raise RuntimeError(f"eval: node(s) exited while waiting for {what}: {dead}; "
+                                   f"logs: {self._log_tail()}")
+            time.sleep(0.01)
+        raise TimeoutError(f"eval: timed out after {timeout:g} s waiting for {what}; logs: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1200:]}"
+                         for p in sorted((self.tmp / "logs").glob("*.log")))
+
+    # ---------------------------------------------------------------------------- one episode
+    def episode(self, task: str, seed: int, record: bool = False) -> dict:
+        """Reset, instruct, run one episode; its row (and traces when ``record``)."""
+        from vla_runtime.nodes.common import SERVICE_HOLD, SERVICE_RESUME, SERVICE_SIM_RESET
+        from vla_runtime.sim.scene import sample_cube_poses
+
+        obs = self.obs
+        # 1. Reset with the bridge in POLICY, then hold at once: the hold target is captured from the
+        #    measured (re-homed) state. In sync mode the bridge is in HOLD between chunks: wait.
+        try:
+            self._wait(lambda: "POLICY" in obs.mode, 5.0, "the bridge to be in POLICY before the reset")
+        except TimeoutError:
+            self.trigger_resume(SERVICE_RESUME)
+            self._wait(lambda: "POLICY" in obs.mode, 5.0, "the bridge to enter POLICY")
+        ok, msg = obs.trigger(SERVICE_SIM_RESET)
+        if not ok:
+            raise RuntimeError(f"eval: /sim/reset failed: {msg}")
+        ok, msg = obs.trigger(SERVICE_HOLD)
+        if not ok:
+            raise RuntimeError(f"eval: /vla/hold refused: {msg}")
+        # 2. Scene for this seed, then the instruction.
+        poses = sample_cube_poses(seed, "panda")
+        want = {n: p for n, (p, _) in poses.items()}
+        deadline = time.monotonic() + RESET_TIMEOUT_S
+        while not self._objects_match(want):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"eval: /sim/objects does not show the cube poses of seed {seed}: "
+                                   f"{self.obs.snapshot()[2]} vs {want}")
+            for name, (pos, quat) in poses.items():  # the topic keeps only the newest request: one at a time
+                obs.move(name, pos, quat)
+                time.sleep(0.02)
+            time.sleep(0.25)  # /sim/objects comes at 10 Hz
+        spec = make_episode(task, seed, poses)
+        obs.instruct(spec.instruction)
+        ready_wall = time.time() + 0.03
+        self._wait(lambda: obs.latent_obs_wall > ready_wall, FRESH_LATENT_TIMEOUT_S + (self.slow_latency_ms or 0) / 1e3,
+                   "a latent computed after the new scene and instruction")
+        tcp0, _, _, _ = obs.snapshot()
+        # 3. Run.
+        with obs.lock:
+            obs.recording = {"ee": [], "latent": [], "fast_diag": []} if record else None
+        ok, msg = obs.trigger(SERVICE_RESUME)
+        if not ok:
+            raise RuntimeError(f"eval: /vla/resume refused: {msg}")
+        t0 = time.monotonic()
+        static = want[spec.target]
+        targets: list[tuple[float, float, float, float]] = []
+        success_t = None
+        min_d = float("inf")
+        last_move = -1.0
+        d = float("nan")
+        while True:
+            now = time.monotonic()
+            t = now - t0
+            if t > spec.time_limit_s:
+                break
+            if spec.motion is not None and t - last_move >= 1.0 / MOVE_OBJECT_HZ:
+                obs.move(spec.target, spec.motion.position(t))
+                last_move = t
+            tcp, tcp_mono, objects, _ = obs.snapshot()
+            target = spec.target_position(t, objects.get(spec.target, static)) if spec.motion is not None \
+                else objects.get(spec.target, static)
+            targets.append((now, *np.asarray(target, float).tolist()))
+            if tcp is not None and tcp_mono >= t0:
+                d = float(np.linalg.norm(tcp - target))
+                min_d = min(min_d, d)
+                if is_success(tcp, target):
+                    success_t = tcp_mono - t0
+                    break
+            dead = self._dead()
+            if dead:
+                raise RuntimeError(f"eval: node(s) exited during an episode: {dead}; logs: {self._log_tail()}")
+            time.sleep(0.005)
+        with obs.lock:
+            rec, obs.recording = obs.recording, None
+        row = {
+            "task": task,
+            "seed": seed,
+            "colour": spec.colour,
+            "instruction": spec.instruction,
+            "success": success_t is not None,
+            "time_to_success_s": success_t,
+            "min_distance_m": min_d if math.isfinite(min_d) else None,
+            "final_distance_m": d if math.isfinite(d) else None,
+            "start_tcp": tcp0.tolist() if tcp0 is not None else None,
+        }
+        if record:
+            row["trace"] = _trace(rec, targets, t0)
+        return row
+
+    def trigger_resume(self, service: str) -> None:
+        try:
+            self.obs.trigger(service)
+        except AssertionError:
+            pass
+
+    def _objects_match(self, want: dict[str, np.ndarray]) -> bool:
+        _, _, objs, _ = self.obs.snapshot()
+        return all(n in objs and np.linalg.norm(objs[n][:2] - p[:2]) < 0.01 for n, p in want.items())
+
+    def fast_timing(self) -> dict:
+        with self.obs.lock:
+            kv = dict(self.obs.fast_diag)
+        try:
+            timing = json.loads(kv.get("timing_json", "{}") or "{}")
+        except ValueError:
+            timing = {}
+        return {"achieved_hz": timing.get("achieved_hz"), "deadline_miss_rate": timing.get("deadline_miss_rate"),
+                "infer_ms": timing.get("infer_ms"), "hold_ticks": kv.get("hold_ticks"), "chunks": kv.get("chunks"),
+                "provider": kv.get("provider")}
+
+
+def _trace(rec: dict | None, targets: list, t0: float) -> dict:
+    rec = rec or {"ee": [], "latent": [], "fast_diag": []}
+    ee = np.array(rec["ee"]) if rec["ee"] else np.zeros((0, 4))
+    tg = np.array(targets) if targets else np.zeros((0, 4))
+    lat = np.array(rec["latent"]) if rec["latent"] else np.zeros((0, 4))
+    loop = []
+    for t, kv in rec["fast_diag"]:
+        try:
+            timing = json.loads(kv.get("timing_json", "{}") or "{}")
+        except ValueError:
+            timing = {}
+        loop.append({"t": t - t0, "achieved_hz": timing.get("achieved_hz"),
+                     "period_jitter_ms_p99": (timing.get("period_jitter_ms") or {}).get("p99"),
+                     "infer_ms_p50": (timing.get("infer_ms") or {}).get("p50"),
+                     "deadline_miss_rate": timing.get("deadline_miss_rate")})
+    return {
+        "ee": {"t": (ee[:, 0] - t0).tolist(), "xyz": ee[:, 1:].tolist()},
+        "target": {"t": (tg[:, 0] - t0).tolist(), "xyz": tg[:, 1:].tolist()},
+        "latent_age_s": {"t": (lat[:, 0] - t0).tolist(), "age": lat[:, 1].tolist(), "infer_ms": lat[:, 2].tolist()},
+        "loop_timing": loop,
+    }
+
+
+# ------------------------------------------------------------------------------------ public
+def run_eval(task: str, episodes: int, mode: str = "async", slow_latency_ms: float | None = None,
+             config: str | os.PathLike | None = None, seed: int = 0, realtime: bool = True,
+             log: Callable[[str], None] | None = print) -> dict:
+    """Evaluate the config's policy on a task.
+
+    Args:
+        task: ``touch`` or ``touch_dynamic``.
+        episodes: number of episodes (seeds ``seed * 1000 + i``: cube placement, colour, slide).
+        mode: ``async`` (fast-slow) or ``sync`` (lockstep single-frequency baseline).
+        slow_latency_ms: extra latency of every slow step (None: none).
+        config: runtime config (default ``config/sim_panda_reach.yaml``).
+        seed: evaluation seed.
+        realtime: True: the real node graph as processes over DDS, in real time. False: the same
+            episodes in simulated time in this process (no ROS; the package's ONNX graphs drive the
+            sim directly): a fast check of the model package, not of the runtime.
+        log: progress lines (None: quiet).
+
+    Returns:
+        ``success_rate``, ``time_to_success_s`` {``mean``, ``p90``} (over successful episodes),
+        ``achieved_hz`` (fast loop), ``latent_age_s`` where measured, and ``per_episode`` rows
+        (seed, colour, success, time to success, closest and final distance).
+
+    Raises:
+        ValueError: a bad argument or a config without the evaluation's nodes.
+        RuntimeError / TimeoutError: the graph failed (the nodes' log tails are in the message).
+    """
+    _check_args(task, episodes, mode, slow_latency_ms)
+    say = log or (lambda _s: None)
+    cfg_path = Path(config) if config else DEFAULT_CONFIG
+    if not realtime:
+        return _run_eval_simtime(task, episodes, mode, slow_latency_ms, cfg_path, seed, say)
+    rows = []
+    t_start = time.monotonic()
+    with _GraphSession(mode, slow_latency_ms, cfg_path, say) as g:
+        for i in range(episodes):
+            row = g.episode(task, seed * EPISODE_SEED_STRIDE + i)
+            rows.append(row)
+            say(f"eval: {task} {mode} episode {i + 1}/{episodes} ({row['colour']}): "
+                f"{'success in %.2f s' % row['time_to_success_s'] if row['success'] else 'FAIL'}"
+                f" (closest {row['min_distance_m'] if row['min_distance_m'] is not None else float('nan'):.3f} m)")
+        timing = g.fast_timing()
+    extra = {"achieved_hz": timing.get("achieved_hz"), "fast_path": timing, "realtime": True,
+             "wall_s": round(time.monotonic() - t_start, 1), "success_radius_m": SUCCESS_RADIUS_M}
+    return _summary(task, mode, slow_latency_ms, cfg_path, rows, extra)
+
+
+def run_demo_episodes(out_dir: str | os.PathLike, config: str | os.PathLike | None = None, seed: int = 0,
+                      log: Callable[[str], None] | None = print) -> dict:
+    """One real-time episode of each task through the graph, with traces; writes a report.
+
+    Writes ``episodes.json`` and ``episodes.png`` (EE and target paths, distance to the target,
+    latent age, fast-loop rate) into ``out_dir``.
+
+    Returns:
+        ``{"episodes": [row with "trace": {ee, target, latent_age_s, loop_timing}], "json": path,
+        "png": path}``.
+    """
+    from vla_runtime.report import write_json, write_plot
+
+    say = log or (lambda _s: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with _GraphSession("async", None, Path(config) if config else DEFAULT_CONFIG, say) as g:
+        for i, task in enumerate(TASKS):
+            row = g.episode(task, seed * EPISODE_SEED_STRIDE + i, record=True)
+            rows.append(row)
+            say(f"demo: {task} ({row['colour']}): "
+                f"{'success in %.2f s' % row['time_to_success_s'] if row['success'] else 'FAIL'}")
+        timing = g.fast_timing()
+    result = {"episodes": rows, "fast_path": timing}
+    panels = []
+    for row in rows:
+        tr = row["trace"]
+        ee = np.array(tr["ee"]["xyz"]).reshape(-1, 3)
+        tg = np.array(tr["target"]["xyz"]).reshape(-1, 3)
+        te, tt = np.array(tr["ee"]["t"]), np.array(tr["target"]["t"])
+        name = f"{row['task']}: {row['instruction']} ({'ok' if row['success'] else 'missed'})"
+        panels.append({"title": name + " - top view", "series": {"tcp": (ee[:, 0], ee[:, 1]), "target": (tg[:, 0], tg[:, 1])},
+                       "xlabel": "x [m]", "ylabel": "y [m]", "equal_axes": True})
+        dist = np.linalg.norm(ee - np.array([np.interp(te, tt, tg[:, k]) for k in range(3)]).T, axis=1) \
+            if len(ee) and len(tg) else np.zeros(0)
+        panels.append({"title": "distance TCP - target", "series": {"d": (te, dist)}, "xlabel": "t [s]",
+                       "ylabel": "m", "hline": SUCCESS_RADIUS_M})
+        panels.append({"title": "latent age at the fast path", "series": {
+            "age": (np.array(tr["latent_age_s"]["t"]), np.array(tr["latent_age_s"]["age"]))},
+            "xlabel": "t [s]", "ylabel": "s"})
+        loop = [(x["t"], x["achieved_hz"]) for x in tr["loop_timing"] if x["achieved_hz"] is not None]
+        panels.append({"title": "fast loop rate (diagnostics)", "series": {
+            "hz": (np.array([a for a, _ in loop]), np.array([b for _, b in loop]))}, "xlabel": "t [s]", "ylabel": "Hz"})
+    result["json"] = str(write_json(out / "episodes.json", result))
+    result["png"] = str(write_plot(out / "episodes.png", panels))
+    return result
+
+
+# --------------------------------------------------------------------------- simulated time
+def _run_eval_simtime(task: str, episodes: int, mode: str, slow_latency_ms: float | None, config: Path, seed: int,
+                      say: Callable[[str], None]) -> dict:
+    """The episodes in simulated time, no ROS (see :func:`run_eval`)."""
+    rows = [simtime_episode(task, seed * EPISODE_SEED_STRIDE + i, mode, slow_latency_ms, config)
+            for i in range(episodes)]
+    for i, r in enumerate(rows):
+        say(f"eval(sim time): {task} {mode} episode {i + 1}/{episodes}: "
+            f"{'success in %.2f s' % r['time_to_success_s'] if r['success'] else 'FAIL'}")
+    return _summary(task, mode, slow_latency_ms, config, rows, {"achieved_hz": CONTROL_HZ, "realtime": False})
+
+
+_SIM_CACHE: dict = {}
+
+
+def simtime_episode(task: str, seed: int, mode: str = "async", slow_latency_ms: float | None = None,
+                    config: str | os.PathLike | None = None) -> dict:
+    """One episode in simulated time: the package's graphs drive a SimRobot directly (no ROS).
+
+    The slow graph runs on a frame every ``1 / rates.slow_hz`` (rendered at the config's camera
+    size) and its latent becomes usable ``slow_latency_ms`` later; ``async`` re-plans every fast
+    tick with the newest usable latent, ``sync`` only on a new latent and runs that chunk open-loop.
+    """
+    from vla_runtime.engines.model_package import load_model_package
+    from vla_runtime.sim.controllers import TrajectoryCommand
+    from vla_runtime.sim.robot import SimRobot
+    from vla_runtime.sim.scene import sample_cube_poses
+
+    cfg = load_config(config or DEFAULT_CONFIG)
+    key = str(cfg.source)
+    if key not in _SIM_CACHE:
+        _SIM_CACHE[key] = (SimRobot(cfg), load_model_package(cfg.model_package_path))
+    robot, pkg = _SIM_CACHE[key]
+    cam = cfg.cameras[0]
+    space = pkg.action_space
+    arm_cols = [space.dim_names.index(j) for j in ARM_JOINTS]
+    dt = 1.0 / pkg.spec.control_rate_hz
+    horizon = pkg.spec.chunk_horizon
+    slow_every = max(1, int(round(CONTROL_HZ / cfg.rates.slow_hz)))
+    latency = (slow_latency_ms or 0.0) / 1e3
+    robot.reset(seed)
+    poses = sample_cube_poses(seed, "panda")
+    for n, (p, q) in poses.items():
+        robot.move_object(n, p, q)
+    spec: EpisodeSpec = make_episode(task, seed, poses)
+    enc = pkg.tokenizer.encode(spec.instruction)
+    names = list(robot.joint_names)
+    finger = names.index("panda_finger_joint1")
+    from vla_runtime.core.policy_io import SlowFeeds
+
+    feeds = SlowFeeds(pkg.spec.slow, [c.name for c in cfg.cameras])
+    pending: list[tuple[float, np.ndarray]] = []
+    latent = None
+    version = used = 0
+    t0 = robot.time
+    success_t, min_d = None, float("inf")
+    for k in range(int(spec.time_limit_s * CONTROL_HZ)):
+        t = k * dt
+        target = spec.target_position(t, poses[spec.target][0])
+        if spec.motion is not None:
+            robot.move_object(spec.target, target)
+        p, q = robot.ee_pose("arm")
+        d = float(np.linalg.norm(tcp_from_hand(p, q) - target))
+        min_d = min(min_d, d)
+        if d <= SUCCESS_RADIUS_M:
+            success_t = t
+            break
+        if k % slow_every == 0 and (not pending or latency <= 0):
+            img = robot.render(cam.name, cam.width, cam.height)
+            out = pkg.slow_engine.infer(feeds.build({cam.name: img}, enc.ids, enc.mask))
+            pending.append((t + latency, next(iter(out.values()))))
+        while pending and pending[0][0] <= t + 1e-9:
+            latent = pending.pop(0)[1]
+            version += 1
+        if latent is None or (mode == "sync" and version == used):
+            robot.step(max(1, int(round((t0 + (k + 1) * dt - robot.time) / robot.model.opt.timestep))))
+            continue
+        used = version
+        js = robot.joint_state()
+        state = {n: float(js.positions[i]) for i, n in enumerate(names)}
+        state["gripper/gripper"] = float(js.positions[finger])
+        prop = pkg.proprio(state).reshape(1, -1).astype(np.float32)
+        fast_in = {t_.name: (latent.reshape(t_.shape) if t_.role == "latent" else prop) for t_ in pkg.spec.fast.inputs}
+        raw = next(iter(pkg.fast_engine.infer(fast_in).values()))
+        chunk = space.to_absolute(space.decode(raw), state)[:, arm_cols]
+        robot.accept("arm_controller", TrajectoryCommand(list(ARM_JOINTS), [i * dt for i in range(horizon)],
+                                                         chunk.tolist()))
+        robot.step(max(1, int(round((t0 + (k + 1) * dt - robot.time) / robot.model.opt.timestep))))
+    return {"task": task, "seed": seed, "colour": spec.colour, "instruction": spec.instruction,
+            "success": success_t is not None, "time_to_success_s": success_t,
+            "min_distance_m": min_d, "final_distance_m": d}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vla_runtime.evaluation TASK [--episodes N] [--mode async|sync] [--slow-latency-ms L]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Evaluate the reference policy through the node graph.")
+    ap.add_argument("task", choices=TASKS)
+    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--mode", choices=MODES, default="async")
+    ap.add_argument("--slow-latency-ms", type=float, default=None)
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sim-time", action="store_true", help="simulated time in this process, no ROS graph")
+    ap.add_argument("--json", type=Path, default=None, help="write the result here")
+    args = ap.parse_args(argv)
+    r = run_eval(args.task, args.episodes, args.mode, args.slow_latency_ms, args.config, args.seed,
+                 realtime=not args.sim_time)
+    brief = {k: v for k, v in r.items() if k != "per_episode"}
+    print(json.dumps(brief, indent=2, default=float))
+    if args.json is not None:
+        args.json.write_text(json.dumps(r, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
