@@ -178,6 +178,11 @@ class SlowReasonerNode(LifecycleNode):
         last_stamps: dict[str, int] = {}
         next_start = time.monotonic()
         while not self._stop.is_set():
+            # Pace to slow_hz first, then take the newest frames: a frame that arrived during the
+            # wait is used, not the one that woke us (which would be up to a period older).
+            delay = next_start - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
             self._new_frame.wait(timeout=0.5)
             if self._stop.is_set():
                 return
@@ -191,9 +196,6 @@ class SlowReasonerNode(LifecycleNode):
                 continue
             if all(last_stamps.get(c) == s for c, (_, s) in frames.items()):
                 continue  # nothing new since the last step
-            delay = next_start - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
-                return
             t0 = time.monotonic()
             obs_ns = min(s for _, s in frames.values())
             feeds = self.feeds.build({c: img for c, (img, _) in frames.items()}, tokens.ids, tokens.mask)
