@@ -167,7 +167,8 @@ class ActionChunkNode(LifecycleNode):
         self.features_pub = self.create_publisher(Float32MultiArray, TOPIC_POLICY_FEATURES, QOS_SENSOR)
         self.diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
         self.create_subscription(JointState, TOPIC_JOINT_STATES, self._joint_state_cb, QOS_SENSOR)
-        self.create_subscription(PoseStamped, TOPIC_EE_POSE, self._ee_cb, QOS_SENSOR)
+        if self._cartesian_groups:  # only Cartesian layouts need the measured pose (saves ~125 callbacks/s)
+            self.create_subscription(PoseStamped, TOPIC_EE_POSE, self._ee_cb, QOS_SENSOR)
         self.create_timer(1.0, self._publish_diagnostics)
         self.create_service(Trigger, "~/reset_stats", self._reset_stats)
         self.get_logger().info(
