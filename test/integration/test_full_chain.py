@@ -6,7 +6,6 @@ holds the arm in place; an inactive controller is refused by name; a whole-body 
 GR1's arms and head.
 """
 
-import json
 import math
 import os
 import time
@@ -132,7 +131,10 @@ def test_inactive_controller_is_refused_by_name_on_the_real_sim(supervisor, prob
     probe.node.create_timer(1 / 30, lambda: pub.publish(
         _plan(names, [0.0, -0.5, 0.0, -2.2, 0.0, 1.9, 0.785, 0.04], time.time_ns())))
     _start(supervisor, cfg)
-    wait_for(lambda: "arm_controller" in json.dumps(watch.values()), 30, what="a refusal naming arm_controller")
+    wait_for(lambda: "arm_controller (inactive)" in watch.values().get("controllers", ""), 60,
+             what="a refusal naming arm_controller as inactive")
+    assert "arm_controller" in watch.values().get("policy_refused", "")
+    wait_for(lambda: bool(watch.js), 10, what="joint states from the sim")
     time.sleep(2.0)
     assert all(m.message != "POLICY" for _, m in watch.safety)
     assert abs(watch.joint("panda_joint2") + 0.3) < 0.01, "the arm moved without its controller"
