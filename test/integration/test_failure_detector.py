@@ -74,19 +74,12 @@ def test_fault_halts_holds_and_reset_waits_for_the_cause(graph):
 
 
 def test_nan_features_halt_within_deadline_and_silent_detector_holds(graph):
-    from array import array
-
     import numpy as np
-    from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
     g = graph
     g.wait_policy()
     wait_for(lambda: bool(g.features_label), 10, what="policy features")
-    msg = Float32MultiArray()
-    msg.layout.dim = [MultiArrayDimension(label=g.features_label, size=g.features_size, stride=g.features_size)]
-    bad = np.zeros(g.features_size, np.float32)
-    bad[3] = np.inf
-    msg.data = array("f", bad.tobytes())
+    msg = g.poisoned_features(3, np.inf)
     t_f = time.monotonic()
     g.features_pub.publish(msg)
     wait_for(lambda: g.mode() == "HALTED", 1.0, interval=0.002, what="HALTED after non-finite features")

@@ -261,6 +261,20 @@ class GraphUnderTest:
                 break
         return None if best is None else np.array(best)
 
+    def poisoned_features(self, index: int, value: float):
+        """A features message with the fast path's own layout and one non-finite entry."""
+        from array import array
+
+        from std_msgs.msg import Float32MultiArray, MultiArrayDimension
+
+        msg = Float32MultiArray()
+        msg.layout.dim = [MultiArrayDimension(label=self.features_label, size=self.features_size,
+                                              stride=self.features_size)]
+        bad = np.zeros(self.features_size, np.float32)
+        bad[index] = value
+        msg.data = array("f", bad.tobytes())
+        return msg
+
     def motion_mm(self, t0: float, t1: float) -> float | None:
         """Largest hand displacement from its position at t0 over [t0, t1], in mm."""
         p0 = self.ee_at(t0)

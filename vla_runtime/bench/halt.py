@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import time
-from array import array
 
 import numpy as np
 
@@ -42,7 +41,6 @@ def _percentiles(x: list[float]) -> dict:
 
 def bench_halt(trials: int = 200, config: str | os.PathLike | None = None) -> dict:
     """Halt latency (detector decision → hold command on the controller topic) over ``trials``."""
-    from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
     lat_ms: list[float] = []
     already_holding: list[float] = []
@@ -50,11 +48,7 @@ def bench_halt(trials: int = 200, config: str | os.PathLike | None = None) -> di
     with GraphUnderTest(config, relay=False) as g:
         g.start()
         wait_for(lambda: bool(g.features_label), 30, what="policy features from the fast path")
-        msg = Float32MultiArray()
-        msg.layout.dim = [MultiArrayDimension(label=g.features_label, size=g.features_size, stride=g.features_size)]
-        bad = np.zeros(g.features_size, np.float32)
-        bad[0] = np.nan
-        msg.data = array("f", bad.tobytes())
+        msg = g.poisoned_features(0, np.nan)
         t_start = time.monotonic()
         for k in range(trials):
             try:
