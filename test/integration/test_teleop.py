@@ -33,6 +33,7 @@ def rig(supervisor, probe, write_config, tmp_path):
     start_graph(supervisor, cfg)
     try:
         wait_for(lambda: r.mode() == "POLICY", 30, what="bridge in POLICY under the stand-in policy")
+        wait_for(r.teleop_ready, 30, what="the teleop node on the graph")
     except AssertionError as e:
         raise AssertionError(f"{e}\n{node_logs(tmp_path)}") from None
     return r
@@ -94,3 +95,36 @@ def test_after_halt_only_teleop_moves_the_arm(rig, tmp_path):
     time.sleep(0.8)
     assert rig.max_displacement_mm(t1, t1 + 0.8) < 0.5, "the arm moved after teleop under the halt ended"
     assert rig.mode() == "HALTED", "teleop must not clear the latched halt"
+
+
+def test_bridge_started_after_the_press_still_hands_over(supervisor, probe, write_config, tmp_path):
+    """The deadman is already held when the bridge comes up (or re-matches): the engage event it
+    missed is re-sent, so the operator gets the arm without re-pressing."""
+    cfg = write_config("sim_panda.yaml", {"teleop": GAMEPAD_TELEOP, "cameras": []})
+    r = TeleopRig(probe)
+    r.policy_enabled = False
+    supervisor.start(NodeSpec("sim_robot", "vla_runtime.nodes.sim_robot", str(cfg)))
+    supervisor.start(NodeSpec("teleop", "vla_runtime.nodes.teleop", str(cfg)))
+    from geometry_msgs.msg import TwistStamped
+
+    from vla_runtime.core.teleop import TOPIC_TELEOP_TWIST
+    from vla_runtime.nodes.common import QOS_COMMAND
+
+    twists = probe.collect(TwistStamped, TOPIC_TELEOP_TWIST, QOS_COMMAND)
+    r.deadman(True)  # held from now on (the rig streams Joy at 50 Hz)
+    try:
+        wait_for(lambda: len(twists) > 0, 30, what="the teleop node engaged (twist stream)")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{node_logs(tmp_path)}") from None
+    supervisor.start(NodeSpec("controller_bridge", "vla_runtime.nodes.controller_bridge", str(cfg)))
+    try:
+        wait_for(lambda: r.mode() == "TELEOP", 30, what="TELEOP without a second press")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nmodes: {r.modes}\n{node_logs(tmp_path)}") from None
+    time.sleep(0.3)
+    t_move = r.deadman(True, [0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # +z
+    time.sleep(0.5)
+    r.deadman(True)
+    time.sleep(0.3)
+    p0, p1 = r.ee_at(t_move), r.ee_at(time.monotonic())
+    assert (p1 - p0)[2] * 1e3 > 15.0, f"the arm did not follow the stick: {(p1 - p0) * 1e3}"

@@ -108,6 +108,12 @@ class TeleopRig:
     def _on_jt(self, msg) -> None:
         self.jt.append((time.monotonic(), msg.header.frame_id))
 
+    def teleop_ready(self) -> bool:
+        """The teleop node is up: it subscribes to our Joy and publishes the engage topic."""
+        from vla_runtime.core.teleop import TOPIC_TELEOP_ENGAGE
+
+        return self.joy_pub.get_subscription_count() >= 1 and self.node.count_publishers(TOPIC_TELEOP_ENGAGE) >= 1
+
     def mode(self) -> str | None:
         """The bridge's last reported mode."""
         return self.modes[-1][1] if self.modes else None
@@ -261,6 +267,7 @@ def bench_teleop(trials: int = 50, config: str | None = None, domain_id: int | N
             probe = Probe(domain, name="bench_teleop")
             rig = TeleopRig(probe)
             _wait(lambda: rig.mode() == "POLICY", 30.0, "the bridge in POLICY")
+            _wait(rig.teleop_ready, 30.0, "the teleop node on the graph")
             results = [run_trial(rig, 1.0 if k % 2 == 0 else -1.0) for k in range(trials)]
         finally:
             if probe is not None:

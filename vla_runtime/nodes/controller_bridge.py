@@ -1113,6 +1113,9 @@ class ControllerBridgeNode(Node):
 
     def _on_engage(self, msg: Bool) -> None:
         if msg.data:
+            with self._lock:
+                if self._halt_teleop or self.arbiter.mode is Mode.TELEOP:
+                    return  # already teleoperating: a repeated engage (late-joiner resend) changes nothing
             d = self.request_teleop("operator engaged (deadman held)")
             if not d:
                 self.get_logger().warning(f"teleop engage refused: {d.reason}")

@@ -15,7 +15,8 @@ controller topics). Three device kinds, chosen by what arrives:
   the moment the stream starts, so the first target is where the robot is; engaged while fresh.
 
 Publications (to the bridge): ``/vla/teleop/engage`` (std_msgs/Bool, reliable: True when the
-deadman is pressed / a stream starts, False when released / silent), ``/vla/teleop/twist``
+deadman is pressed / a stream starts, False when released / silent; True again to a subscriber that
+matches while engaged, so a bridge that starts late still learns of the press), ``/vla/teleop/twist``
 (TwistStamped) and ``/vla/teleop/pose`` (PoseStamped) at ``rate_hz`` while engaged (a zero twist
 when the device is centred, so the bridge's teleop watchdog stays fed only while the operator is
 really there), ``/vla/teleop/gripper`` (std_msgs/Float64) on gripper toggles.
@@ -85,6 +86,7 @@ class TeleopNode(Node):
         self.frame_id = self.cfg.robot.base_frame
 
         self._engaged = False
+        self._engage_subscribers = 0
         self._joy: tuple[bool, np.ndarray, float] | None = None  # (deadman, twist, receive time)
         self._twist_in: tuple[np.ndarray, float] | None = None
         self._pose_in: tuple[np.ndarray, float] | None = None
@@ -225,6 +227,12 @@ class TeleopNode(Node):
             pass
 
     def _tick(self) -> None:
+        # Engage is an event on a volatile topic (any publisher QoS can match the bridge), so a
+        # subscriber that matched after the press never saw it: tell late joiners the current state.
+        n = self.engage_pub.get_subscription_count()
+        if n > self._engage_subscribers and self._engaged:
+            self.engage_pub.publish(Bool(data=True))
+        self._engage_subscribers = n
         self._update(self._now())
 
 
