@@ -34,12 +34,16 @@ class FakeRobotAndCamera:
         self.img_pub = node.create_publisher(Image, camera_topic, QOS_SENSOR)
         self.camera_on = threading.Event()
         self.camera_on.set()
+        self.joints_on = threading.Event()
+        self.joints_on.set()
         self.rng = np.random.default_rng(0)
         node.create_timer(1 / 200, self._joints)
         node.create_timer(1 / 10, self._image)
         self.node = node
 
     def _joints(self):
+        if not self.joints_on.is_set():
+            return
         m = JointState(name=JOINTS, position=HOME)
         m.header.stamp = self.node.get_clock().now().to_msg()
         self.js_pub.publish(m)
@@ -114,3 +118,18 @@ def test_fast_loop_keeps_rate_while_slow_path_runs_at_2hz(supervisor, probe, wri
     time.sleep(0.5)
     after = [m for t, m in plans if t > t_hold + 0.05]
     assert after and all(not m.points for m in after), "plans resumed on a stale latent"
+
+    # Camera back, fresh guidance again: plans resume. Then /joint_states stops → HOLD within the
+    # joint-state timeout (0.2 s here) plus a tick, however the loop takes its state in.
+    robot.camera_on.set()
+    n2 = len(plans)
+    wait_for(lambda: sum(1 for _, m in plans[n2:] if m.points) >= 10, 20, what="plans again after the camera returned")
+    t_stop = time.monotonic()
+    robot.joints_on.clear()
+    n3 = len(plans)
+    wait_for(lambda: any(m.header.frame_id == "hold: stale joint state" for _, m in plans[n3:]), 5,
+             what="HOLD on stale joint states")
+    t_js_hold = next(t for t, m in plans[n3:] if m.header.frame_id == "hold: stale joint state")
+    assert t_js_hold - t_stop < 0.2 + 0.1, f"HOLD came {t_js_hold - t_stop:.3f} s after the joint states stopped"
+    time.sleep(0.3)
+    assert all(not m.points for t, m in plans if t > t_js_hold + 0.05), "plans went on without joint states"

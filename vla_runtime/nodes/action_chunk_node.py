@@ -8,12 +8,18 @@ features on ``/vla/policy_features`` for the failure detector, and timing in dia
 
 A latent older than ``latent.max_age_s``, a missing or stale joint state, or an inference over its
 budget makes the node publish a HOLD request (an empty trajectory with the reason) instead of a
-plan: the robot holds, it never follows extrapolated motion. Subscription callbacks only copy
-the newest message under a short lock; nothing in the loop logs.
+plan: the robot holds, it never follows extrapolated motion. Nothing in the loop logs.
+
+State input: by default the loop thread itself takes the newest ``/joint_states`` (and, for
+Cartesian layouts, ``/ee_pose``) at the start of each tick, from depth-1 subscriptions on a helper
+node that no executor spins (:class:`PolledTopic`). The robot publishes joint states at hundreds
+of Hz; as executor callbacks each of them would take the interpreter lock from the loop thread.
+``poll_state:=false`` uses plain subscription callbacks (they copy the newest message under a
+short lock) instead. Staleness is judged on the message's receive time either way.
 
 Parameters: ``config_file``, ``autostart``, ``engine`` (``model`` | ``null``: the null engine
 measures the runtime's own overhead), ``rate_hz`` (overrides ``rates.fast_hz``), ``lockstep``
-(false; see below).
+(false; see below), ``poll_state`` (true; see above).
 
 Lockstep (``lockstep:=true``) is the single-frequency baseline the fast-slow design replaces: the
 fast graph runs only when a NEW latent version is in the buffer, and its whole chunk is the plan,
@@ -36,6 +42,8 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 from std_srvs.srv import Trigger
@@ -67,6 +75,38 @@ HOLD_OVERRUN = "hold: inference over budget"
 HOLD_BAD_OUTPUT = "hold: non-finite model output"
 
 
+#: The polled state topics keep only the newest sample: the loop never reads an old one.
+QOS_NEWEST = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+
+class PolledTopic:
+    """A subscription drained by the thread that calls :meth:`take_newest` (no executor involved).
+
+    Args:
+        node: A node that no executor spins (an executor would take the messages first).
+        msg_type, topic: What to subscribe to (QoS :data:`QOS_NEWEST`).
+    """
+
+    def __init__(self, node: Node, msg_type, topic: str) -> None:  # noqa: ANN001
+        self.sub = node.create_subscription(msg_type, topic, lambda _msg: None, QOS_NEWEST)
+
+    def take_newest(self):  # noqa: ANN201
+        """The newest message not yet taken and its receive time (wall ns), or None."""
+        sub = self.sub
+        newest = None
+        with sub.handle:
+            while True:
+                got = sub.handle.take_message(sub.msg_type, sub.raw)
+                if got is None:
+                    break
+                newest = got
+        if newest is None:
+            return None
+        msg, info = newest
+        recv = info.get("received_timestamp") if isinstance(info, dict) else None
+        return msg, int(recv) if recv else time.time_ns()
+
+
 class ActionChunkNode(LifecycleNode):
     """Runs the fast graph at a fixed rate and streams a delay-compensated command plan."""
 
@@ -77,6 +117,9 @@ class ActionChunkNode(LifecycleNode):
         self.declare_parameter("engine", "model")
         self.declare_parameter("rate_hz", 0.0)
         self.declare_parameter("lockstep", False)
+        self.declare_parameter("poll_state", True)
+        self._io_node: Node | None = None
+        self._polled: list[tuple[PolledTopic, object]] = []
         self._state_lock = threading.Lock()
         self._joint_pos: dict[str, float] = {}
         self._joint_recv_mono = 0.0
@@ -166,9 +209,16 @@ class ActionChunkNode(LifecycleNode):
         self.plan_pub = self.create_publisher(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
         self.features_pub = self.create_publisher(Float32MultiArray, TOPIC_POLICY_FEATURES, QOS_SENSOR)
         self.diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
-        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._joint_state_cb, QOS_SENSOR)
-        if self._cartesian_groups:  # only Cartesian layouts need the measured pose (saves ~125 callbacks/s)
-            self.create_subscription(PoseStamped, TOPIC_EE_POSE, self._ee_cb, QOS_SENSOR)
+        state_topics = [(JointState, TOPIC_JOINT_STATES, self._joint_state_cb)]
+        if self._cartesian_groups:  # only Cartesian layouts need the measured pose (saves ~125 msgs/s)
+            state_topics.append((PoseStamped, TOPIC_EE_POSE, self._ee_cb))
+        if bool(self.get_parameter("poll_state").value):
+            self._io_node = Node(f"{self.get_name()}_loop_io", context=self.context,
+                                 start_parameter_services=False, enable_rosout=False)
+            self._polled = [(PolledTopic(self._io_node, t, topic), cb) for t, topic, cb in state_topics]
+        else:
+            for t, topic, cb in state_topics:
+                self.create_subscription(t, topic, cb, QOS_SENSOR)
         self.create_timer(1.0, self._publish_diagnostics)
         self.create_service(Trigger, "~/reset_stats", self._reset_stats)
         self.get_logger().info(
@@ -210,6 +260,10 @@ class ActionChunkNode(LifecycleNode):
                 self._publish_hold("hold: fast path stopped", time.monotonic())
 
     def _release(self) -> None:
+        if self._io_node is not None:
+            self._polled = []
+            self._io_node.destroy_node()
+            self._io_node = None
         if self.reader is not None:
             self.reader.close()
             self.reader = None
@@ -220,7 +274,7 @@ class ActionChunkNode(LifecycleNode):
     plan_pub = None
 
     # ----------------------------------------------------------------- callbacks (copy only)
-    def _joint_state_cb(self, msg: JointState) -> None:
+    def _joint_state_cb(self, msg: JointState, recv_mono: float | None = None) -> None:
         names = tuple(msg.name)
         n = len(names)
         if n == 0 or len(msg.position) != n or not all(math.isfinite(p) for p in msg.position):
@@ -229,9 +283,9 @@ class ActionChunkNode(LifecycleNode):
         with self._state_lock:
             for name, p in zip(names, msg.position):
                 self._joint_pos[name] = p
-            self._joint_recv_mono = time.monotonic()
+            self._joint_recv_mono = time.monotonic() if recv_mono is None else recv_mono
 
-    def _ee_cb(self, msg: PoseStamped) -> None:
+    def _ee_cb(self, msg: PoseStamped, recv_mono: float | None = None) -> None:
         p, q = msg.pose.position, msg.pose.orientation
         with self._state_lock:
             self._ee = {"x": p.x, "y": p.y, "z": p.z, "qx": q.x, "qy": q.y, "qz": q.z, "qw": q.w}
@@ -251,9 +305,19 @@ class ActionChunkNode(LifecycleNode):
                     state[f"{gname}/{k}"] = v
         return state
 
+    def _poll_state(self, now: float) -> None:
+        """Take the newest state messages (loop thread; see the module docstring)."""
+        for topic, handler in self._polled:
+            got = topic.take_newest()
+            if got is not None:
+                msg, recv_wall_ns = got
+                handler(msg, now - max(0.0, (time.time_ns() - recv_wall_ns) / 1e9))
+
     def _tick(self, tick: int, scheduled_s: float) -> None:
         now = time.monotonic()
         self.counters["ticks"] += 1
+        if self._polled:
+            self._poll_state(now)
         recv = self._joint_recv_mono
         if recv == 0.0:
             return self._publish_hold(HOLD_NO_JOINT_STATE, now)
