@@ -718,9 +718,22 @@ class ControllerBridgeNode(Node):
 
     # ------------------------------------------------------------------ hold targets
     def _capture_hold(self, groups: list[_GroupRuntime]) -> None:
-        """Set each group's hold target from the measured state (where it is available)."""
+        """Set each group's hold target from the measured state (where it is available).
+
+        With stale joint states the last measurement is where the arm WAS; a trajectory group then
+        holds the reference its controller is tracking now (the last published trajectory at this
+        instant), which the arm is close behind, instead of being pulled back to the old sample.
+        """
         poses = {g: self._ee_pose for g in self._cartesian} if self._ee_pose is not None else {}
+        now = self._now()
+        stale = not self.arbiter._fresh(self.arbiter._last_joint_state,  # noqa: SLF001 - same package
+                                        self.arbiter.joint_state_timeout_s, now)
         for rt in groups:
+            if stale and rt.spec.controller == "joint_trajectory" and rt.published is not None:
+                pt, pq = rt.published
+                rt.hold = JointCommand(rt.name, tuple(rt.spec.joints), _interp_rows(pt, pq, now), "position")
+                rt.hold_dirty = True
+                continue
             try:
                 cmd = hold_commands(self.robot, self._joint_pos, poses, [rt.name])[rt.name]
             except MappingError:
