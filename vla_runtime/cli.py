@@ -135,11 +135,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_record_rollouts(args: argparse.Namespace) -> int:
-    from vla_runtime.detector_tools import record_rollouts, save_rollouts
+    from vla_runtime.detector_tools import SCENARIOS, record_rollouts, save_rollouts
 
     _load_or_exit(args.config)
+    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad or not scenarios:
+        print(f"vla-runtime record-rollouts: --scenarios {args.scenarios!r}: unknown {bad}; "
+              f"choose from {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
     rollouts = record_rollouts(args.config, args.out, episodes=args.episodes, episode_s=args.episode_s,
-                               seed=args.seed, log=print)
+                               scenarios=scenarios, seed=args.seed, log=print)
     path = save_rollouts(rollouts, args.out)
     n_ok = sum(1 for r in rollouts if r.label == 0)
     print(f"recorded {len(rollouts)} rollouts ({n_ok} successes) into {path}")
@@ -242,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output directory")
     p.add_argument("--episodes", type=int, default=40)
     p.add_argument("--episode-s", type=float, default=8.0)
+    p.add_argument("--scenarios", default="nominal,target_moved,arm_blocked,wrong_object",
+                   help="comma list cycled over the episodes; repeat 'nominal' for more successes")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_record_rollouts)
 
@@ -258,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["touch", "touch_dynamic"], required=True)
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--mode", choices=["async", "sync"], default="async",
-                   help="async: fast-slow; sync: slow and fast in lockstep (the single-frequency baseline)")
+                   help="async: fast-slow; sync: the stop-and-go single-frequency baseline (observe, infer while "
+                        "the robot holds, execute the chunk)")
     p.add_argument("--slow-latency-ms", type=float, default=None, help="extra latency of every slow step")
     p.add_argument("--config", default=None, help="default: config/sim_panda_reach.yaml")
     p.add_argument("--seed", type=int, default=0)

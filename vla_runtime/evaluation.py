@@ -18,9 +18,11 @@ it, observing it only through its public topics and services, as an operator wou
    Success: the TCP (from ``/ee_pose``) within 3 cm of the target's centre before the time limit.
 
 Modes: ``async`` is the fast-slow design (the fast loop re-plans at 30 Hz on the newest latent);
-``sync`` is the single-frequency baseline it replaces (``action_chunk_node`` with
-``lockstep:=true``: one chunk per fresh latent, executed open-loop). ``slow_latency_ms`` adds
-latency to every slow step (slow_reasoner's ``extra_latency_ms``), emulating a heavier VLM.
+``sync`` is the single-frequency baseline it replaces, stop-and-go as a VLA that blocks on
+inference: ``action_chunk_node`` with ``lockstep:=true`` executes one chunk per latent open-loop
+and, when it has run out, asks for the next; ``slow_reasoner`` with ``step_on_request:=true`` then
+takes a frame and runs one step while the robot holds. ``slow_latency_ms`` adds latency to every
+slow step (slow_reasoner's ``extra_latency_ms``), emulating a heavier VLM.
 
 ``realtime=False`` runs the same episodes in simulated time in this process instead (no ROS: the
 model package's ONNX graphs drive a :class:`~vla_runtime.sim.robot.SimRobot` directly, the slow
@@ -257,7 +259,8 @@ class _GraphSession:
         if missing:
             raise ValueError(f"{self.config}: evaluation needs nodes {sorted(missing)} in `nodes`")
         params = {
-            "slow_reasoner": {"extra_latency_ms": float(self.slow_latency_ms or 0.0)},
+            "slow_reasoner": {"extra_latency_ms": float(self.slow_latency_ms or 0.0),
+                              "step_on_request": self.mode == "sync"},
             "action_chunk_node": {"lockstep": self.mode == "sync"},
         }
         specs = [replace(s, params={**s.params, **params.get(s.name, {})}) for s in specs]
@@ -562,7 +565,8 @@ def simtime_episode(task: str, seed: int, mode: str = "async", slow_latency_ms: 
 
     The slow graph runs on a frame every ``1 / rates.slow_hz`` (rendered at the config's camera
     size) and its latent becomes usable ``slow_latency_ms`` later; ``async`` re-plans every fast
-    tick with the newest usable latent, ``sync`` only on a new latent and runs that chunk open-loop.
+    tick with the newest usable latent, ``sync`` only on a new latent and runs that chunk open-loop
+    (pipelined: here the slow path keeps stepping meanwhile, unlike the graph's stop-and-go sync).
     """
     from vla_runtime.engines.model_package import load_model_package
     from vla_runtime.sim.controllers import TrajectoryCommand

@@ -19,18 +19,21 @@ def _trained() -> bool:
 
 
 @pytest.mark.skipif(not PACKAGE.exists(), reason="models/reference_reach not exported (tools/train_reference.py)")
-def test_two_touch_episodes_through_the_graph():
-    r = run_eval("touch", 2, mode="async", seed=0, log=None)
+def test_touch_episodes_through_the_graph():
+    r = run_eval("touch", 3, mode="async", seed=0, log=None)
     for key in ("success_rate", "time_to_success_s", "achieved_hz", "per_episode", "successes", "fast_path"):
         assert key in r, key
     assert set(r["time_to_success_s"]) == {"mean", "p90"}
-    assert r["episodes"] == 2 and len(r["per_episode"]) == 2
+    assert r["episodes"] == 3 and len(r["per_episode"]) == 3
     for row in r["per_episode"]:
         assert {"seed", "colour", "instruction", "success", "time_to_success_s", "min_distance_m"} <= set(row)
         assert row["instruction"] == f"touch the {row['colour']} cube"
     assert r["achieved_hz"] is not None and r["achieved_hz"] > 20.0
     if _trained():
-        assert r["successes"] >= 1, f"the trained policy touched no cube: {r['per_episode']}"
+        # The instruction names the cube: success means the hand reached THAT cube (the colours of
+        # these seeds differ). 50-episode rate: see the README; ≥ 2 of 3 keeps CI from flaking.
+        assert len({row["colour"] for row in r["per_episode"]}) >= 2, r["per_episode"]
+        assert r["successes"] >= 2, f"the trained policy touched the named cube in <2 of 3: {r['per_episode']}"
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -133,3 +133,46 @@ def test_fast_loop_keeps_rate_while_slow_path_runs_at_2hz(supervisor, probe, wri
     assert t_js_hold - t_stop < 0.2 + 0.1, f"HOLD came {t_js_hold - t_stop:.3f} s after the joint states stopped"
     time.sleep(0.3)
     assert all(not m.points for t, m in plans if t > t_js_hold + 0.05), "plans went on without joint states"
+
+
+def test_stop_and_go_baseline_alternates_inference_and_execution(supervisor, probe, write_config, domain_id, tmp_path):
+    """sync mode: the fast path runs one chunk per latent, then holds and asks; the slow path steps
+    only on a request, on a frame taken after it, so inference and motion never overlap."""
+    from std_msgs.msg import Header
+
+    from vla_runtime.nodes.common import TOPIC_SYNC_REQUEST
+
+    cfg = write_config("sim_panda.yaml", {
+        "nodes": ["slow_reasoner", "action_chunk_node"],
+        "latent": {"transport": "shm", "name": f"vla_sync_{domain_id}_{os.getpid()}", "max_age_s": 3.0},
+    })
+    plans = probe.collect(JointTrajectory, "/vla/action_chunk", QOS_COMMAND)
+    requests = probe.collect(Header, TOPIC_SYNC_REQUEST, QOS_COMMAND)
+    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    FakeRobotAndCamera(probe, "/camera/scene/image_raw")
+    supervisor.start(NodeSpec("slow_reasoner", NODE_MODULES["slow_reasoner"], str(cfg),
+                              params={"extra_latency_ms": 300.0, "step_on_request": True}))
+    supervisor.start(NodeSpec("action_chunk_node", NODE_MODULES["action_chunk_node"], str(cfg),
+                              params={"lockstep": True}))
+    def cycles() -> list[float]:  # requests after the first chunk (start-up re-asks every 1 s until it is up)
+        first = next((t for t, m in plans if m.points), None)
+        return [] if first is None else [t for t, _ in requests if t > first]
+
+    try:
+        wait_for(lambda: len(cycles()) >= 4, 60, what="four stop-and-go cycles")
+    except AssertionError:
+        raise AssertionError(f"{len(requests)} requests\n{node_logs(tmp_path)}") from None
+    wait_for(lambda: int(_diag_values(diags, "vla/slow_reasoner").get("steps", 0) or 0) >= 3, 10,
+             what="slow steps")
+    slow = _diag_values(diags, "vla/slow_reasoner")
+    # one slow step per request: the slow path never runs at its own pace here
+    assert int(slow["steps"]) <= int(slow["sync_requests"]) + 1, slow
+    # between two requests: first a wait (the robot holds while the slow path infers, >= 300 ms),
+    # then one chunk plays out (16 steps at 30 Hz, ~0.5 s), then the next request
+    t_req = cycles()
+    for a, b in zip(t_req[:-1], t_req[1:]):
+        moving = [t for t, m in plans if a <= t < b and m.points]
+        assert moving, f"no chunk executed between requests at +{a - t_req[0]:.2f} s and +{b - t_req[0]:.2f} s"
+        assert moving[0] - a >= 0.3, f"motion {moving[0] - a:.3f} s after the request: inference was not waited for"
+        assert 0.3 <= moving[-1] - moving[0] <= 0.7, f"the chunk played for {moving[-1] - moving[0]:.3f} s"
+        assert b - moving[-1] < 0.1, "the next request did not follow the end of the chunk"

@@ -102,3 +102,27 @@ def test_expert_follows_a_sliding_target(robot):
     assert log.success
     late = np.linalg.norm(log.tcp[-30:] - log.target[-30:], axis=1)
     assert np.all(late < SUCCESS_RADIUS_M), f"lost the sliding target: {late.max():.3f} m"
+
+
+def test_training_labels_put_each_cube_where_the_camera_sees_it(robot):
+    """tools/train_reference.py labels the slow model's heat map with the named cube's position
+    projected through the scene camera: check that projection against rendered pixels."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_reference", PROJECT_ROOT / "tools" / "train_reference.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)  # no torch needed for the projection
+    project = tool.camera_projection()
+    dominant = {"red_cube": 0, "green_cube": 1, "blue_cube": 2}
+    for seed in (3, 11):
+        robot.reset(seed)
+        img = robot.render("scene", tool.IMG, tool.IMG).astype(int)
+        for name, (pos, _) in robot.object_poses().items():
+            u, v = project(np.asarray(pos, float)[None])[0]
+            c = dominant[name]
+            others = [k for k in range(3) if k != c]
+            mask = (img[..., c] > 120) & np.all(img[..., c][..., None] > img[..., others] + 60, axis=-1)
+            rows, cols = np.nonzero(mask)
+            assert len(rows) >= 3, f"{name} not visible in the render (seed {seed})"
+            centre = np.array([cols.mean() + 0.5, rows.mean() + 0.5])  # pixel centres
+            assert np.linalg.norm(centre - [u, v]) < 1.5, (name, seed, centre, (u, v))

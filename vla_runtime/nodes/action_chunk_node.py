@@ -25,7 +25,11 @@ Lockstep (``lockstep:=true``) is the single-frequency baseline the fast-slow des
 fast graph runs only when a NEW latent version is in the buffer, and its whole chunk is the plan,
 executed open-loop until the next latent (the loop keeps re-publishing what is left of that same
 chunk, so the bridge's watchdog stays fed; when it runs out the node asks for HOLD). No
-re-planning happens between latents, so the robot acts at the slow path's rate.
+re-planning happens between latents, so the robot acts at the slow path's rate. In lockstep the
+node also asks for the next latent on ``/vla/sync/request`` (std_msgs/Header) whenever it has none
+or its chunk has run out (again after 1 s without an answer); a slow_reasoner with
+``step_on_request:=true`` answers each request with one step on a frame taken after it, which
+makes the stop-and-go (synchronous) baseline: observe, infer while the robot holds, execute.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float32MultiArray, MultiArrayDimension
+from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -58,6 +62,7 @@ from vla_runtime.nodes.common import (
     TOPIC_EE_POSE,
     TOPIC_JOINT_STATES,
     TOPIC_POLICY_FEATURES,
+    TOPIC_SYNC_REQUEST,
     diagnostic_status,
     latent_buffer_config,
     load_node_config,
@@ -128,7 +133,8 @@ class ActionChunkNode(LifecycleNode):
         self.loop = None
         self.package = None
         self.reader = None
-        self.counters = {"ticks": 0, "hold_ticks": 0, "chunks": 0, "bad_joint_states": 0, "overruns": 0}
+        self.counters = {"ticks": 0, "hold_ticks": 0, "chunks": 0, "bad_joint_states": 0, "overruns": 0,
+                         "sync_requests": 0}
         self.last_hold_reason = ""
         self.last_latent_version = 0
         self.last_latent_age_s = float("nan")
@@ -174,6 +180,9 @@ class ActionChunkNode(LifecycleNode):
         self.max_points = max(2, min(chunk_points, window_points))
         self.lockstep = bool(self.get_parameter("lockstep").value)
         self._lockstep_version = -1
+        self._requested_version = -2
+        self._request_t = -1e9
+        self.request_pub = self.create_publisher(Header, TOPIC_SYNC_REQUEST, QOS_COMMAND) if self.lockstep else None
         if self.lockstep:  # the plan is the whole chunk, not a few periods of it
             self.max_points = max(2, chunk_points)
         self.scheduler = ChunkScheduler(
@@ -325,15 +334,22 @@ class ActionChunkNode(LifecycleNode):
             return self._publish_hold(HOLD_STALE_JOINT_STATE, now)
         sample = self.reader.read_into(self.feeds.latent_view)
         if sample is None:
+            if self.lockstep:
+                self._request_latent(now, -1)
             return self._publish_hold(HOLD_NO_LATENT, now)
         age = sample.age_s(time.time_ns())
         self.last_latent_version = sample.version
         self.last_latent_age_s = age
         if age > self.cfg.latent.max_age_s:
+            if self.lockstep:
+                self._request_latent(now, sample.version)
             return self._publish_hold(HOLD_STALE_LATENT, now)
         if self.lockstep:
             if sample.version == self._lockstep_version:
-                return self._publish_plan(now)  # the rest of the same chunk: no re-planning
+                # The rest of the same chunk, no re-planning; when it has run out, ask for the next.
+                if not self._publish_plan(now):
+                    self._request_latent(now, sample.version)
+                return None
             self._lockstep_version = sample.version
         state = self._current_state()
         try:
@@ -368,11 +384,24 @@ class ActionChunkNode(LifecycleNode):
         if self.features_pub.get_subscription_count() > 0:  # the detector listens; skip the work otherwise
             self._publish_features(sample.latent, raw, age, infer_ns / 1e6, hold=False)
 
-    def _publish_plan(self, now: float) -> None:
+    def _request_latent(self, now: float, version: int) -> None:
+        """Lockstep: ask the slow path for a step (once per latent version; again after 1 s)."""
+        if version == self._requested_version and now - self._request_t < 1.0:
+            return
+        self._requested_version, self._request_t = version, now
+        msg = Header()
+        msg.stamp = ns_to_stamp(time.time_ns())
+        msg.frame_id = str(version)
+        self.request_pub.publish(msg)
+        self.counters["sync_requests"] += 1
+
+    def _publish_plan(self, now: float) -> bool:
+        """Publish the plan window from ``now``; False (and a HOLD request) when the plan has ended."""
         times, values = self.scheduler.window(now, self.max_points, self.dt_cmd)
         n = len(times)
         if n == 0:
-            return self._publish_hold("hold: plan ended", now)
+            self._publish_hold("hold: plan ended", now)
+            return False
         msg = self.plan_msg
         msg.header.stamp = ns_to_stamp(int(times[0] * 1e9) + self.mono_to_wall_ns)
         msg.header.frame_id = "plan"
@@ -384,6 +413,7 @@ class ActionChunkNode(LifecycleNode):
             pt.positions = buf
         msg.points = self._points[:n]
         self.plan_pub.publish(msg)
+        return True
 
     def _publish_hold(self, reason: str, now: float) -> None:
         self.counters["hold_ticks"] += 1

@@ -43,6 +43,8 @@ TOPIC_SAFETY_STATE = "/vla/safety_state"
 TOPIC_HALT = "/vla/halt"
 TOPIC_DETECTOR_HEARTBEAT = "/vla/detector_heartbeat"
 TOPIC_INSTRUCTION = "/vla/instruction"
+#: Stop-and-go (synchronous) baseline: the fast path asks the slow path for one step on a fresh frame.
+TOPIC_SYNC_REQUEST = "/vla/sync/request"
 TOPIC_JOINT_STATES = "/joint_states"
 TOPIC_EE_POSE = "/ee_pose"
 TOPIC_DIAGNOSTICS = "/diagnostics"

@@ -7,7 +7,13 @@ the observation it came from, so the fast path knows how old its guidance is. A 
 
 Parameters: ``config_file`` (the runtime YAML), ``instruction`` (overrides the config's),
 ``extra_latency_ms`` (adds latency to each slow step: emulates a heavier VLM or a remote link),
-``autostart`` (configure + activate on start).
+``autostart`` (configure + activate on start), ``step_on_request`` (false).
+
+``step_on_request:=true`` is the stop-and-go (synchronous) baseline: instead of running at its own
+pace, the node waits for a request on ``/vla/sync/request`` (std_msgs/Header, stamped when the
+requester's chunk ran out), takes the first frame captured AFTER that stamp, runs one step and
+writes the latent. Observation, inference and execution then alternate, as in a single-frequency
+VLA that blocks on inference.
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
+from std_msgs.msg import Header, String
 
 from vla_runtime.engines.base import LatencyStats
 from vla_runtime.nodes.common import (
     QOS_DIAGNOSTICS,
     QOS_LATCHED,
+    QOS_COMMAND,
     QOS_SENSOR,
     TOPIC_DIAGNOSTICS,
+    TOPIC_SYNC_REQUEST,
     TOPIC_INSTRUCTION,
     diagnostic_status,
     latent_buffer_config,
@@ -48,6 +56,11 @@ class SlowReasonerNode(LifecycleNode):
         self.declare_parameter("instruction", self.cfg.instruction)
         self.declare_parameter("extra_latency_ms", 0.0)
         self.declare_parameter("autostart", True)
+        self.declare_parameter("step_on_request", False)
+        self.step_on_request = bool(self.get_parameter("step_on_request").value)
+        self._request = threading.Event()
+        self._request_ns = 0
+        self.requests = 0
         self._lock = threading.Lock()
         self._frames: dict[str, tuple[np.ndarray, int]] = {}  # camera → (image, stamp_ns)
         self._new_frame = threading.Event()
@@ -89,6 +102,8 @@ class SlowReasonerNode(LifecycleNode):
             for name in self.feeds.cameras
         ]
         self.create_subscription(String, TOPIC_INSTRUCTION, self._instruction_cb, QOS_LATCHED)
+        if self.step_on_request:
+            self.create_subscription(Header, TOPIC_SYNC_REQUEST, self._request_cb, QOS_COMMAND)
         self.diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
@@ -124,6 +139,7 @@ class SlowReasonerNode(LifecycleNode):
     def _halt_thread(self) -> None:
         self._stop.set()
         self._new_frame.set()
+        self._request.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
@@ -154,6 +170,12 @@ class SlowReasonerNode(LifecycleNode):
 
         return cb
 
+    def _request_cb(self, msg: Header) -> None:
+        with self._lock:
+            self._request_ns = max(self._request_ns, stamp_to_ns(msg.stamp))
+            self.requests += 1
+        self._request.set()
+
     def _instruction_cb(self, msg: String) -> None:
         with self._lock:
             self._instruction = msg.data
@@ -178,24 +200,37 @@ class SlowReasonerNode(LifecycleNode):
         last_stamps: dict[str, int] = {}
         next_start = time.monotonic()
         while not self._stop.is_set():
-            # Pace to slow_hz first, then take the newest frames: a frame that arrived during the
-            # wait is used, not the one that woke us (which would be up to a period older).
-            delay = next_start - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
-                return
+            after_ns = 0
+            if self.step_on_request:  # stop-and-go: one step per request, on a frame taken after it
+                if not self._request.wait(timeout=0.5):
+                    continue
+                if self._stop.is_set():
+                    return
+                self._request.clear()
+                with self._lock:
+                    after_ns = self._request_ns
+            else:
+                # Pace to slow_hz first, then take the newest frames: a frame that arrived during
+                # the wait is used, not the one that woke us (which would be up to a period older).
+                delay = next_start - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return
             self._new_frame.wait(timeout=0.5)
             if self._stop.is_set():
                 return
             self._new_frame.clear()
             with self._lock:
                 frames = dict(self._frames)
+            fresh = not after_ns or all(s >= after_ns for _, s in frames.values())
+            if len(frames) < len(self.feeds.cameras) or not fresh \
+                    or all(last_stamps.get(c) == s for c, (_, s) in frames.items()):
+                if self.step_on_request:
+                    self._request.set()  # same request, next frame
+                continue  # incomplete, or nothing new since the last step (or the request)
+            with self._lock:
                 if self._instruction_dirty or tokens is None:
                     tokens = tokenizer.encode(self._instruction)
                     self._instruction_dirty = False
-            if len(frames) < len(self.feeds.cameras):
-                continue
-            if all(last_stamps.get(c) == s for c, (_, s) in frames.items()):
-                continue  # nothing new since the last step
             t0 = time.monotonic()
             obs_ns = min(s for _, s in frames.values())
             feeds = self.feeds.build({c: img for c, (img, _) in frames.items()}, tokens.ids, tokens.mask)
@@ -227,6 +262,7 @@ class SlowReasonerNode(LifecycleNode):
             "latent_version": self.writer.version,
             "latent_age_s": round(age, 3),
             "steps": self.steps,
+            "sync_requests": self.requests,
             "rejected_images": self.rejected_images,
             "provider": self.package.slow_engine.provider if self.package else "",
         }
