@@ -34,6 +34,7 @@ makes the stop-and-go (synchronous) baseline: observe, infer while the robot hol
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import sys
@@ -241,6 +242,11 @@ class ActionChunkNode(LifecycleNode):
         from vla_runtime.core.deadline_loop import DeadlineLoop
 
         self.loop = DeadlineLoop(self._tick, self.rate_hz, name="action_chunk_loop")
+        # Everything allocated so far (rclpy, numpy, onnxruntime, pydantic: ~10^5 objects) lives
+        # for the whole process; freezing it keeps the cyclic GC's full passes, which would walk
+        # all of it, from stalling a tick for milliseconds.
+        gc.collect()
+        gc.freeze()
         self.loop.start()
         return super().on_activate(state)
 
