@@ -66,6 +66,10 @@ def bench_halt(trials: int = 200, config: str | os.PathLike | None = None) -> di
                 wait_for(lambda: any(ns >= t_dec and n == 1 for ns, n in g.jt[-20:]), 5.0, interval=0.002,
                          what="the hold command on the controller topic")
                 t_hold = next(ns for ns, n in g.jt if ns >= t_dec and n == 1)
+                # The probe must see HALTED before the next trial's recover(): otherwise it reads the
+                # bridge's last report (still POLICY), skips the reset and waits on a halted graph.
+                wait_for(lambda: any(s.msg.message == "HALTED" and s.t * 1e9 >= t_dec for s in list(g.safety)), 5.0,
+                         interval=0.002, what="the bridge's HALTED report")
                 held_before = [ns for ns, n in g.jt if t_dec - 100_000_000 <= ns < t_dec and n == 1]
                 mode_at = [s.msg.message for s in g.safety if s.t * 1e9 <= t_dec]
                 if held_before or (mode_at and mode_at[-1] != "POLICY"):
