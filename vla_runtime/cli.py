@@ -145,7 +145,7 @@ def cmd_record_rollouts(args: argparse.Namespace) -> int:
               f"choose from {', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
     rollouts = record_rollouts(args.config, args.out, episodes=args.episodes, episode_s=args.episode_s,
-                               scenarios=scenarios, seed=args.seed, log=print)
+                               scenarios=scenarios, seed=args.seed, log=None, progress=print)
     path = save_rollouts(rollouts, args.out)
     n_ok = sum(1 for r in rollouts if r.label == 0)
     print(f"recorded {len(rollouts)} rollouts ({n_ok} successes) into {path}")

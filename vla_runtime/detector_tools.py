@@ -258,8 +258,8 @@ SCENARIOS = ("nominal", "target_moved", "arm_blocked", "wrong_object")
 
 def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episodes: int = 40,
                     scenarios: Sequence[str] = SCENARIOS, episode_s: float = 8.0, fault_at_s: tuple[float, float] = (1.0, 3.0),
-                    target: str = "red_cube", success_radius_m: float = 0.05, wrong_instruction: str = "touch the blue cube",
-                    seed: int = 0, log=None) -> list[Rollout]:
+                    target: str = "red_cube", success_radius_m: float = 0.03, wrong_instruction: str = "touch the blue cube",
+                    seed: int = 0, log=None, progress=None) -> list[Rollout]:
     """Run episodes through the config's graph and record features + outcome.
 
     One graph (sim robot, slow path, fast path, bridge) runs for all episodes. Each episode:
@@ -267,7 +267,9 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
     then ``episode_s`` of features. Induced failures at a random time in ``fault_at_s``:
     ``target_moved`` (the target cube is teleported 25 cm away), ``arm_blocked`` (the arm's
     controller is switched off through controller_manager), ``wrong_object`` (the instruction
-    names another object from the start). Label: success when the hand came within
+    names another object from the start). ``log``: where the nodes' output goes (a text stream;
+    None: only ``out_dir/logs``); ``progress(line)`` is called after each episode. Label: success
+    when the fingertips (the sim Panda's TCP; the ``/ee_pose`` point for other robots) came within
     ``success_radius_m`` of the target (``/ee_pose`` vs ``/sim/objects``) and no fault was
     induced; every induced scenario is labelled a failure.
     """
@@ -298,6 +300,16 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
     path = Path(config).resolve()
     cfg = load_config(path)
     rng = np.random.default_rng(seed)
+
+    def fingertips(pose) -> np.ndarray:  # noqa: ANN001
+        """The point that touches: /ee_pose is the hand flange; the sim Panda's TCP is 9.7 cm out."""
+        p, o = pose.position, pose.orientation
+        if cfg.sim is not None and cfg.sim.robot == "panda":
+            from vla_runtime.tasks import tcp_from_hand
+
+            return tcp_from_hand((p.x, p.y, p.z), (o.w, o.x, o.y, o.z))
+        return np.array([p.x, p.y, p.z])
+
     arm_controller = next(g.controller_name for g in cfg.robot.groups.values() if g.controller != "gripper")
     domain = _private_domain()
     rollouts: list[Rollout] = []
@@ -337,10 +349,10 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
                                                        strictness=SwitchController.Request.BEST_EFFORT)
                         probe.call(SwitchController, SERVICE_SWITCH_CONTROLLER, req, timeout=5)
                 if ee and objects:
-                    p = ee[-1][1].pose.position
+                    p = fingertips(ee[-1][1].pose)
                     obj = json.loads(objects[-1][1].data)["objects"].get(target)
                     if obj is not None:
-                        best = min(best, float(np.linalg.norm(np.array([p.x, p.y, p.z]) - np.array(obj["position"]))))
+                        best = min(best, float(np.linalg.norm(p - np.array(obj["position"]))))
                 time.sleep(0.02)
             if scenario == "arm_blocked":
                 req = SwitchController.Request(activate_controllers=[arm_controller],
@@ -355,5 +367,8 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
             label = int(scenario != "nominal" or best > success_radius_m)
             rollouts.append(Rollout(times, x, label, label_str, scenario, fault_t,
                                     {"closest_m": None if not math.isfinite(best) else best, "episode": ep}))
+            if progress is not None:
+                progress(f"episode {ep + 1}/{episodes}: {scenario}, closest {best:.3f} m, "
+                         f"{'failure' if label else 'success'}")
     save_rollouts(rollouts, out_dir)
     return rollouts

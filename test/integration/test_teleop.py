@@ -26,6 +26,15 @@ def start_graph(supervisor, cfg) -> None:
         supervisor.start(NodeSpec(name, module, str(cfg)))
 
 
+def stick_up_for(rig, seconds: float) -> np.ndarray:
+    """Deadman held, stick pushed +z for ``seconds``, centred; the hand's displacement (mm)."""
+    t_move = rig.deadman(True, [0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    time.sleep(seconds)
+    rig.deadman(True)
+    time.sleep(0.3)
+    return (rig.ee_at(time.monotonic()) - rig.ee_at(t_move)) * 1e3
+
+
 @pytest.fixture
 def rig(supervisor, probe, write_config, tmp_path):
     cfg = write_config("sim_panda.yaml", {"teleop": GAMEPAD_TELEOP, "cameras": []})
@@ -82,12 +91,8 @@ def test_after_halt_only_teleop_moves_the_arm(rig, tmp_path):
     # the operator takes over under the halt; the arm follows the stick
     rig.deadman(True)
     time.sleep(0.6)  # controllers switched back from the hold controller
-    t_move = rig.deadman(True, [0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # +z
-    time.sleep(0.5)
-    rig.deadman(True)
-    time.sleep(0.3)
-    p0, p1 = rig.ee_at(t_move), rig.ee_at(time.monotonic())
-    assert (p1 - p0)[2] * 1e3 > 15.0, f"teleop under the halt did not move the arm: {(p1 - p0) * 1e3}"
+    rise = stick_up_for(rig, 0.5)
+    assert rise[2] > 15.0, f"teleop under the halt did not move the arm: {rise}"
     assert rig.mode() == "HALTED"
     rig.deadman(False)
     time.sleep(0.5)
@@ -122,9 +127,5 @@ def test_bridge_started_after_the_press_still_hands_over(supervisor, probe, writ
     except AssertionError as e:
         raise AssertionError(f"{e}\nmodes: {r.modes}\n{node_logs(tmp_path)}") from None
     time.sleep(0.3)
-    t_move = r.deadman(True, [0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # +z
-    time.sleep(0.5)
-    r.deadman(True)
-    time.sleep(0.3)
-    p0, p1 = r.ee_at(t_move), r.ee_at(time.monotonic())
-    assert (p1 - p0)[2] * 1e3 > 15.0, f"the arm did not follow the stick: {(p1 - p0) * 1e3}"
+    rise = stick_up_for(r, 0.5)
+    assert rise[2] > 15.0, f"the arm did not follow the stick: {rise}"
