@@ -338,6 +338,9 @@ class ControllerBridgeNode(Node):
         self._tp_last_step = -math.inf
         self._tp_started = False
         self._halt_teleop = False  # teleop while HALTED (teleop_only_after_halt)
+        self._engage_wanted = False  # the operator's last engage (deadman) state
+        self._engage_retry_t = -1e9
+        self._tp_seen_input = -1e9  # last operator command, taken or not
         self._rebase: tuple[float, dict[str, np.ndarray]] | None = None
         self._rebase_pending = False
 
@@ -453,7 +456,8 @@ class ControllerBridgeNode(Node):
         arrives, not after the joint states, chunks and command ticks queued in the main executor."""
         from rclpy.executors import SingleThreadedExecutor
 
-        self._halt_node = Node(f"{self.get_name()}_halt", context=self.context, start_parameter_services=False)
+        self._halt_node = Node(f"{self.get_name()}_halt", context=self.context, start_parameter_services=False,
+                               enable_rosout=False)
         self._halt_node.create_subscription(String, TOPIC_HALT, self._on_halt, QOS_LATCHED)
         self._halt_executor = SingleThreadedExecutor(context=self.context)
         self._halt_executor.add_node(self._halt_node)
@@ -975,6 +979,18 @@ class ControllerBridgeNode(Node):
             self._poll_switch(now)
             if self.arbiter.mode is Mode.HOLD and self._pending is not None:
                 self._try_enter_policy(now)
+            self._retry_engage(now)
+
+    def _retry_engage(self, now: float) -> None:
+        """The deadman is still held (engage True, operator commands still arriving) but the takeover
+        was refused for a passing reason (e.g. no joint states yet at start-up): try again, 2 Hz.
+        Not in HALTED: there a takeover needs a new press."""
+        if not self._engage_wanted or self.arbiter.mode not in (Mode.HOLD, Mode.POLICY):
+            return  # never after a halt: teleop under a halt takes a fresh press
+        if now - self._tp_seen_input > TELEOP_TIMEOUT_S or now - self._engage_retry_t < 0.5:
+            return
+        self._engage_retry_t = now
+        self.request_teleop("operator engaged (deadman held), retried")
 
     # ------------------------------------------------------------------ services
     def _srv_reset(self, _req, resp):
@@ -1138,6 +1154,7 @@ class ControllerBridgeNode(Node):
     def _note_teleop_input(self, now: float) -> bool:
         """An operator command arrived: feeds the watchdogs; False when teleop is not active."""
         self._stats["teleop_inputs"] += 1
+        self._tp_seen_input = now
         if not self._teleop_active(self.arbiter.mode) and not self._halt_teleop:
             self._stats["teleop_inputs_ignored"] += 1
             return False
@@ -1154,6 +1171,8 @@ class ControllerBridgeNode(Node):
         return ok
 
     def _on_engage(self, msg: Bool) -> None:
+        with self._lock:
+            self._engage_wanted = bool(msg.data)
         if msg.data:
             with self._lock:
                 if self._halt_teleop or self.arbiter.mode is Mode.TELEOP:
