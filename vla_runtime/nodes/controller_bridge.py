@@ -833,6 +833,7 @@ class ControllerBridgeNode(Node):
             self._capture_hold([rt for rt in self._groups.values() if rt.hold is None])
             self._reset_references_to_hold()
         if tr.target is Mode.HALTED:
+            self._engage_wanted = False  # after a halt, only a new press takes over
             self.arbiter.set_controllers_ok(False, "HALTED: controllers must be re-verified after reset")
             if self.robot.hold_controller and self.cfg.safety.halt_switches_to_hold_controller:
                 self._request_switch("to_hold", (self.robot.hold_controller,), tuple(self.robot.controller_names))
@@ -1239,6 +1240,7 @@ class ControllerBridgeNode(Node):
 
     def _srv_teleop_release(self, _req, resp):
         with self._lock:
+            self._engage_wanted = False  # an explicit release is not undone by a held deadman
             if not self._halt_teleop and self.arbiter.mode is not Mode.TELEOP:
                 return self._answer(resp, Decision(False, f"not teleoperating (mode {self.arbiter.mode})"))
             d = self.release_teleop("operator release via /vla/teleop/release")
