@@ -71,6 +71,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_runtime.core.arbiter import (
     CAUSE_CONTROLLERS,
+    CAUSE_JOINT_STATE,
     CAUSE_OPERATOR,
     CAUSE_POLICY,
     CAUSE_REJECTED,
@@ -750,19 +751,18 @@ class ControllerBridgeNode(Node):
             self._publish_values(rt, np.array([cmd.vx, cmd.vy, cmd.wz]), now)
 
     # ------------------------------------------------------------------ hold targets
-    def _capture_hold(self, groups: list[_GroupRuntime]) -> None:
+    def _capture_hold(self, groups: list[_GroupRuntime], joint_states_stale: bool = False) -> None:
         """Set each group's hold target from the measured state (where it is available).
 
-        With stale joint states the last measurement is where the arm WAS; a trajectory group then
-        holds the reference its controller is tracking now (the last published trajectory at this
-        instant), which the arm is close behind, instead of being pulled back to the old sample.
+        ``joint_states_stale`` (the HOLD is BECAUSE joint states went stale): the last measurement
+        is where the arm WAS, so a trajectory group holds the reference its controller is tracking
+        now (the last published trajectory at this instant), which the arm is close behind, instead
+        of being pulled back to the old sample.
         """
         poses = {g: self._ee_pose for g in self._cartesian} if self._ee_pose is not None else {}
         now = self._now()
-        stale = not self.arbiter._fresh(self.arbiter._last_joint_state,  # noqa: SLF001 - same package
-                                        self.arbiter.joint_state_timeout_s, now)
         for rt in groups:
-            if stale and rt.spec.controller == "joint_trajectory" and rt.published is not None:
+            if joint_states_stale and rt.spec.controller == "joint_trajectory" and rt.published is not None:
                 pt, pq = rt.published
                 rt.hold = JointCommand(rt.name, tuple(rt.spec.joints), _interp_rows(pt, pq, now), "position")
                 rt.hold_dirty = True
@@ -817,7 +817,7 @@ class ControllerBridgeNode(Node):
             self._begin_teleop(tr.reason)
         if tr.target in (Mode.HOLD, Mode.HALTED) and tr.source is not tr.target:
             if not (tr.target is Mode.HALTED and tr.source is Mode.HOLD):
-                self._capture_hold(list(self._groups.values()))
+                self._capture_hold(list(self._groups.values()), joint_states_stale=tr.cause == CAUSE_JOINT_STATE)
             for rt in self._groups.values():
                 rt.policy = rt.policy_stiffness = rt.published = rt.teleop = None
                 rt.hold_dirty = True
