@@ -131,7 +131,8 @@ class GraphUnderTest:
         node.create_subscription(String, TOPIC_HALT, lambda m: self.halts.append(_Stamped(time.monotonic(), m)),
                                  QOS_LATCHED)
         node.create_subscription(PoseStamped, TOPIC_EE_POSE, self._on_ee, QOS_SENSOR)
-        node.create_subscription(JointTrajectory, self.jt_topic, self._on_jt, QOS_COMMAND)
+        node.create_subscription(JointTrajectory, self.jt_topic,
+                                 lambda m: self.jt.append((time.monotonic_ns(), len(m.points))), QOS_COMMAND)
         node.create_subscription(Float32MultiArray, TOPIC_POLICY_FEATURES, self._on_features, QOS_SENSOR)
         self.chunk_pub = node.create_publisher(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
         self.features_pub = node.create_publisher(Float32MultiArray, TOPIC_POLICY_FEATURES, QOS_SENSOR)
@@ -183,16 +184,6 @@ class GraphUnderTest:
             self.features_size = len(m.data)
 
     # ------------------------------------------------------------------ lifecycle
-    def _on_jt(self, msg, info) -> None:  # noqa: ANN001 - two parameters: rclpy passes the MessageInfo
-        """Stamp a controller-topic message with the time this process's DDS layer received it
-        (the rmw receive stamp, on the wall clock, moved to CLOCK_MONOTONIC), so the probe's own
-        executor queue is not in the halt latency; callback time when the stamp is missing."""
-        t = time.monotonic_ns()
-        recv = info.get("received_timestamp") if isinstance(info, dict) else None
-        if recv:
-            t = min(t, int(recv) - (time.time_ns() - time.monotonic_ns()))
-        self.jt.append((t, len(msg.points)))
-
     def start(self, timeout: float = 120.0) -> None:
         self.sup.start_graph(list(self.specs.values()))
         self.wait_policy(timeout)

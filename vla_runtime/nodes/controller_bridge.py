@@ -52,7 +52,6 @@ Parameters: ``config_file`` (the runtime YAML), ``status_rate_hz`` (2.0),
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -374,7 +373,7 @@ class ControllerBridgeNode(Node):
         self.create_subscription(JointTrajectory, TOPIC_ACTION_CHUNK, self._on_chunk, QOS_COMMAND, callback_group=io)
         self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joint_state, QOS_SENSOR, callback_group=io)
         self.create_subscription(PoseStamped, TOPIC_EE_POSE, self._on_ee_pose, QOS_SENSOR, callback_group=io)
-        self._start_halt_listener()
+        self.create_subscription(String, TOPIC_HALT, self._on_halt, QOS_LATCHED, callback_group=io)
         if self._detector_expected:
             self.create_subscription(Header, TOPIC_DETECTOR_HEARTBEAT, self._on_heartbeat, QOS_SENSOR,
                                      callback_group=io)
@@ -451,35 +450,6 @@ class ControllerBridgeNode(Node):
 
     def _halt_cause_present(self) -> bool:
         return bool(self._halt_signal.strip())
-
-    def _start_halt_listener(self) -> None:
-        """``/vla/halt`` gets its own node and executor thread: a halt is handled as soon as it
-        arrives, not after the joint states, chunks and command ticks queued in the main executor."""
-        from rclpy.executors import SingleThreadedExecutor
-
-        self._halt_node = Node(f"{self.get_name()}_halt", context=self.context, start_parameter_services=False,
-                               enable_rosout=False)
-        self._halt_node.create_subscription(String, TOPIC_HALT, self._on_halt, QOS_LATCHED)
-        self._halt_executor = SingleThreadedExecutor(context=self.context)
-        self._halt_executor.add_node(self._halt_node)
-        self._halt_thread = threading.Thread(target=self._spin_halt, name="bridge_halt", daemon=True)
-        self._halt_thread.start()
-
-    def _spin_halt(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self._halt_executor.spin()
-        except ExternalShutdownException:
-            pass
-
-    def close(self) -> None:
-        """Stop the halt listener thread (the console script calls this on the way out)."""
-        ex = getattr(self, "_halt_executor", None)
-        if ex is not None:
-            ex.shutdown(timeout_sec=1.0)
-            self._halt_node.destroy_node()
-            self._halt_executor = None
 
     def _on_halt(self, msg: String) -> None:
         with self._lock:
@@ -1363,9 +1333,6 @@ class ControllerBridgeNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Console script: ``controller_bridge --config sim_panda.yaml`` (or ``-p config_file:=…``)."""
-    # Two threads (main executor, halt listener): offer the interpreter lock every 0.5 ms, not 5 ms,
-    # so a halt waits at most that long for the main thread's callback to let go.
-    sys.setswitchinterval(0.0005)
     run_node(ControllerBridgeNode, args)
 
 
