@@ -310,7 +310,7 @@ def train(data: dict[str, np.ndarray], minutes: float, seed: int, batch_frames: 
     prop_n = ((prop - mean) / std).astype(np.float32)
     act = np.concatenate([data["actions"], np.full(data["actions"].shape[:2] + (1,), GRIPPER_OPEN, np.float32)], 2)
     act_n = ((act - mean) / std).astype(np.float32)
-    ep, tick = data["episode"], data["tick"]
+    ep = data["episode"]
     starts = np.searchsorted(ep, np.arange(ep.max() + 2))  # tick rows of each episode
     n_eps = int(ep.max()) + 1
     val_eps = set(range(n_eps - max(2, n_eps // 20), n_eps))
