@@ -175,4 +175,4 @@ def test_stop_and_go_baseline_alternates_inference_and_execution(supervisor, pro
         assert moving, f"no chunk executed between requests at +{a - t_req[0]:.2f} s and +{b - t_req[0]:.2f} s"
         assert moving[0] - a >= 0.3, f"motion {moving[0] - a:.3f} s after the request: inference was not waited for"
         assert 0.3 <= moving[-1] - moving[0] <= 0.7, f"the chunk played for {moving[-1] - moving[0]:.3f} s"
-        assert b - moving[-1] < 0.1, "the next request did not follow the end of the chunk"
+        assert b - moving[-1] < 0.2, "the next request did not follow the end of the chunk"

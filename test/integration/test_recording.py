@@ -29,11 +29,12 @@ def test_recorder_survives_sigkill_with_closed_parts_and_interventions(superviso
         supervisor.start(NodeSpec(name, module, str(cfg), params=params))
     try:
         wait_for(lambda: rig.mode() == "POLICY", 30, what="POLICY")
+        wait_for(rig.teleop_ready, 30, what="the teleop node on the graph")
         wait_for(lambda: (bag / "metadata.yaml").exists(), 10, what="a first closed part")
     except AssertionError as e:
         raise AssertionError(f"{e}\n{node_logs(tmp_path)}") from None
     rig.deadman(True, [1.0, 0, 0, 0, 0, 0])
-    wait_for(lambda: rig.mode() == "TELEOP", 2, what="TELEOP")
+    wait_for(lambda: rig.mode() == "TELEOP", 5, what="TELEOP")
     time.sleep(0.4)
     rig.deadman(False)
     wait_for(lambda: rig.mode() == "POLICY", 3, what="POLICY again")
