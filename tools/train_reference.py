@@ -274,7 +274,7 @@ def heat_labels(uv, g: int = IMG // 2, sigma: float = 1.0):  # noqa: ANN001, ANN
 
 
 def train(data: dict[str, np.ndarray], minutes: float, seed: int, batch_frames: int = 48, per_frame: int = 8,
-          synth: dict[str, np.ndarray] | None = None, synth_batch: int = 256):
+          synth: dict[str, np.ndarray] | None = None, synth_batch: int = 256, project=None):  # noqa: ANN001
     """Joint training: action loss (old latent, fresh proprio) + the slow model's localisation:
     cross-entropy of its heat map against the named cube's projected pixel, and a linear read-out
     of the target's (x, y) from the latent (training-only head, not exported)."""
@@ -297,7 +297,8 @@ def train(data: dict[str, np.ndarray], minutes: float, seed: int, batch_frames: 
         enc = [tok.encode(f"touch the {c} cube") for c in ("red", "green", "blue")]
         s_ids = torch.from_numpy(np.stack([e.ids.reshape(L) for e in enc]).astype(np.int64))[synth["colour"]]
         s_mask = torch.from_numpy(np.stack([e.mask.reshape(L) for e in enc]).astype(np.int64))[synth["colour"]]
-        s_kp = torch.from_numpy((camera_projection()(synth["target"]) / IMG * 2.0 - 1.0).astype(np.float32))
+        project = project or camera_projection()
+        s_kp = torch.from_numpy((project(synth["target"]) / IMG * 2.0 - 1.0).astype(np.float32))
         s_prop = np.c_[synth["joints"], np.full(len(synth["joints"]), GRIPPER_OPEN, np.float32)]
         s_prop = torch.from_numpy(((s_prop - mean) / std).astype(np.float32))
         s_act = np.concatenate([synth["actions"], np.full(synth["actions"].shape[:2] + (1,), GRIPPER_OPEN,
@@ -538,13 +539,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.data is not None:
             args.data.parent.mkdir(parents=True, exist_ok=True)
             np.savez(args.data, **data)
+    project = camera_projection()  # one sim instance for every label that needs the camera
     if "frame_uv" not in data:  # where the named cube is in each frame (the heat map's label)
         ft = data["frame_target"].astype(np.float64)
-        data["frame_uv"] = camera_projection()(np.c_[ft, np.full(len(ft), CUBE_HALF_SIZE)]).astype(np.float32)
+        data["frame_uv"] = project(np.c_[ft, np.full(len(ft), CUBE_HALF_SIZE)]).astype(np.float32)
     n_eps = int(data["episode"].max()) + 1
     print(f"dataset: {len(data['joints'])} samples, {len(data['frames'])} frames ({time.time() - t0:.0f} s)")
     synth = synthetic_states(data, args.synthetic, args.seed) if args.synthetic > 0 else None
-    slow, fast, mean, std, info = train(data, args.minutes, args.seed, synth=synth)
+    slow, fast, mean, std, info = train(data, args.minutes, args.seed, synth=synth, project=project)
     info["synthetic"] = args.synthetic
     info["episodes"] = n_eps
     export(slow, fast, mean, std, args.out, info)

@@ -1144,17 +1144,16 @@ class ControllerBridgeNode(Node):
     def _on_engage(self, msg: Bool) -> None:
         with self._lock:
             self._engage_wanted = bool(msg.data)
-        if msg.data:
-            with self._lock:
-                if self._halt_teleop or self.arbiter.mode is Mode.TELEOP:
-                    return  # already teleoperating: a repeated engage (late-joiner resend) changes nothing
-            d = self.request_teleop("operator engaged (deadman held)")
-            if not d:
-                self.get_logger().warning(f"teleop engage refused: {d.reason}")
-        else:
-            with self._lock:
-                if self._halt_teleop or self.arbiter.mode is Mode.TELEOP:
+            active = self._halt_teleop or self.arbiter.mode is Mode.TELEOP
+            if not msg.data:
+                if active:
                     self.release_teleop("operator released the deadman")
+                return
+            if active:
+                return  # already teleoperating: a repeated engage (late-joiner resend) changes nothing
+            d = self.request_teleop("operator engaged (deadman held)")
+        if not d:
+            self.get_logger().warning(f"teleop engage refused: {d.reason}")
 
     def _on_teleop_twist(self, msg: TwistStamped) -> None:
         now = self._now()
