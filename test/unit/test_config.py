@@ -67,6 +67,11 @@ def test_negative_velocity_and_misspelled_joint_are_both_named():
         ({"model": {"package": "x", "fast_engine": {"backend": "tensorrt", "provider": "cpu"}}}, "provider must be"),
         ({"latent": {"transport": "zmq"}}, "zmq transport needs CURVE keys"),
         ({"teleop": {"group": "legs"}}, "teleop.group 'legs' is not a robot group"),
+        ({"process": {"rt_priority": {"controller_bridge": 99}}},
+         "rt_priority.controller_bridge must be in 1..98 (99 is the kernel's), got 99"),
+        ({"model": {"package": "x", "fast_engine": {"intra_op_threads": 0}}},
+         "process.rt_priority.action_chunk_node needs model.fast_engine.intra_op_threads and inter_op_threads = 1 "
+         "(got 0 and 1)"),
     ],
 )
 def test_bad_values_named(patch, expected):

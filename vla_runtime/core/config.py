@@ -420,6 +420,10 @@ class ProcessConfig(_Frozen):
         default_factory=dict, description="node → CPU ids it may run on"
     )
     nice: dict[NodeName, int] = Field(default_factory=dict, description="node → nice value (-20..19)")
+    rt_priority: dict[NodeName, int] = Field(
+        default_factory=dict,
+        description="node → SCHED_FIFO priority (1..98) for every thread of its process (see core/realtime.py)",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> ProcessConfig:
@@ -429,6 +433,9 @@ class ProcessConfig(_Frozen):
         for node, n in self.nice.items():
             if not -20 <= n <= 19:
                 raise ValueError(f"nice.{node} must be in -20..19, got {n}")
+        for node, prio in self.rt_priority.items():
+            if not 1 <= prio <= 98:
+                raise ValueError(f"rt_priority.{node} must be in 1..98 (99 is the kernel's), got {prio}")
         return self
 
 
@@ -462,6 +469,17 @@ class RuntimeConfig(_Frozen):
         hc = self.robot.hold_controller
         if hc is not None and hc in self.robot.controller_names:
             raise ValueError(f"hold_controller {hc!r} must differ from the policy's controllers")
+        # ONNX Runtime's worker threads spin-wait between ops: at SCHED_FIFO they would take whole cores.
+        for node, engine_key in (("action_chunk_node", "fast_engine"), ("slow_reasoner", "slow_engine")):
+            eng = getattr(self.model, engine_key)
+            if node in self.process.rt_priority and eng.backend == "onnxruntime" and (
+                eng.intra_op_threads != 1 or eng.inter_op_threads != 1
+            ):
+                raise ValueError(
+                    f"process.rt_priority.{node} needs model.{engine_key}.intra_op_threads and inter_op_threads "
+                    f"= 1 (got {eng.intra_op_threads} and {eng.inter_op_threads}): ONNX Runtime worker threads "
+                    "spin-wait and would starve the machine at SCHED_FIFO"
+                )
         return self
 
     def resolve_path(self, p: str) -> Path:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 from rclpy.node import Node
@@ -113,6 +114,7 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> No
     try:
         with ros_session(ros_args_config(argv)):
             node = make_node()
+            apply_process_priority(node)
             executor = SingleThreadedExecutor()
             executor.add_node(node)
             try:
@@ -129,6 +131,72 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> No
                 node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+
+
+def apply_process_priority(node: Node) -> None:
+    """SCHED_FIFO for the node's process when its config asks (``process.rt_priority.<node>``).
+
+    Called once the node exists (so the middleware's threads exist and are switched too) and before
+    a lifecycle node starts its loop thread (which then inherits the policy). Refusal by the OS is
+    a warning, not a failure: the node runs correctly at normal priority, only reacts later.
+    """
+    from vla_runtime.core.realtime import make_process_realtime
+
+    cfg = getattr(node, "cfg", None)
+    prio = cfg.process.rt_priority.get(node.get_name()) if isinstance(cfg, RuntimeConfig) else None
+    if prio is None:
+        return
+    res = make_process_realtime(prio)
+    if res.ok:
+        node.get_logger().info(f"real-time: SCHED_FIFO priority {prio} on {res.threads} threads")
+    else:
+        node.get_logger().warning(f"real-time: {res.error}; running at normal priority")
+
+
+#: A polled state topic keeps only the newest sample: the loop never reads an old one.
+QOS_NEWEST = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+
+class PolledTopic:
+    """A subscription drained by the thread that calls :meth:`take_newest` / :meth:`take_all`.
+
+    No executor is involved: the messages wait in the middleware until taken, each with the time
+    the middleware received it (``received_timestamp``, stamped by the DDS receive thread, not by a
+    Python callback that may run milliseconds later).
+
+    Args:
+        node: A node that no executor spins (an executor would take the messages first).
+        msg_type, topic: What to subscribe to.
+        qos: Subscription QoS (default :data:`QOS_NEWEST`).
+    """
+
+    def __init__(self, node: Node, msg_type, topic: str, qos: QoSProfile = QOS_NEWEST) -> None:  # noqa: ANN001
+        self.sub = node.create_subscription(msg_type, topic, lambda _msg: None, qos)
+
+    def _take(self):  # noqa: ANN202
+        sub = self.sub
+        got = sub.handle.take_message(sub.msg_type, sub.raw)
+        if got is None:
+            return None
+        msg, info = got
+        recv = info.get("received_timestamp") if isinstance(info, dict) else None
+        return msg, int(recv) if recv else time.time_ns()
+
+    def take_newest(self):  # noqa: ANN201
+        """The newest message not yet taken and its receive time (wall ns), or None."""
+        newest = None
+        with self.sub.handle:
+            while (got := self._take()) is not None:
+                newest = got
+        return newest
+
+    def take_all(self) -> list:
+        """Every message not yet taken, oldest first, as (message, receive time in wall ns)."""
+        out = []
+        with self.sub.handle:
+            while (got := self._take()) is not None:
+                out.append(got)
+        return out
 
 
 def load_node_config(node: Node) -> RuntimeConfig:
