@@ -760,13 +760,11 @@ class ControllerBridgeNode(Node):
                 self.safety.reset_pose_reference(rt.name, cmd.position, cmd.quaternion)
 
     def _on_transition(self, tr: Transition) -> None:
-        """Arbiter callback (called with the lock held): hold targets, controller switch, report."""
-        log = self.get_logger()
-        text = f"{tr.source} → {tr.target}: {tr.reason}"
-        if tr.target in (Mode.POLICY, Mode.TELEOP):  # rclpy: one severity per call site
-            log.info(text)
-        else:
-            log.warning(text)
+        """Arbiter callback (called with the lock held): hold targets, controller switch, report.
+
+        The hold goes out first and the log line last: rclpy logging writes the console and
+        publishes on /rosout, which is not the robot's business while it still moves.
+        """
         if tr.source is Mode.TELEOP and tr.target is not Mode.TELEOP:
             self._end_teleop(f"{tr.target}: {tr.reason}")
             self._rebase_pending = tr.target is Mode.HOLD
@@ -811,6 +809,11 @@ class ControllerBridgeNode(Node):
         if tr.source is Mode.HALTED and (self._switched_to_hold or switching_to_hold):
             self._request_switch("to_policy", tuple(self.robot.controller_names), (self.robot.hold_controller,))
         self._publish_state()
+        text = f"{tr.source} → {tr.target}: {tr.reason}"
+        if tr.target in (Mode.POLICY, Mode.TELEOP):  # rclpy: one severity per call site
+            self.get_logger().info(text)
+        else:
+            self.get_logger().warning(text)
 
     # ------------------------------------------------------------------ controller_manager
     def _start_controller_check(self, now: float) -> None:
