@@ -81,6 +81,26 @@ def test_overrun_counted_and_skipped_ahead_not_burst() -> None:
     assert clock.sleeps[-1] == start + 12 * PERIOD
 
 
+def test_permanently_late_loop_still_sleeps_after_every_miss() -> None:
+    """A step that always overruns must not keep the thread busy (at SCHED_FIFO that would starve
+    its CPU): after each miss the loop sleeps its overrun yield before the next tick."""
+    clock = FakeClock()
+    ends: list[int] = []
+
+    def step(k: int, t_s: float) -> None:
+        clock.advance(int(1.2 * PERIOD))
+        ends.append(clock.now)
+
+    loop = DeadlineLoop(step, 100.0, clock_ns=clock, sleep_until_ns=clock.sleep_until)
+    assert loop.overrun_yield_ns == 200_000  # 2 % of 10 ms is less than the 200 µs floor
+    loop.run(max_ticks=20)
+    assert loop.stats.summary()["misses"] == 20
+    for end in ends:
+        assert end + loop.overrun_yield_ns in clock.sleeps
+    with pytest.raises(ValueError, match="overrun_yield_ns must be ≥ 0, got -1"):
+        DeadlineLoop(step, 100.0, overrun_yield_ns=-1)
+
+
 def test_stop_honours_its_deadline() -> None:
     release = threading.Event()
     entered = threading.Event()

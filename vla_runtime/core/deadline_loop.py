@@ -21,6 +21,11 @@ Overruns
     instead of bursting through the missed ticks; the skipped ticks are counted
     and the tick indices passed to ``step`` jump accordingly.
 
+    After every miss the thread really sleeps ``overrun_yield_ns`` (default: 2 % of the period, at
+    least 200 µs; no spinning) before it goes on. A loop that is permanently late would otherwise
+    never block; at SCHED_FIFO (``process.rt_priority``) that starves every thread of equal or
+    lower priority on its CPU, its own node's executor (diagnostics, lifecycle services) first.
+
 Determinism
     ``clock_ns`` and ``sleep_until_ns`` are injectable, so tests drive the loop
     with a fake clock via `DeadlineLoop.run` in the calling thread.
@@ -60,6 +65,7 @@ class DeadlineLoop:
         sleep_until_ns: Blocks until the given absolute clock time; injected for
             tests. Default: event wait + spin (see module docstring).
         spin_ns: Spin margin of the default sleeper, ≥ 0.
+        overrun_yield_ns: Sleep after a missed deadline (None: 2 % of the period, ≥ 200 µs), ≥ 0.
         stats: Where timings go; a new `TimingStats` if omitted.
         name: Thread name.
 
@@ -76,6 +82,7 @@ class DeadlineLoop:
         clock_ns: Callable[[], int] = time.monotonic_ns,
         sleep_until_ns: Callable[[int], None] | None = None,
         spin_ns: int = DEFAULT_SPIN_NS,
+        overrun_yield_ns: int | None = None,
         stats: TimingStats | None = None,
         name: str = "deadline_loop",
     ) -> None:
@@ -83,6 +90,8 @@ class DeadlineLoop:
             raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
         if spin_ns < 0:
             raise ValueError(f"spin_ns must be ≥ 0, got {spin_ns}")
+        if overrun_yield_ns is not None and overrun_yield_ns < 0:
+            raise ValueError(f"overrun_yield_ns must be ≥ 0, got {overrun_yield_ns}")
         self._step = step
         self.rate_hz = float(rate_hz)
         self.period_ns = int(round(1e9 / rate_hz))
@@ -90,6 +99,10 @@ class DeadlineLoop:
         self._clock_ns = clock_ns
         self._sleep_until_ns = sleep_until_ns if sleep_until_ns is not None else self._default_sleep_until
         self._spin_ns = int(spin_ns)
+        self._default_sleeper = sleep_until_ns is None
+        self.overrun_yield_ns = (
+            max(200_000, self.period_ns // 50) if overrun_yield_ns is None else int(overrun_yield_ns)
+        )
         self.stats = stats if stats is not None else TimingStats()
         self._name = name
         self._stop = threading.Event()
@@ -104,6 +117,15 @@ class DeadlineLoop:
             self._stop.wait(remaining / 1e9)
         while clock() < deadline_ns and not self._stop.is_set():
             pass
+
+    def _yield_after_overrun(self) -> None:
+        ns = self.overrun_yield_ns
+        if ns <= 0:
+            return
+        if self._default_sleeper:
+            self._stop.wait(ns / 1e9)  # a real sleep: the spin of the default sleeper would not yield
+        else:
+            self._sleep_until_ns(self._clock_ns() + ns)
 
     # -------------------------------------------------------------------- run
     @property
@@ -150,6 +172,7 @@ class DeadlineLoop:
                     k += 1
                 if self._on_overrun is not None:
                     self._on_overrun(overran, late)
+                self._yield_after_overrun()
             else:
                 k += 1
 
