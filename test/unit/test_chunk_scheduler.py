@@ -165,3 +165,21 @@ def test_window_equals_pointwise_samples_through_nested_blends(interpolation, sh
     assert len(times) > 10
     for tk, v in zip(times, values):
         np.testing.assert_allclose(v, sch.peek(float(tk)), atol=1e-12)
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "cubic"])
+def test_prefix_equals_pointwise_samples_through_nested_blends(interpolation):
+    """The vectorised prefix() is the plan point by point, then the plan's last point (never extrapolated)."""
+    rng = np.random.default_rng(4)
+    sch = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=30.0, blend_s=0.2, interpolation=interpolation),
+                         action_dim=2)
+    t = 0.0
+    for _ in range(4):
+        sch.submit(np.cumsum(rng.normal(0, 0.02, (16, 2)), axis=0), t, t + 0.01)
+        t += 0.05
+    end = sch.active_until()
+    prefix, mask = sch.prefix(t, delay_s=0.1, horizon=40)  # reaches past the plan's end
+    for i, row in enumerate(prefix):
+        ti = t + i / 30.0
+        np.testing.assert_allclose(row, sch.peek(min(ti, end)), atol=1e-12)
+    np.testing.assert_array_equal(mask, np.arange(40) / 30.0 < 0.1 - 1e-9)

@@ -101,6 +101,23 @@ def test_permanently_late_loop_still_sleeps_after_every_miss() -> None:
         DeadlineLoop(step, 100.0, overrun_yield_ns=-1)
 
 
+def test_thread_init_runs_once_in_the_loop_thread_before_the_first_tick() -> None:
+    events: list[tuple[str, str]] = []
+    first = threading.Event()
+
+    def step(k: int, t_s: float) -> None:
+        events.append(("step", threading.current_thread().name))
+        first.set()
+
+    loop = DeadlineLoop(step, 200.0, name="rt_loop",
+                        thread_init=lambda: events.append(("init", threading.current_thread().name)))
+    loop.start()
+    assert first.wait(2.0)
+    assert loop.stop(2.0)
+    assert events[0] == ("init", "rt_loop") and events.count(("init", "rt_loop")) == 1
+    assert events[1] == ("step", "rt_loop")
+
+
 def test_stop_honours_its_deadline() -> None:
     release = threading.Event()
     entered = threading.Event()

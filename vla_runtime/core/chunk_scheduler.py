@@ -152,28 +152,40 @@ class _Chunk:
 
 
     def sample_many(self, ts: np.ndarray) -> np.ndarray:
-        """Vectorised :meth:`sample`: (m, A), NaN rows where the chunk is not defined."""
+        """Vectorised :meth:`sample` at ascending times: (m, A), NaN rows where the chunk is not defined.
+
+        The fast path (every time inside the chunk, the case of every plan window) uses only plain
+        ufuncs: this runs in the 30 Hz loop, where ``np.clip``'s Python wrapper alone cost more than
+        the arithmetic.
+        """
         p = self.points
         n = len(p)
-        out = np.full((len(ts), p.shape[1]), np.nan)
-        ok = (ts >= self.t0 - 1e-9) & (ts <= self.end + 1e-9)
-        if not ok.any():
-            return out
-        if n == 1:
-            out[ok] = p[0]
-            return out
-        x = (ts[ok] - self.t0) / self.dt
-        i = np.clip(np.floor(x).astype(np.intp), 0, n - 2)
-        s = np.clip(x - i, 0.0, 1.0)[:, None]
+        m = len(ts)
+        if m == 0:
+            return np.empty((0, p.shape[1]))
+        lo, hi = self.t0 - 1e-9, self.end + 1e-9
+        if ts[0] >= lo and ts[-1] <= hi:
+            if n == 1:
+                return np.repeat(p[:1], m, axis=0)
+            return self._interp(ts, p, n)
+        out = np.full((m, p.shape[1]), np.nan)
+        ok = (ts >= lo) & (ts <= hi)
+        if ok.any():
+            out[ok] = p[0] if n == 1 else self._interp(ts[ok], p, n)
+        return out
+
+    def _interp(self, ts: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
+        x = (ts - self.t0) / self.dt
+        i = np.floor(x).astype(np.intp)
+        np.minimum(np.maximum(i, 0, out=i), n - 2, out=i)
+        s = np.minimum(np.maximum(x - i, 0.0), 1.0)[:, None]
         p0, p1 = p[i], p[i + 1]
         if not self.cubic:
-            out[ok] = p0 + s * (p1 - p0)
-            return out
+            return p0 + s * (p1 - p0)
         m0 = np.where((i > 0)[:, None], (p1 - p[np.maximum(i - 1, 0)]) * 0.5, p1 - p0)
         m1 = np.where((i + 2 < n)[:, None], (p[np.minimum(i + 2, n - 1)] - p0) * 0.5, p1 - p0)
         s2, s3 = s * s, s * s * s
-        out[ok] = (2 * s3 - 3 * s2 + 1) * p0 + (s3 - 2 * s2 + s) * m0 + (-2 * s3 + 3 * s2) * p1 + (s3 - s2) * m1
-        return out
+        return (2 * s3 - 3 * s2 + 1) * p0 + (s3 - 2 * s2 + s) * m0 + (-2 * s3 + 3 * s2) * p1 + (s3 - s2) * m1
 
 
 class _Const:
@@ -238,25 +250,32 @@ class _Blend:
         return old + w * (new - old)
 
     def weights(self, ts: np.ndarray) -> np.ndarray:
-        """Vectorised :meth:`weight`."""
-        x = np.clip((ts - self.t_start) / (self.t_end - self.t_start), 0.0, 1.0)
+        """Vectorised :meth:`weight` (1.0 from ``t_end`` on: the ramp is clamped there)."""
+        x = np.minimum(np.maximum((ts - self.t_start) / (self.t_end - self.t_start), 0.0), 1.0)
         if self.shape == "linear":
-            w = x
-        elif self.shape == "smoothstep":
-            w = x * x * (3.0 - 2.0 * x)
-        else:
-            w = 0.5 - 0.5 * np.cos(np.pi * x)
-        return np.where(ts >= self.t_end, 1.0, w)
+            return x
+        if self.shape == "smoothstep":
+            return x * x * (3.0 - 2.0 * x)
+        return 0.5 - 0.5 * np.cos(np.pi * x)
 
     def sample_many(self, ts: np.ndarray) -> np.ndarray:
-        """Vectorised :meth:`sample`: NaN rows where the new chunk is not defined."""
+        """Vectorised :meth:`sample` at ascending times: NaN rows where the new chunk is not defined.
+
+        The old trajectory is only sampled before ``t_end`` (after it the weight is 1).
+        """
         new = self.new.sample_many(ts)
-        w = self.weights(ts)[:, None]
-        if (w >= 1.0).all():
+        k = int(np.searchsorted(ts, self.t_end, side="left"))
+        if k == 0:
             return new
-        old = self.old.sample_many(ts)
-        blended = old + w * (new - old)
-        return np.where((w >= 1.0) | np.isnan(old), new, blended)
+        head = ts[:k]
+        w = self.weights(head)[:, None]
+        old = self.old.sample_many(head)
+        blended = old + w * (new[:k] - old)
+        bad = np.isnan(old)
+        if bad.any():  # cannot happen (t_end ≤ old.end); keep the new chunk there
+            blended = np.where(bad, new[:k], blended)
+        new[:k] = blended
+        return new
 
 
 def _prune(traj, t: float):  # noqa: ANN001, ANN202
@@ -500,19 +519,29 @@ class ChunkScheduler:
         fallback = self._last_cmd if self._last_cmd is not None else self._hold
         if traj is None and fallback is None:
             return out, mask
+        ts = now_s + self.dt_chunk * np.arange(horizon)
+        mask[:] = np.arange(horizon) * self.dt_chunk < delay_s - 1e-9
+        if traj is not None:
+            vals = traj.sample_many(ts)
+            missing = np.isnan(vals).any(axis=1)
+            after = missing & (ts > traj.end)
+            if after.any():  # past the plan's end: its final point, never extrapolated
+                end_val = traj.sample(traj.end)
+                if end_val is not None:
+                    vals[after] = end_val
+                    missing &= ~after
+            out[~missing] = vals[~missing]
+        else:
+            missing = np.ones(horizon, dtype=bool)
+        if not missing.any():
+            return out, mask
         last = fallback
-        for i in range(horizon):
-            t = now_s + i * self.dt_chunk
-            v = traj.sample(t) if traj is not None and traj.defined(t) else None
-            if v is None:
-                if traj is not None and t > traj.end:
-                    v = traj.sample(traj.end)
-                if v is None:
-                    v = last
-            if v is not None:
-                out[i] = v
-                last = v
-            mask[i] = i * self.dt_chunk < delay_s - 1e-9
+        for i in range(horizon):  # rows still unknown take the row before (the fallback at first)
+            if missing[i]:
+                if last is not None:
+                    out[i] = last
+            else:
+                last = out[i]
         return out, mask
 
     # -------------------------------------------------------------- control

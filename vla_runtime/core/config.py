@@ -422,7 +422,8 @@ class ProcessConfig(_Frozen):
     nice: dict[NodeName, int] = Field(default_factory=dict, description="node → nice value (-20..19)")
     rt_priority: dict[NodeName, int] = Field(
         default_factory=dict,
-        description="node → SCHED_FIFO priority (1..98) for every thread of its process (see core/realtime.py)",
+        description="node → SCHED_FIFO priority (1..98) of its reacting threads: the deadline loop in "
+        "action_chunk_node, the executor and DDS receive threads elsewhere (see core/realtime.py)",
     )
 
     @model_validator(mode="after")
@@ -469,7 +470,8 @@ class RuntimeConfig(_Frozen):
         hc = self.robot.hold_controller
         if hc is not None and hc in self.robot.controller_names:
             raise ValueError(f"hold_controller {hc!r} must differ from the policy's controllers")
-        # ONNX Runtime's worker threads spin-wait between ops: at SCHED_FIFO they would take whole cores.
+        # The real-time thread runs inference; it would spin-wait at SCHED_FIFO for ONNX Runtime worker
+        # threads of normal priority, which then never get its CPU.
         for node, engine_key in (("action_chunk_node", "fast_engine"), ("slow_reasoner", "slow_engine")):
             eng = getattr(self.model, engine_key)
             if node in self.process.rt_priority and eng.backend == "onnxruntime" and (
@@ -477,8 +479,8 @@ class RuntimeConfig(_Frozen):
             ):
                 raise ValueError(
                     f"process.rt_priority.{node} needs model.{engine_key}.intra_op_threads and inter_op_threads "
-                    f"= 1 (got {eng.intra_op_threads} and {eng.inter_op_threads}): ONNX Runtime worker threads "
-                    "spin-wait and would starve the machine at SCHED_FIFO"
+                    f"= 1 (got {eng.intra_op_threads} and {eng.inter_op_threads}): a SCHED_FIFO thread that "
+                    "spin-waits for ONNX Runtime's normal-priority worker threads starves them"
                 )
         return self
 

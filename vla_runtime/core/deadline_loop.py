@@ -66,6 +66,8 @@ class DeadlineLoop:
             tests. Default: event wait + spin (see module docstring).
         spin_ns: Spin margin of the default sleeper, ≥ 0.
         overrun_yield_ns: Sleep after a missed deadline (None: 2 % of the period, ≥ 200 µs), ≥ 0.
+        thread_init: Called once in the thread started by `start`, before the first tick (to set
+            that thread's scheduling, say). An exception there ends the thread like one in ``step``.
         stats: Where timings go; a new `TimingStats` if omitted.
         name: Thread name.
 
@@ -85,6 +87,7 @@ class DeadlineLoop:
         overrun_yield_ns: int | None = None,
         stats: TimingStats | None = None,
         name: str = "deadline_loop",
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         if not rate_hz > 0:
             raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
@@ -105,6 +108,7 @@ class DeadlineLoop:
         )
         self.stats = stats if stats is not None else TimingStats()
         self._name = name
+        self._thread_init = thread_init
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -178,6 +182,8 @@ class DeadlineLoop:
 
     def _thread_main(self) -> None:
         try:
+            if self._thread_init is not None:
+                self._thread_init()
             self.run()
         except BaseException as exc:  # surfaced through .error; the thread must end cleanly
             self.error = exc

@@ -70,6 +70,7 @@ from vla_runtime.nodes.common import (
     diagnostic_status,
     latent_buffer_config,
     load_node_config,
+    make_realtime_here,
     PolledTopic,
     ns_to_stamp,
     run_node,
@@ -87,6 +88,9 @@ HOLD_BAD_OUTPUT = "hold: non-finite model output"
 
 class ActionChunkNode(LifecycleNode):
     """Runs the fast graph at a fixed rate and streams a delay-compensated command plan."""
+
+    #: ``process.rt_priority`` applies to the deadline loop's thread (the executor's stays normal).
+    REALTIME_THREAD = "loop"
 
     def __init__(self, **kwargs) -> None:
         super().__init__("action_chunk_node", **kwargs)
@@ -213,7 +217,8 @@ class ActionChunkNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         from vla_runtime.core.deadline_loop import DeadlineLoop
 
-        self.loop = DeadlineLoop(self._tick, self.rate_hz, name="action_chunk_loop")
+        self.loop = DeadlineLoop(self._tick, self.rate_hz, name="action_chunk_loop",
+                                 thread_init=lambda: make_realtime_here(self))
         # Everything allocated so far (rclpy, numpy, onnxruntime, pydantic: ~10^5 objects) lives
         # for the whole process; freezing it keeps the cyclic GC's full passes, which would walk
         # all of it, from stalling a tick for milliseconds.

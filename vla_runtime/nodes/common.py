@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -114,7 +115,9 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> No
     try:
         with ros_session(ros_args_config(argv)):
             node = make_node()
-            apply_process_priority(node)
+            if getattr(node, "REALTIME_THREAD", "executor") == "executor":
+                # This thread spins the executor: every message is handled here, after the receive threads.
+                make_realtime_here(node, with_receive_threads=True)
             executor = SingleThreadedExecutor()
             executor.add_node(node)
             try:
@@ -133,24 +136,33 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> No
         pass
 
 
-def apply_process_priority(node: Node) -> None:
-    """SCHED_FIFO for the node's process when its config asks (``process.rt_priority.<node>``).
-
-    Called once the node exists (so the middleware's threads exist and are switched too) and before
-    a lifecycle node starts its loop thread (which then inherits the policy). Refusal by the OS is
-    a warning, not a failure: the node runs correctly at normal priority, only reacts later.
-    """
-    from vla_runtime.core.realtime import make_process_realtime
-
+def realtime_priority(node: Node) -> int | None:
+    """The SCHED_FIFO priority the node's config asks for (``process.rt_priority.<node name>``)."""
     cfg = getattr(node, "cfg", None)
-    prio = cfg.process.rt_priority.get(node.get_name()) if isinstance(cfg, RuntimeConfig) else None
+    return cfg.process.rt_priority.get(node.get_name()) if isinstance(cfg, RuntimeConfig) else None
+
+
+def make_realtime_here(node: Node, with_receive_threads: bool = False) -> None:
+    """SCHED_FIFO for the calling thread when the node's config asks; the outcome goes to the log.
+
+    Args:
+        node: The node (its config and logger).
+        with_receive_threads: Also the middleware's receive threads (a node that reacts to messages).
+
+    A refusal by the OS is a warning, not a failure: the node runs correctly at normal priority,
+    only reacts later. Called once per thread, never from a hot loop.
+    """
+    from vla_runtime.core.realtime import make_thread_realtime
+
+    prio = realtime_priority(node)
     if prio is None:
         return
-    res = make_process_realtime(prio)
+    res = make_thread_realtime(prio, with_receive_threads=with_receive_threads)
+    text = f"real-time: {res.describe()} ({threading.current_thread().name})"
     if res.ok:
-        node.get_logger().info(f"real-time: SCHED_FIFO priority {prio} on {res.threads} threads")
+        node.get_logger().info(text)
     else:
-        node.get_logger().warning(f"real-time: {res.error}; running at normal priority")
+        node.get_logger().warning(text)
 
 
 #: A polled state topic keeps only the newest sample: the loop never reads an old one.
