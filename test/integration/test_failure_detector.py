@@ -15,7 +15,7 @@ from std_srvs.srv import Trigger
 
 from test.conftest import wait_for
 from vla_runtime.bench.faults import GraphUnderTest
-from vla_runtime.nodes.common import SERVICE_RESET
+from vla_runtime.nodes.common import SERVICE_HOLD, SERVICE_RESET
 from vla_runtime.nodes.failure_detector import decision_ns
 
 pytestmark = pytest.mark.integration
@@ -71,6 +71,19 @@ def test_fault_halts_holds_and_reset_waits_for_the_cause(graph):
     wait_for(lambda: g.halt_signal() == "", 3.0, what="the detector clearing its halt")
     assert _reset(g).success
     g.wait_policy(10.0)
+
+    # The same fault while the bridge HOLDs inside the episode (here: an operator pause) still
+    # latches HALTED: otherwise the policy would drive again as soon as the fast path came back.
+    assert g.probe.call(Trigger, SERVICE_HOLD, Trigger.Request(), timeout=5.0).success
+    wait_for(lambda: g.mode() == "HOLD", 2.0, interval=0.005, what="the operator's HOLD")
+    g.sup.kill("action_chunk_node", signal.SIGSTOP)
+    try:
+        wait_for(lambda: g.mode() == "HALTED", 2.0, interval=0.005, what="HALTED after a freeze during HOLD")
+        assert "failure_detector: fast_path" in g.state()["reason"], g.state()
+    finally:
+        g.sup.kill("action_chunk_node", signal.SIGCONT)
+    wait_for(lambda: g.halt_signal() == "", 3.0, what="the detector clearing its halt")
+    assert _reset(g).success
 
 
 def test_nan_features_halt_within_deadline_and_silent_detector_holds(graph):

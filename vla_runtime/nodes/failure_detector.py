@@ -12,9 +12,12 @@ Two kinds of judgement, both from :mod:`vla_runtime.core.failure_detection`:
   ``/vla/safety_state``), joint tracking error (commands on the joint-trajectory controllers'
   topics vs ``/joint_states``).
 
-A halt is raised only while the bridge reports POLICY (before that nothing is driven and
-start-up hiccups, e.g. a joint-state gap while the graph loads its models, must not latch
-HALTED); causes are tracked all the time, so entering POLICY with one standing halts at once.
+A halt is raised while an episode runs: from the bridge's first POLICY report until it reports
+HALTED or TELEOP, HOLDs in between included (a HOLD inside an episode is the robot pausing on
+the policy's behalf: a fault that starts or persists there must still latch, or the policy
+resumes when it passes). Before that nothing is driven, and start-up hiccups (a joint-state gap
+while the graph loads its models) must not latch HALTED. Causes are tracked all the time, so
+entering POLICY with one standing halts at once.
 A decision is published on ``/vla/halt`` from the very callback that made it (a subscription
 callback for data-driven monitors, the check timer for timeouts), with the monotonic time of the
 decision appended as ``[t=<CLOCK_MONOTONIC ns>]`` so the halt latency can be measured end to end
@@ -126,6 +129,7 @@ class FailureDetectorNode(Node):
         self.halts_published = 0
         self.last_decision = ""
         self.bridge_mode = ""
+        self._armed = False  # an episode runs: POLICY seen since the last HALTED / TELEOP
         self._episode_gap_s = float(get("episode_gap_s"))
 
         # Learned part.
@@ -186,10 +190,9 @@ class FailureDetectorNode(Node):
         self._sync_halt()
 
     def _sync_halt(self) -> None:
-        # Halts are raised while the policy drives the robot (or the bridge's mode is unknown
-        # only at start-up: then nothing is driven yet). A cause present when the bridge enters
-        # POLICY halts from that safety_state callback.
-        if self._active and not self._halt_out and self.bridge_mode == "POLICY":
+        # Halts are raised while an episode runs (see the module docstring). A cause present when
+        # the bridge enters POLICY halts from that safety_state callback.
+        if self._active and not self._halt_out and self._armed:
             cause, reason = next(iter(self._active.items()))
             text = f"failure_detector: {cause}: {reason} [t={time.monotonic_ns()}]"
             self._halt_pub.publish(String(data=text))
@@ -283,6 +286,10 @@ class FailureDetectorNode(Node):
         values = {kv.key: kv.value for kv in msg.values}
         mode = values.get("mode", msg.message)
         prev, self.bridge_mode = self.bridge_mode, mode
+        if mode == "POLICY":
+            self._armed = True
+        elif mode != "HOLD":  # HALTED (the episode is over) or TELEOP (the operator drives)
+            self._armed = False
         now = time.monotonic()
         try:
             self._judge("interventions", self.monitors["interventions"].note_total(int(values.get("interventions", 0)), now))
@@ -325,6 +332,7 @@ class FailureDetectorNode(Node):
             "halts_published": self.halts_published,
             "last_decision": self.last_decision,
             "bridge_mode": self.bridge_mode,
+            "episode_armed": str(self._armed).lower(),
         }
         for name, m in self.monitors.items():
             r = m.check(now) if name not in ("tracking",) else m.check(self.get_clock().now().nanoseconds * 1e-9)
