@@ -8,6 +8,7 @@ domain it is given, spun by its own executor thread.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -73,15 +74,30 @@ class Probe:
         finally:
             self.node.destroy_client(client)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop spinning and tear the node and context down, waiting at most ``timeout`` for it.
+
+        Tearing down has once hung for good inside rclpy (``Publisher.destroy`` waiting on a handle
+        no thread used any more, after the graph's processes had ended), which left a finished
+        benchmark without its output. The teardown runs on a daemon thread; if it has not ended in
+        time this says so on stderr and returns, and the process can exit.
+        """
         import rclpy
 
         self._stop.set()
         self._thread.join(timeout=2.0)
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        if self.context.ok():
-            rclpy.shutdown(context=self.context)
+
+        def teardown() -> None:
+            self.executor.shutdown(timeout_sec=1.0)
+            self.node.destroy_node()
+            if self.context.ok():
+                rclpy.shutdown(context=self.context)
+
+        t = threading.Thread(target=teardown, name="probe_teardown", daemon=True)
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            print(f"probe: rclpy teardown did not finish within {timeout} s; leaving it", file=sys.stderr)
 
     def __enter__(self) -> Probe:
         return self

@@ -195,13 +195,23 @@ class ActionChunkNode(LifecycleNode):
         self.plan_pub = self.create_publisher(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
         self.features_pub = self.create_publisher(Float32MultiArray, TOPIC_POLICY_FEATURES, QOS_SENSOR)
         self.diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
+        from vla_runtime.nodes.cdr import JointStateDecoder, PlanEncoder
+
+        try:  # the plan as serialized bytes (nodes/cdr.py); a middleware layout it cannot map: messages
+            self._plan_encoder: PlanEncoder | None = PlanEncoder(self.dim_names, "plan", self.max_points, self.dt_cmd)
+        except RuntimeError as e:
+            self._plan_encoder = None
+            self.get_logger().warning(f"plans go out as messages: {e}")
+        self._js_decoder = JointStateDecoder()
         state_topics = [(JointState, TOPIC_JOINT_STATES, self._joint_state_cb)]
         if self._cartesian_groups:  # only Cartesian layouts need the measured pose (saves ~125 msgs/s)
             state_topics.append((PoseStamped, TOPIC_EE_POSE, self._ee_cb))
         if bool(self.get_parameter("poll_state").value):
             self._io_node = Node(f"{self.get_name()}_loop_io", context=self.context,
                                  start_parameter_services=False, enable_rosout=False)
-            self._polled = [(PolledTopic(self._io_node, t, topic), cb) for t, topic, cb in state_topics]
+            # Joint states arrive serialized and only their positions are read (nodes/cdr.py).
+            self._polled = [(PolledTopic(self._io_node, JointState, TOPIC_JOINT_STATES, raw=True), self._raw_joint_state)]
+            self._polled += [(PolledTopic(self._io_node, t, topic), cb) for t, topic, cb in state_topics[1:]]
         else:
             for t, topic, cb in state_topics:
                 self.create_subscription(t, topic, cb, QOS_SENSOR)
@@ -276,6 +286,19 @@ class ActionChunkNode(LifecycleNode):
             for name, p in zip(names, msg.position):
                 self._joint_pos[name] = p
             self._joint_recv_mono = time.monotonic() if recv_mono is None else recv_mono
+
+    def _raw_joint_state(self, raw: bytes, recv_mono: float) -> None:
+        try:
+            names, pos = self._js_decoder.decode(raw)
+        except ValueError:
+            self.counters["bad_joint_states"] += 1
+            return
+        if not names or not np.isfinite(pos).all():
+            self.counters["bad_joint_states"] += 1
+            return
+        with self._state_lock:
+            self._joint_pos.update(zip(names, pos.tolist()))
+            self._joint_recv_mono = recv_mono
 
     def _ee_cb(self, msg: PoseStamped, recv_mono: float | None = None) -> None:
         p, q = msg.pose.position, msg.pose.orientation
@@ -385,8 +408,12 @@ class ActionChunkNode(LifecycleNode):
         if n == 0:
             self._publish_hold("hold: plan ended", now)
             return False
+        stamp_ns = int(times[0] * 1e9) + self.mono_to_wall_ns
+        if self._plan_encoder is not None:
+            self.plan_pub.publish(self._plan_encoder.encode(stamp_ns, values))
+            return True
         msg = self.plan_msg
-        msg.header.stamp = ns_to_stamp(int(times[0] * 1e9) + self.mono_to_wall_ns)
+        msg.header.stamp = ns_to_stamp(stamp_ns)
         msg.header.frame_id = "plan"
         # Points are preallocated with fixed time_from_start (k · dt_cmd); only positions change.
         # array('d') is the type rclpy's setter takes without a per-element check.

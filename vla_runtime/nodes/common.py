@@ -180,10 +180,12 @@ class PolledTopic:
         node: A node that no executor spins (an executor would take the messages first).
         msg_type, topic: What to subscribe to.
         qos: Subscription QoS (default :data:`QOS_NEWEST`).
+        raw: Take the serialized bytes instead of a message object (see ``nodes/cdr.py``).
     """
 
-    def __init__(self, node: Node, msg_type, topic: str, qos: QoSProfile = QOS_NEWEST) -> None:  # noqa: ANN001
-        self.sub = node.create_subscription(msg_type, topic, lambda _msg: None, qos)
+    def __init__(self, node: Node, msg_type, topic: str, qos: QoSProfile = QOS_NEWEST,  # noqa: ANN001
+                 raw: bool = False) -> None:
+        self.sub = node.create_subscription(msg_type, topic, lambda _msg: None, qos, raw=raw)
 
     def _take(self):  # noqa: ANN202
         sub = self.sub

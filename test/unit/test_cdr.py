@@ -1,0 +1,87 @@
+"""The fast path's hand-filled serialized messages are what rclpy's own serializer makes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+from vla_runtime.nodes.cdr import JointStateDecoder, PlanEncoder  # noqa: E402
+
+NAMES = [f"panda_joint{i}" for i in range(1, 8)] + ["gripper/gripper"]
+
+
+def _expected(stamp_ns: int, values: np.ndarray, dt: float) -> JointTrajectory:
+    msg = JointTrajectory()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = "plan"
+    msg.joint_names = NAMES
+    for k, row in enumerate(values):
+        pt = JointTrajectoryPoint(positions=[float(v) for v in row])
+        t = k * dt
+        pt.time_from_start.sec = int(t)
+        pt.time_from_start.nanosec = int(round((t - int(t)) * 1e9))
+        msg.points.append(pt)
+    return msg
+
+
+def test_plan_bytes_decode_to_rclpys_message_for_every_point_count() -> None:
+    enc = PlanEncoder(NAMES, "plan", max_points=12, dt=0.01)
+    rng = np.random.default_rng(0)
+    for n in range(1, 13):
+        values = rng.normal(0, 1.5, (n, len(NAMES)))
+        stamp = 1_795_418_025_079_227_947 + n
+        got = enc.encode(stamp, values)
+        want = serialize_message(_expected(stamp, values, 0.01))
+        assert len(got) == len(want), n  # bytes differ only in padding, which the serializer leaves as it finds it
+        assert deserialize_message(got, JointTrajectory) == deserialize_message(want, JointTrajectory), n
+
+
+def test_plan_encoder_refuses_wrong_shapes_by_name() -> None:
+    enc = PlanEncoder(NAMES, "plan", max_points=4, dt=0.01)
+    with pytest.raises(ValueError, match=r"\(1..4, 8\), got \(5, 8\)"):
+        enc.encode(0, np.zeros((5, 8)))
+    with pytest.raises(ValueError, match=r"got \(2, 7\)"):
+        enc.encode(0, np.zeros((2, 7)))
+    with pytest.raises(ValueError, match="max_points must be ≥ 1, got 0"):
+        PlanEncoder(NAMES, "plan", max_points=0, dt=0.01)
+
+
+def _js(names, positions, frame="", stamp=(12, 34)) -> bytes:  # noqa: ANN001
+    m = JointState()
+    m.header.stamp.sec, m.header.stamp.nanosec = stamp
+    m.header.frame_id = frame
+    m.name = list(names)
+    m.position = [float(p) for p in positions]
+    m.velocity = [0.5] * len(positions)
+    return serialize_message(m)
+
+
+def test_joint_state_positions_follow_the_layout_and_refuse_bad_messages() -> None:
+    dec = JointStateDecoder()
+    rng = np.random.default_rng(1)
+    first = rng.normal(size=9)
+    names, pos = dec.decode(_js(NAMES + ["panda_finger_joint1"], first))
+    assert names == tuple(NAMES + ["panda_finger_joint1"])
+    np.testing.assert_array_equal(pos, first)
+    for k in range(20):  # same layout, new stamp and values: no full deserialization
+        vals = rng.normal(size=9)
+        n2, p2 = dec.decode(_js(NAMES + ["panda_finger_joint1"], vals, stamp=(100 + k, 7 * k)))
+        assert n2 is names
+        np.testing.assert_array_equal(p2, vals)
+    assert dec.slow_path == 1
+    # Other names, another frame, fewer joints: decoded right through the slow path.
+    for nm, frame in ((["a", "bb", "ccc"], ""), (["a", "bb", "ccc"], "base_link"), (["x"], "")):
+        vals = rng.normal(size=len(nm))
+        n3, p3 = dec.decode(_js(nm, vals, frame=frame))
+        assert n3 == tuple(nm)
+        np.testing.assert_array_equal(p3, vals)
+    with pytest.raises(ValueError, match="3 names and 2 positions"):
+        dec.decode(_js(["a", "b", "c"], [1.0, 2.0]))
+    with pytest.raises(ValueError, match="does not deserialize"):
+        dec.decode(b"\x00\x01\x00\x00\xff")
