@@ -58,6 +58,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_runtime.nodes.common import (
+    PolledTopic,
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
     QOS_SENSOR,
@@ -71,7 +72,6 @@ from vla_runtime.nodes.common import (
     latent_buffer_config,
     load_node_config,
     make_realtime_here,
-    PolledTopic,
     ns_to_stamp,
     run_node,
 )
