@@ -41,6 +41,9 @@ def _reset(g: GraphUnderTest):
 def test_fault_halts_holds_and_reset_waits_for_the_cause(graph):
     g = graph
     g.wait_policy()
+    # The motion check needs hand poses from before the fault: POLICY can come before this probe
+    # has received its first /ee_pose (a fresh-clone CI run failed with no pose at all).
+    wait_for(lambda: len(g.ee) >= 20, 5.0, what="hand poses from the sim")
     # Fault: the fast path freezes (SIGSTOP) — plans stop, the detector's fast-path monitor fires.
     pid = g.sup.process("action_chunk_node").pid
     t_f = time.monotonic()
