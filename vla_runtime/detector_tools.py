@@ -169,6 +169,10 @@ def evaluate(model: LearnedDetector, heldout: Sequence[Rollout]) -> dict:
       positive; ``roc_auc_margin`` uses the alarm margin ``max_t s(t) − δ(t)`` instead.
     * ``mean_detection_time_s``: over detected failures, time of the first alarm from the episode
       start; ``mean_detection_delay_s`` from the induced fault's start where it is known.
+    * ``alarms_before_fault``: failures with an induced fault whose first alarm came BEFORE the
+      fault. The node latches at the first alarm, so on the robot such an episode was halted while
+      nothing was wrong yet: a false alarm, whatever the episode's label. ``detection_rate_after_fault``
+      counts only alarms at or after the fault (and any alarm where no fault time is known).
     * ``false_alarm_rate``: share of held-out successes with an alarm at any time.
     """
     th: ConformalThreshold | None = model.threshold
@@ -179,7 +183,7 @@ def evaluate(model: LearnedDetector, heldout: Sequence[Rollout]) -> dict:
     labels: list[int] = []
     det_t: list[float] = []
     det_delay: list[float] = []
-    alarms_on_success = n_succ = n_fail = detected = 0
+    alarms_on_success = n_succ = n_fail = detected = early = detected_after = 0
     for r in heldout:
         s = model.episode_scores(r.features)
         t = np.asarray(r.times)
@@ -196,6 +200,12 @@ def evaluate(model: LearnedDetector, heldout: Sequence[Rollout]) -> dict:
                 det_t.append(float(t[hit]))
                 if r.fault_t is not None:
                     det_delay.append(float(t[hit] - r.fault_t))
+                    if t[hit] < r.fault_t:
+                        early += 1
+                    else:
+                        detected_after += 1
+                else:
+                    detected_after += 1
         else:
             n_succ += 1
             alarms_on_success += hit is not None
@@ -206,6 +216,8 @@ def evaluate(model: LearnedDetector, heldout: Sequence[Rollout]) -> dict:
         "mean_detection_time_s": float(np.mean(det_t)) if det_t else None,
         "mean_detection_delay_s": float(np.mean(det_delay)) if det_delay else None,
         "detection_rate": detected / n_fail if n_fail else None,
+        "detection_rate_after_fault": detected_after / n_fail if n_fail else None,
+        "alarms_before_fault": early,
         "false_alarm_rate": alarms_on_success / n_succ if n_succ else None,
         "alpha": th.alpha,
         "heldout_successes": n_succ,

@@ -27,8 +27,9 @@ message in the 100 ms before the decision, or a non-POLICY report) is listed und
 ``excluded_already_holding`` with its raw number, not silently dropped.
 
 The graph runs as the config places it: with ``process.rt_priority`` (sim_panda sets it for the
-bridge, the detector and the fast path) those processes run at SCHED_FIFO; ``realtime`` in the
-output says what each got (from its log), so a run without the permission is visibly different.
+bridge, the detector and the fast path) their reacting threads run at SCHED_FIFO (see
+``core/realtime.py``); ``realtime`` in the output says what each got (from its log), so a run
+without the permission is visibly different.
 """
 
 from __future__ import annotations
