@@ -113,3 +113,38 @@ def test_nan_features_halt_within_deadline_and_silent_detector_holds(graph):
     assert t_hold - t_k <= g.cfg.safety.detector_heartbeat_s + HALT_DEADLINE_S
     time.sleep(0.5)
     assert g.mode() == "HOLD" and "failure detector heartbeat missing" in g.state().get("policy_refused", "")
+
+
+def test_learned_score_runs_on_the_reference_policys_features_without_false_alarm(domain_id, ros_env, tmp_path):
+    """The shipped learned detector (models/reference_reach/detector) scores the live fast path's
+    features in the node, and a nominal episode of the trained policy is not halted."""
+    import math
+
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from vla_runtime.core.config import PROJECT_ROOT
+
+    cfg = PROJECT_ROOT / "config" / "sim_panda_reach_detector.yaml"
+    g = GraphUnderTest(cfg, relay=False, log_dir=tmp_path / "logs", domain_id=domain_id, detector_params={})
+    diag: dict[str, str] = {}
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            if st.name == "vla/failure_detector":
+                diag.clear()
+                diag.update({kv.key: kv.value for kv in st.values})
+
+    g.probe.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    try:
+        g.start(timeout=90)
+        wait_for(lambda: diag.get("learned", "").startswith("loaded"), 10, what="the learned detector loaded")
+        assert "alpha 0.2" in diag["learned"], diag["learned"]
+        wait_for(lambda: math.isfinite(float(diag.get("score", "nan"))), 10, what="a learned failure score")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5.0:  # a nominal episode: the policy touches the red cube
+            assert g.mode() != "HALTED", g.state()
+            time.sleep(0.05)
+        assert float(diag["score"]) <= float(diag["threshold"]), diag
+        assert diag["causes"] == "none", diag
+    finally:
+        g.close()

@@ -88,3 +88,19 @@ def test_shipped_package_runs_and_fits_its_robot(pkg_dir: Path) -> None:
         assert chunk.shape == (1, spec.chunk_horizon, len(dims)) == (1, spec.chunk_horizon, spec.action_dim)
         assert np.isfinite(chunk).all()
         assert model_robot_problems(cfg, dims) == []
+
+
+def test_reference_policy_ships_a_calibrated_learned_detector_for_its_own_features() -> None:
+    """The failure_detector loads it for the reference policy (and only for that feature layout)."""
+    from vla_runtime.core.failure_detection import FeatureLayout, LearnedDetector
+
+    pkg = load_model_package(ROOT / "models" / "reference_reach", parts=())
+    det = LearnedDetector.load(ROOT / "models" / "reference_reach" / "detector")
+    assert det.threshold is not None and det.threshold.alpha == 0.2
+    assert np.all(np.isfinite(det.threshold.thresholds))
+    spec = pkg.spec
+    want = FeatureLayout.parse(det.layout.label)
+    assert (want.latent_dim, want.horizon, want.action_dim) == (
+        spec.latent.dim, spec.chunk_horizon, len(pkg.action_space.dim_names))
+    ev = det.info["evaluation"]
+    assert ev["false_alarm_rate"] <= ev["alpha"] and ev["roc_auc"] >= 0.9 and not ev["synthetic"]

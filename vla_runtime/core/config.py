@@ -369,6 +369,9 @@ class SafetyConfig(_Frozen):
     joint_state_timeout_s: float = Field(default=0.1, gt=0, description="stale /joint_states → HOLD")
     max_deadline_miss_streak: int = Field(default=3, ge=1)
     max_tracking_error_rad: float = Field(default=0.3, gt=0)
+    max_interventions_per_s: float = Field(
+        default=20.0, gt=0, description="safety-filter interventions per second above which the detector halts"
+    )
     detector_heartbeat_s: float = Field(default=0.5, gt=0, description="silent detector → HOLD")
     halt_switches_to_hold_controller: bool = True
     controller_check_timeout_s: float = Field(default=2.0, gt=0)

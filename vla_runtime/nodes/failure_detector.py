@@ -36,7 +36,8 @@ Parameters: ``config_file``; ``detector_dir`` ("" = ``<model package>/detector``
 (20); ``check_hz`` (100: timeout monitors); ``joint_state_timeout_s`` (0 = 2 × the config's
 ``safety.joint_state_timeout_s``: the bridge already HOLDs at 1×, the detector escalates to HALTED);
 ``plan_timeout_periods`` (4: fast path silent for this many fast-loop periods); ``hold_streak`` (0
-= ``safety.max_deadline_miss_streak``); ``max_interventions_per_s`` (20); ``tracking_persist_s``
+= ``safety.max_deadline_miss_streak``); ``max_interventions_per_s`` (0 = ``safety.max_interventions_per_s``,
+20 by default); ``tracking_persist_s``
 (0.3); ``episode_gap_s`` (1.0: features silent this long → the next ones start a new episode).
 """
 
@@ -103,7 +104,7 @@ class FailureDetectorNode(Node):
         safety = self.cfg.safety
         p = {
             "detector_dir": "", "heartbeat_hz": 20.0, "check_hz": 100.0, "joint_state_timeout_s": 0.0,
-            "plan_timeout_periods": 4.0, "hold_streak": 0, "max_interventions_per_s": 20.0,
+            "plan_timeout_periods": 4.0, "hold_streak": 0, "max_interventions_per_s": 0.0,
             "tracking_persist_s": 0.3, "episode_gap_s": 1.0,
         }
         for k, v in p.items():
@@ -118,7 +119,8 @@ class FailureDetectorNode(Node):
             "hold_streak": HoldStreakMonitor(int(get("hold_streak")) or safety.max_deadline_miss_streak),
             "features_finite": FiniteMonitor("policy features"),
             "plan_finite": FiniteMonitor("action plan"),
-            "interventions": InterventionRateMonitor(float(get("max_interventions_per_s"))),
+            "interventions": InterventionRateMonitor(
+                float(get("max_interventions_per_s")) or safety.max_interventions_per_s),
             "tracking": TrackingErrorMonitor(safety.max_tracking_error_rad, float(get("tracking_persist_s"))),
         }
         # Plan dims the runtime can command: joints and "<group>/<dim>" names.
