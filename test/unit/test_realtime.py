@@ -39,7 +39,10 @@ stop.set()
 
 def _run_child(priority: int, prefix: tuple[str, ...] = (), preexec=None) -> dict:  # noqa: ANN001
     out = subprocess.run([*prefix, sys.executable, "-c", CHILD, str(priority)], capture_output=True, text=True,
-                         timeout=30, preexec_fn=preexec, check=True)
+                         timeout=30, preexec_fn=preexec)
+    if out.returncode != 0 and prefix and out.stderr.startswith(f"{prefix[0]}:"):
+        pytest.skip(f"cannot drop the capability here: {out.stderr.strip()[:200]}")  # e.g. no CAP_SETPCAP
+    assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout)
 
 
