@@ -156,6 +156,7 @@ class FailureDetectorNode(Node):
         self._prev_chunk: np.ndarray | None = None
         self._new_episode = True
         self.score = float("nan")
+        self.learned_steps = 0  # feature messages the learned head has scored
         self.threshold = float("nan")
         self._layouts: dict[str, FeatureLayout | None] = {}
 
@@ -242,6 +243,7 @@ class FailureDetectorNode(Node):
         x = step_features(layout, vec, self._prev_chunk)
         self._prev_chunk = layout.split(vec)[1].copy()
         self.score = self._acc.update(x)
+        self.learned_steps += 1
         self.threshold = self.learned.threshold.at(now - self._episode_t0)
         if self.score > self.threshold and LEARNED not in self._active:
             self._judge(LEARNED, MonitorResult(
@@ -327,6 +329,7 @@ class FailureDetectorNode(Node):
         values: dict[str, object] = {
             "learned": self.learned_status,
             "score": round(self.score, 4),
+            "learned_steps": self.learned_steps,
             "threshold": round(self.threshold, 4),
             "episode_t_s": round(now - self._episode_t0, 2) if self._acc is not None else "",
             "causes": "; ".join(f"{k}: {v}" for k, v in self._active.items()) or "none",
