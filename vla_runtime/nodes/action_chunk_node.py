@@ -57,6 +57,7 @@ from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from vla_runtime.core.realtime import DEFAULT_SWITCH_INTERVAL_S
 from vla_runtime.nodes.common import (
     PolledTopic,
     QOS_COMMAND,
@@ -484,11 +485,6 @@ class ActionChunkNode(LifecycleNode):
         self.diag_pub.publish(arr)
 
 
-#: How often the interpreter offers the GIL to another thread. The default 5 ms would let the
-#: executor's callback thread delay the deadline loop by up to 5 ms; 0.5 ms bounds that.
-SWITCH_INTERVAL_S = 0.0005
-
-
 #: Fast DDS publication mode of this process. SYNCHRONOUS (rmw_fastrtps' default) sends from the
 #: publishing thread, so the loop would wait on every subscriber's transport: measured on a 2-core
 #: machine, plan publish p99 2.9 ms synchronous vs 0.25 ms asynchronous (the middleware's own
@@ -498,7 +494,9 @@ PUBLICATION_MODE = "ASYNCHRONOUS"
 
 def main(argv: list[str] | None = None) -> None:
     """Console script ``action_chunk_node --config FILE`` (or ``-p config_file:=…``)."""
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    # The interpreter offers the GIL to another thread every 0.5 ms (the default 5 ms would let the
+    # executor's callback thread delay the deadline loop by up to 5 ms), real-time or not.
+    sys.setswitchinterval(DEFAULT_SWITCH_INTERVAL_S)
     os.environ.setdefault("RMW_FASTRTPS_PUBLICATION_MODE", PUBLICATION_MODE)
     run_node(ActionChunkNode, argv)
 
