@@ -26,6 +26,18 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
     return False
 
 
+def run_with_deadline(fn: Callable[[], None], timeout: float, what: str) -> bool:
+    """Run ``fn`` on a daemon thread and wait at most ``timeout`` for it (for rclpy teardowns, which
+    have hung for good; see :meth:`Probe.close`). False, said on stderr, when it has not ended."""
+    t = threading.Thread(target=fn, name="teardown", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        print(f"{what} did not finish within {timeout} s; leaving it", file=sys.stderr)
+        return False
+    return True
+
+
 class Probe:
     """An rclpy node in this process with its own context and executor thread.
 
@@ -93,11 +105,7 @@ class Probe:
             if self.context.ok():
                 rclpy.shutdown(context=self.context)
 
-        t = threading.Thread(target=teardown, name="probe_teardown", daemon=True)
-        t.start()
-        t.join(timeout)
-        if t.is_alive():
-            print(f"probe: rclpy teardown did not finish within {timeout} s; leaving it", file=sys.stderr)
+        run_with_deadline(teardown, timeout, "probe: rclpy teardown")
 
     def __enter__(self) -> Probe:
         return self

@@ -41,7 +41,7 @@ import numpy as np
 
 from vla_runtime.bench.faults import DETECTOR_CONFIG, GraphUnderTest
 from vla_runtime.nodes.failure_detector import decision_ns
-from vla_runtime.probe import wait_for
+from vla_runtime.probe import run_with_deadline, wait_for
 
 
 def _percentiles(x: list[float]) -> dict:
@@ -93,8 +93,11 @@ class _Tap:
     def close(self) -> None:
         import rclpy
 
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        def teardown() -> None:
+            self.node.destroy_node()
+            rclpy.try_shutdown(context=self.context)
+
+        run_with_deadline(teardown, 5.0, "halt bench: the tap's rclpy teardown")
 
 
 def _realtime_report(log_dir) -> dict:  # noqa: ANN001
