@@ -156,3 +156,93 @@ def test_learned_score_runs_on_the_reference_policys_live_features(domain_id, ro
         assert math.isfinite(float(diag["threshold"])), diag
     finally:
         g.close()
+
+
+def test_hold_streak_escalates_fast_path_holds_not_joint_state_hiccups(supervisor, probe, write_config, tmp_path):
+    """The detector alone, fed by this probe as the fast path and the bridge. HOLD plans for stale
+    joint states do not count towards the HOLD streak (the bridge holds on its own and the
+    joint-state monitor escalates at 2× that timeout: a CI run once latched HALTED on a 0.11 s
+    joint-state gap at start-up); holds only the fast path can see (over budget, stale latent) do.
+    """
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+    from std_msgs.msg import Header, String
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from test.conftest import node_logs
+    from vla_runtime.core.config import load_config
+    from vla_runtime.nodes.common import (
+        HOLD_NO_JOINT_STATE,
+        HOLD_OVERRUN,
+        HOLD_STALE_JOINT_STATE,
+        HOLD_STALE_LATENT,
+        QOS_COMMAND,
+        QOS_LATCHED,
+        QOS_SENSOR,
+        TOPIC_ACTION_CHUNK,
+        TOPIC_DETECTOR_HEARTBEAT,
+        TOPIC_HALT,
+        TOPIC_SAFETY_STATE,
+    )
+    from vla_runtime.supervisor import NODE_MODULES, NodeSpec
+
+    cfg_path = write_config("sim_panda_detector.yaml")
+    joints = list(load_config(cfg_path).robot.joint_names)
+    # Only the HOLD streak may fire here: the timeouts are far beyond this test's pauses.
+    supervisor.start(NodeSpec("failure_detector", NODE_MODULES["failure_detector"], str(cfg_path),
+                              params={"plan_timeout_periods": 300.0, "joint_state_timeout_s": 30.0}))
+    node = probe.node
+    halts = probe.collect(String, TOPIC_HALT, QOS_LATCHED)
+    beats = probe.collect(Header, TOPIC_DETECTOR_HEARTBEAT, QOS_SENSOR)
+    plans = node.create_publisher(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
+    safety = node.create_publisher(DiagnosticStatus, TOPIC_SAFETY_STATE, QOS_LATCHED)
+    wait_for(lambda: bool(beats) and plans.get_subscription_count() > 0, 30,
+             what=f"the detector on the graph\n{node_logs(tmp_path)}")
+
+    def plan() -> JointTrajectory:
+        m = JointTrajectory(joint_names=joints)
+        m.points = [JointTrajectoryPoint(positions=[0.0] * len(joints))]
+        return m
+
+    def hold(reason: str) -> JointTrajectory:
+        m = JointTrajectory()
+        m.header.frame_id = f"{reason} [t=1]"
+        return m
+
+    def raised() -> list[str]:
+        return [m.data for _, m in halts if m.data]
+
+    # The bridge reports POLICY (the episode is armed), the fast path sends a real plan.
+    safety.publish(DiagnosticStatus(message="POLICY", values=[KeyValue(key="mode", value="POLICY"),
+                                                              KeyValue(key="interventions", value="0")]))
+    time.sleep(0.3)
+    plans.publish(plan())
+    time.sleep(0.3)
+    # A joint-state gap, as the fast path reports it at 30 Hz: ~0.7 s of holds.
+    for reason in [HOLD_NO_JOINT_STATE] * 10 + [HOLD_STALE_JOINT_STATE] * 10:
+        plans.publish(hold(reason))
+        time.sleep(1 / 30)
+    time.sleep(0.3)
+    # The fast path misses its budget tick after tick: that streak is the detector's to escalate.
+    # (Publishing until the halt: a depth-1 subscription may drop one of a quick pair.)
+    for _ in range(60):
+        plans.publish(hold(HOLD_OVERRUN))
+        if raised():
+            break
+        time.sleep(1 / 30)
+    wait_for(lambda: bool(raised()), 2.0, what=f"a halt for the over-budget streak\n{node_logs(tmp_path)}")
+    first = raised()[0]
+    assert first.startswith("failure_detector: hold_streak: fast path HOLD streak"), first
+    assert HOLD_OVERRUN in first, first  # not a joint-state hold: those were not counted
+
+    # A real plan clears the cause; a stale latent (the slow path is gone) is counted.
+    n = len(halts)
+    plans.publish(plan())
+    wait_for(lambda: any(not m.data for _, m in halts[n:]), 2.0, what="the detector clearing its halt")
+    n = len(halts)
+    for _ in range(60):
+        plans.publish(hold(HOLD_STALE_LATENT))
+        if any(m.data for _, m in halts[n:]):
+            break
+        time.sleep(1 / 30)
+    wait_for(lambda: any(m.data for _, m in halts[n:]), 2.0, what="a halt for the stale-latent streak")
+    assert HOLD_STALE_LATENT in next(m.data for _, m in halts[n:] if m.data)

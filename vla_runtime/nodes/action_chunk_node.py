@@ -59,6 +59,13 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_runtime.core.realtime import DEFAULT_SWITCH_INTERVAL_S
 from vla_runtime.nodes.common import (
+    HOLD_BAD_OUTPUT,
+    HOLD_NO_JOINT_STATE,
+    HOLD_NO_LATENT,
+    HOLD_OVERRUN,
+    HOLD_PROPRIO_INCOMPLETE,
+    HOLD_STALE_JOINT_STATE,
+    HOLD_STALE_LATENT,
     PolledTopic,
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
@@ -76,16 +83,6 @@ from vla_runtime.nodes.common import (
     ns_to_stamp,
     run_node,
 )
-
-#: Why the node asks for HOLD (sent in header.frame_id of an empty trajectory).
-HOLD_NO_JOINT_STATE = "hold: no joint state"
-HOLD_STALE_JOINT_STATE = "hold: stale joint state"
-HOLD_NO_LATENT = "hold: no latent yet"
-HOLD_STALE_LATENT = "hold: stale latent"
-HOLD_PROPRIO_INCOMPLETE = "hold: proprio incomplete"
-HOLD_OVERRUN = "hold: inference over budget"
-HOLD_BAD_OUTPUT = "hold: non-finite model output"
-
 
 class ActionChunkNode(LifecycleNode):
     """Runs the fast graph at a fixed rate and streams a delay-compensated command plan."""

@@ -60,6 +60,15 @@ SERVICE_SIM_RESET = "/sim/reset"
 SERVICE_LIST_CONTROLLERS = "/controller_manager/list_controllers"
 SERVICE_SWITCH_CONTROLLER = "/controller_manager/switch_controller"
 
+#: Why the fast path asks for HOLD (header.frame_id of an empty trajectory on /vla/action_chunk).
+HOLD_NO_JOINT_STATE = "hold: no joint state"
+HOLD_STALE_JOINT_STATE = "hold: stale joint state"
+HOLD_NO_LATENT = "hold: no latent yet"
+HOLD_STALE_LATENT = "hold: stale latent"
+HOLD_PROPRIO_INCOMPLETE = "hold: proprio incomplete"
+HOLD_OVERRUN = "hold: inference over budget"
+HOLD_BAD_OUTPUT = "hold: non-finite model output"
+
 #: Cameras, joint states, features: newest sample wins, a lost one is not resent.
 QOS_SENSOR = qos_profile_sensor_data
 #: Commands: reliable, only the newest matters.

@@ -7,7 +7,8 @@ Two kinds of judgement, both from :mod:`vla_runtime.core.failure_detection`:
   ``detector/`` directory (or the ``detector_dir`` parameter). Without one the node runs the hard
   monitors only and says so at start-up and in its diagnostics;
 * **hard monitors**: stale ``/joint_states``, fast path silent, stale latent (age carried in the
-  features), a streak of HOLD plans (deadline misses, non-finite output, stale inputs),
+  features), a streak of HOLD plans (deadline misses, non-finite output, stale latent; not
+  joint-state holds: the stale ``/joint_states`` monitor escalates those at its own timeout),
   non-finite features or plans, plans naming dims the robot does not have, the safety filter's intervention rate (from
   ``/vla/safety_state``), joint tracking error (commands on the joint-trajectory controllers'
   topics vs ``/joint_states``).
@@ -67,6 +68,8 @@ from vla_runtime.core.failure_detection import (
     step_features,
 )
 from vla_runtime.nodes.common import (
+    HOLD_NO_JOINT_STATE,
+    HOLD_STALE_JOINT_STATE,
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
     QOS_LATCHED,
@@ -116,7 +119,11 @@ class FailureDetectorNode(Node):
             "joint_states": StalenessMonitor(TOPIC_JOINT_STATES, js_timeout),
             "fast_path": StalenessMonitor("fast path plans", plan_timeout),
             "latent": LatentAgeMonitor(self.cfg.latent.max_age_s),
-            "hold_streak": HoldStreakMonitor(int(get("hold_streak")) or safety.max_deadline_miss_streak),
+            # Holds for missing/stale joint states are the joint_states monitor's to escalate, at
+            # 2× the timeout at which the bridge and the fast path already HOLD: counted here too,
+            # a 0.1 s sensor hiccup would latch HALTED after 3 ticks (it did, on a cold CI machine).
+            "hold_streak": HoldStreakMonitor(int(get("hold_streak")) or safety.max_deadline_miss_streak,
+                                             ignore=(HOLD_NO_JOINT_STATE, HOLD_STALE_JOINT_STATE)),
             "features_finite": FiniteMonitor("policy features"),
             "plan_finite": FiniteMonitor("action plan"),
             "interventions": InterventionRateMonitor(
