@@ -7,7 +7,7 @@ import os
 import xml.etree.ElementTree as ET
 from glob import glob
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 PACKAGE = "vla_runtime"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,10 +38,19 @@ NODES = {
     "failure_detector": "vla_runtime.nodes.failure_detector:main",
 }
 
+#: The ChunkScheduler's sampling in C (the 30 Hz loop's numerics; numpy is the fallback). Optional:
+#: an install without a C compiler still works, slower; the fast path logs which one runs.
+#: -ffp-contract=off: no fused multiply-adds, so results match the numpy reference bit for bit.
+KERNELS = [
+    Extension(f"{PACKAGE}.core._trajkernel", [f"{PACKAGE}/core/_trajkernel.c"],
+              extra_compile_args=["-O2", "-ffp-contract=off", "-std=c99"], optional=True),
+]
+
 setup(
     name=PACKAGE,
     version=_version(),
     packages=find_packages(exclude=["test", "test.*"]),
+    ext_modules=KERNELS,
     python_requires=">=3.10",
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),

@@ -183,3 +183,84 @@ def test_prefix_equals_pointwise_samples_through_nested_blends(interpolation):
         ti = t + i / 30.0
         np.testing.assert_allclose(row, sch.peek(min(ti, end)), atol=1e-12)
     np.testing.assert_array_equal(mask, np.arange(40) / 30.0 < 0.1 - 1e-9)
+
+
+# ------------------------------------------------------------------ the C kernel (core/_trajkernel.c)
+def test_the_c_kernel_is_built_here():
+    """The bootstrap (pip install -e .) builds it; the loop's timing targets are measured with it."""
+    from vla_runtime.core import chunk_scheduler
+
+    assert chunk_scheduler.KERNEL, "vla_runtime/core/_trajkernel.c was not built: the fast path runs on numpy"
+    assert ChunkScheduler().kernel and not ChunkScheduler(kernel=False).kernel
+
+
+def _twins(rng, **cfg):
+    a = int(rng.integers(1, 9))
+    conf = ChunkSchedulerConfig(**cfg)
+    return ChunkScheduler(conf, action_dim=a, kernel=True), ChunkScheduler(conf, action_dim=a, kernel=False), a
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_kernel_window_and_prefix_equal_the_numpy_reference(seed):
+    """Random streams of chunks (nested blends, 1-point chunks, late and rejected chunks, holds,
+    resets): at every step the C kernel's window and prefix equal numpy's, bit for bit up to 1e-12."""
+    rng = np.random.default_rng(seed)
+    interpolation = ["linear", "cubic"][seed % 2]
+    shape = ["linear", "smoothstep", "cosine"][seed % 3]
+    c, py, a = _twins(rng, chunk_rate_hz=float(rng.choice([10.0, 30.0, 50.0])),
+                      blend_s=float(rng.choice([0.0, 0.05, 0.2, 0.5])), blend_shape=shape, interpolation=interpolation)
+    t = 0.0
+    compared = 0
+    for step in range(40):
+        t += float(rng.uniform(0.005, 0.08))
+        event = rng.random()
+        if event < 0.55:
+            h = int(rng.choice([1, 2, 3, 16]))
+            chunk = np.cumsum(rng.normal(0, 0.05, (h, a)), axis=0) + rng.normal(0, 0.3, a)
+            obs = t - float(rng.uniform(0.0, 0.12))
+            assert c.submit(chunk, obs, t) == py.submit(chunk, obs, t)
+        elif event < 0.65:
+            c.sample(t), py.sample(t)
+        elif event < 0.7:
+            c.hold(), py.hold()
+        elif event < 0.73:
+            state = rng.normal(0, 0.3, a)
+            c.reset(state), py.reset(state)
+        n, dt = int(rng.integers(0, 40)), float(rng.choice([0.002, 0.01, 0.0333]))
+        tw = t + float(rng.uniform(-0.05, 0.1))
+        tc, vc = c.window(tw, n, dt)
+        tp, vp = py.window(tw, n, dt)
+        np.testing.assert_array_equal(tc, tp)
+        np.testing.assert_allclose(vc, vp, rtol=0, atol=1e-12)
+        h = int(rng.integers(1, 40))
+        delay = None if step % 3 else float(rng.uniform(0, 0.2))
+        pc, mc = c.prefix(tw, delay, h)
+        pp, mp = py.prefix(tw, delay, h)
+        np.testing.assert_allclose(pc, pp, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(mc, mp)
+        assert mc.dtype == mp.dtype == bool
+        compared += len(tc) + h
+    assert compared > 200
+
+
+def test_kernel_refuses_bad_input_by_name():
+    from vla_runtime.core import _trajkernel as k
+
+    pts = np.zeros((3, 2))
+    out = np.empty((4, 2))
+    with pytest.raises(ValueError, match="only the last level may be a chunk"):
+        k.sample(((0, pts, 0.0, 0.1, False), (1, np.zeros(2))), np.zeros(4), out)
+    with pytest.raises(ValueError, match="a blend needs a level to blend from"):
+        k.sample(((2, pts, 0.0, 0.1, False, 0.0, 0.1, 0),), np.zeros(4), out)
+    with pytest.raises(ValueError, match="level 1 has action dim 3, level 0 has 2"):
+        k.sample(((2, pts, 0.0, 0.1, False, 0.0, 0.1, 0), (1, np.zeros(3))), np.zeros(4), out)
+    with pytest.raises(ValueError, match="chunk points must be a C-contiguous float64"):
+        k.sample(((0, pts.astype(np.float32), 0.0, 0.1, False),), np.zeros(4), out)
+    with pytest.raises(ValueError, match="dt must be > 0"):
+        k.sample(((0, pts, 0.0, 0.0, False),), np.zeros(4), out)
+    with pytest.raises(ValueError, match=r"out must be a writable C-contiguous float64 array of shape \(4, A\)"):
+        k.sample(((0, pts, 0.0, 0.1, False),), np.zeros(4), np.empty((4, 3)))
+    with pytest.raises(ValueError, match="n must be >= 0, got -1"):
+        k.window(((0, pts, 0.0, 0.1, False),), 0.0, 0.01, -1, np.empty(1), np.empty((1, 2)))
+    with pytest.raises(ValueError, match="fallback must be a float64 array of shape"):
+        k.prefix(((0, pts, 0.0, 0.1, False),), 0.0, 0.1, 4, 0.0, np.zeros(5), out, np.empty(4))

@@ -39,6 +39,11 @@ inference chunk aggregation and openpi's ``ActionChunkBroker``; no code taken):
 
 The class is pure: every time is an argument (seconds, one monotonic clock);
 it never reads a clock. Not thread-safe: use it from the control loop thread.
+
+`window` and `prefix` run in the 30 Hz loop. Where the C extension ``_trajkernel`` is built (the
+package's install builds it; `KERNEL` says whether it is), they sample the trajectory there in one
+call instead of ~60 small numpy operations; the numpy code here is the reference it is tested
+against, and the fallback.
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ from typing import Literal
 
 import numpy as np
 
+try:  # the same sampling in C (core/_trajkernel.c); the numpy code below is the reference
+    from vla_runtime.core import _trajkernel as _kernel
+except ImportError:  # not built (no compiler where the package was installed): numpy only
+    _kernel = None
+
 __all__ = [
     "Action",
     "ActionChunk",
@@ -57,6 +67,10 @@ __all__ = [
     "ChunkScheduler",
     "SchedulerStatus",
 ]
+
+#: True when the C sampling kernel is importable (see the module docstring).
+KERNEL = _kernel is not None
+_SHAPES = {"linear": 0, "smoothstep": 1, "cosine": 2}
 
 #: One command, shape (A,).
 Action = np.ndarray
@@ -116,7 +130,7 @@ class _Chunk:
     __slots__ = ("t0", "dt", "points", "end", "cubic", "obs_time")
 
     def __init__(self, points: np.ndarray, t0: float, dt: float, cubic: bool, obs_time: float) -> None:
-        self.points = points
+        self.points = np.ascontiguousarray(points, dtype=np.float64)
         self.t0 = t0
         self.dt = dt
         self.end = t0 + (len(points) - 1) * dt
@@ -125,6 +139,10 @@ class _Chunk:
 
     def defined(self, t: float) -> bool:
         return self.t0 - 1e-9 <= t <= self.end + 1e-9
+
+    def levels(self) -> list[tuple]:
+        """This trajectory as the C kernel's spec levels (see _trajkernel.c)."""
+        return [(0, self.points, self.t0, self.dt, self.cubic)]
 
     def sample(self, t: float) -> np.ndarray | None:
         p = self.points
@@ -195,10 +213,13 @@ class _Const:
     end = math.inf
 
     def __init__(self, value: np.ndarray) -> None:
-        self.value = value
+        self.value = np.ascontiguousarray(value, dtype=np.float64)
 
     def defined(self, t: float) -> bool:
         return True
+
+    def levels(self) -> list[tuple]:
+        return [(1, self.value)]
 
     def sample(self, t: float) -> np.ndarray:
         return self.value.copy()
@@ -225,6 +246,11 @@ class _Blend:
 
     def defined(self, t: float) -> bool:
         return self.new.defined(t)
+
+    def levels(self) -> list[tuple]:
+        n = self.new
+        return [(2, n.points, n.t0, n.dt, n.cubic, self.t_start, self.t_end, _SHAPES[self.shape]),
+                *self.old.levels()]
 
     def weight(self, t: float) -> float:
         if t >= self.t_end:
@@ -294,19 +320,27 @@ class ChunkScheduler:
     Args:
         config: Scheduler parameters.
         action_dim: Expected A (None: taken from the first chunk / reset state).
+        kernel: Sample `window` and `prefix` with the C kernel: None (default) where it is built,
+            False never (the numpy reference), True always (RuntimeError if it is not built).
 
     See the module docstring for the algorithm.
     """
 
     DELAY_WINDOW = 64
 
-    def __init__(self, config: ChunkSchedulerConfig | None = None, action_dim: int | None = None) -> None:
+    def __init__(self, config: ChunkSchedulerConfig | None = None, action_dim: int | None = None,
+                 kernel: bool | None = None) -> None:
         self.config = config if config is not None else ChunkSchedulerConfig()
         if action_dim is not None and action_dim < 1:
             raise ValueError(f"action_dim must be ≥ 1, got {action_dim}")
+        if kernel and _kernel is None:
+            raise RuntimeError("the C trajectory kernel (vla_runtime/core/_trajkernel.c) is not built: "
+                               "reinstall the package with a C compiler present (pip install -e .)")
+        self.kernel = KERNEL if kernel is None else bool(kernel)
+        self._spec: tuple | None = None
         self.dt_chunk = 1.0 / self.config.chunk_rate_hz
         self.action_dim = action_dim
-        self._traj = None  # _Chunk | _Blend | None
+        self._traj = None  # _Chunk | _Blend | None (a property: setting it invalidates _spec)
         self._hold: np.ndarray | None = None
         self._last_cmd: np.ndarray | None = None
         self._status = SchedulerStatus.HOLD
@@ -317,6 +351,21 @@ class ChunkScheduler:
         self.stats = {"submitted": 0, "accepted": 0, "rejected_stale": 0, "rejected_delay": 0, "skipped_actions": 0}
 
     # ----------------------------------------------------------- properties
+    @property
+    def _traj(self):  # noqa: ANN202 - _Chunk | _Blend | None
+        return self._traj_obj
+
+    @_traj.setter
+    def _traj(self, traj) -> None:  # noqa: ANN001
+        self._traj_obj = traj
+        self._spec = None  # the kernel's view of it is rebuilt on next use
+
+    def _kernel_spec(self) -> tuple:
+        spec = self._spec
+        if spec is None:
+            spec = self._spec = tuple(self._traj_obj.levels())
+        return spec
+
     @property
     def status(self) -> SchedulerStatus:
         """RUNNING or HOLD, as of the last `sample` / `submit` / `hold` / `reset`."""
@@ -479,6 +528,10 @@ class ChunkScheduler:
         traj = self._traj
         if traj is None or n == 0:
             return np.zeros(0), np.zeros((0, a))
+        if self.kernel:
+            times, values = np.empty(n), np.empty((n, a))
+            m = _kernel.window(self._kernel_spec(), float(now_s), float(dt), n, times, values)
+            return times[:m], values[:m]
         times = now_s + dt * np.arange(n)
         times = times[times <= traj.end + 1e-9]
         values = traj.sample_many(times)
@@ -513,10 +566,15 @@ class ChunkScheduler:
         if delay_s < 0:
             raise ValueError(f"delay_s must be ≥ 0, got {delay_s}")
         a = self.action_dim or 0
-        out = np.zeros((horizon, a))
-        mask = np.zeros(horizon, dtype=bool)
         traj = self._traj
         fallback = self._last_cmd if self._last_cmd is not None else self._hold
+        if traj is not None and self.kernel:
+            out, maskf = np.empty((horizon, a)), np.empty(horizon)
+            _kernel.prefix(self._kernel_spec(), float(now_s), self.dt_chunk, horizon, float(delay_s),
+                           fallback, out, maskf)
+            return out, maskf != 0.0
+        out = np.zeros((horizon, a))
+        mask = np.zeros(horizon, dtype=bool)
         if traj is None and fallback is None:
             return out, mask
         ts = now_s + self.dt_chunk * np.arange(horizon)

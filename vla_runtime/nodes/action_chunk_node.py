@@ -218,7 +218,8 @@ class ActionChunkNode(LifecycleNode):
         self.get_logger().info(
             f"fast path ready: {spec.name} on {self.engine.provider}, {rate:g} Hz, H={self.horizon}, "
             f"{'LOCKSTEP (one chunk per latent), ' if self.lockstep else ''}"
-            f"A={len(self.dim_names)}, prefix conditioning {'on' if self.use_prefix else 'off'}"
+            f"A={len(self.dim_names)}, prefix conditioning {'on' if self.use_prefix else 'off'}, "
+            f"plan sampling {'in C' if self.scheduler.kernel else 'in numpy (the C kernel is not built)'}"
         )
         return TransitionCallbackReturn.SUCCESS
 

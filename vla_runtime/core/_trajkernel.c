@@ -1,0 +1,431 @@
+/* _trajkernel: the ChunkScheduler's trajectory sampling in C (vla_runtime/core/chunk_scheduler.py).
+ *
+ * The 30 Hz loop samples the executing trajectory twice per tick: the RTC prefix before inference
+ * and the plan window after it. In numpy that is ~60 small ufunc calls per tick, and each costs
+ * microseconds when the loop wakes cold every 33 ms. Here it is one call each.
+ *
+ * Semantics are those of the numpy implementation in chunk_scheduler.py, which stays the reference
+ * (and the fallback when this module is not built); test_chunk_scheduler.py checks that both agree.
+ *
+ * A trajectory arrives as a "spec": a tuple of levels, outermost first.
+ *   (0, points, t0, dt, cubic)                                  a chunk
+ *   (1, value)                                                  a held command (defined forever)
+ *   (2, points, t0, dt, cubic, t_start, t_end, shape)           a blend into this chunk; the level
+ *                                                               after it is what it blends from
+ * points: C-contiguous float64 (n, A); value: float64 (A,); cubic: 0/1; shape: 0 linear,
+ * 1 smoothstep, 2 cosine.
+ *
+ * No Python object is created per sample, and the GIL is held throughout (the calls are µs).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+
+#define MAX_LEVELS 64
+#define EPS 1e-9
+#define PI_D 3.14159265358979323846 /* np.pi */
+
+typedef struct {
+    int kind; /* 0 chunk, 1 const, 2 blend */
+    const double *p;
+    Py_ssize_t n;
+    double t0, dt, end;
+    int cubic;
+    double t_start, t_end;
+    int shape;
+} Level;
+
+typedef struct {
+    Level lv[MAX_LEVELS];
+    Py_buffer bufs[MAX_LEVELS];
+    int nlev;
+    int nbuf;
+    Py_ssize_t a;
+} Spec;
+
+static void spec_release(Spec *s) {
+    for (int i = 0; i < s->nbuf; i++) PyBuffer_Release(&s->bufs[i]);
+    s->nbuf = 0;
+}
+
+static int get_f64(Spec *s, PyObject *obj, int ndim, const char *what) {
+    Py_buffer *b = &s->bufs[s->nbuf];
+    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    s->nbuf++;
+    if (b->ndim != ndim || b->itemsize != 8 || b->format == NULL || strcmp(b->format, "d") != 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be a C-contiguous float64 array of %d dims", what, ndim);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_spec(PyObject *spec, Spec *s) {
+    s->nlev = 0;
+    s->nbuf = 0;
+    s->a = -1;
+    if (!PyTuple_Check(spec)) {
+        PyErr_SetString(PyExc_TypeError, "spec must be a tuple of levels");
+        return -1;
+    }
+    Py_ssize_t nl = PyTuple_GET_SIZE(spec);
+    if (nl < 1 || nl > MAX_LEVELS) {
+        PyErr_Format(PyExc_ValueError, "spec must have 1..%d levels, got %zd", MAX_LEVELS, nl);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nl; i++) {
+        PyObject *t = PyTuple_GET_ITEM(spec, i);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 2) {
+            PyErr_Format(PyExc_ValueError, "spec level %zd is not a tuple (kind, ...)", i);
+            return -1;
+        }
+        Level *L = &s->lv[i];
+        memset(L, 0, sizeof(*L));
+        L->kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(t, 0));
+        Py_ssize_t need = L->kind == 0 ? 5 : L->kind == 1 ? 2 : L->kind == 2 ? 8 : -1;
+        if (need < 0 || PyTuple_GET_SIZE(t) != need) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "spec level %zd: bad kind %d or length %zd", i, L->kind,
+                             PyTuple_GET_SIZE(t));
+            return -1;
+        }
+        if (L->kind != 2 && i != nl - 1) {
+            PyErr_Format(PyExc_ValueError, "spec level %zd: only the last level may be a chunk or a constant", i);
+            return -1;
+        }
+        if (L->kind == 2 && i == nl - 1) {
+            PyErr_Format(PyExc_ValueError, "spec level %zd: a blend needs a level to blend from", i);
+            return -1;
+        }
+        Py_ssize_t a;
+        if (L->kind == 1) {
+            if (get_f64(s, PyTuple_GET_ITEM(t, 1), 1, "a held value") < 0) return -1;
+            Py_buffer *b = &s->bufs[s->nbuf - 1];
+            L->p = (const double *)b->buf;
+            L->n = 1;
+            a = b->shape[0];
+            L->end = INFINITY;
+        } else {
+            if (get_f64(s, PyTuple_GET_ITEM(t, 1), 2, "chunk points") < 0) return -1;
+            Py_buffer *b = &s->bufs[s->nbuf - 1];
+            L->p = (const double *)b->buf;
+            L->n = b->shape[0];
+            a = b->shape[1];
+            if (L->n < 1) {
+                PyErr_Format(PyExc_ValueError, "spec level %zd: a chunk needs at least one point", i);
+                return -1;
+            }
+            L->t0 = PyFloat_AsDouble(PyTuple_GET_ITEM(t, 2));
+            L->dt = PyFloat_AsDouble(PyTuple_GET_ITEM(t, 3));
+            L->cubic = PyObject_IsTrue(PyTuple_GET_ITEM(t, 4));
+            L->end = L->t0 + (double)(L->n - 1) * L->dt;
+            if (L->kind == 2) {
+                L->t_start = PyFloat_AsDouble(PyTuple_GET_ITEM(t, 5));
+                L->t_end = PyFloat_AsDouble(PyTuple_GET_ITEM(t, 6));
+                L->shape = (int)PyLong_AsLong(PyTuple_GET_ITEM(t, 7));
+            }
+            if (PyErr_Occurred()) return -1;
+            if (!(L->dt > 0)) {
+                PyErr_Format(PyExc_ValueError, "spec level %zd: dt must be > 0", i);
+                return -1;
+            }
+        }
+        if (s->a < 0) s->a = a;
+        else if (a != s->a) {
+            PyErr_Format(PyExc_ValueError, "spec level %zd has action dim %zd, level 0 has %zd", i, a, s->a);
+            return -1;
+        }
+    }
+    s->nlev = (int)nl;
+    return 0;
+}
+
+/* A chunk at time t into out[a]; 0 (and NaN) where it is not defined. Mirrors _Chunk._interp. */
+static int chunk_at(const Level *L, double t, double *out, Py_ssize_t A) {
+    if (!(L->t0 - EPS <= t && t <= L->end + EPS)) {
+        for (Py_ssize_t k = 0; k < A; k++) out[k] = NAN;
+        return 0;
+    }
+    const double *p = L->p;
+    Py_ssize_t n = L->n;
+    if (n == 1) {
+        memcpy(out, p, (size_t)A * sizeof(double));
+        return 1;
+    }
+    double x = (t - L->t0) / L->dt;
+    Py_ssize_t i = (Py_ssize_t)floor(x);
+    if (i < 0) i = 0;
+    if (i > n - 2) i = n - 2;
+    double s = x - (double)i;
+    s = s < 0.0 ? 0.0 : (s > 1.0 ? 1.0 : s);
+    const double *p0 = p + i * A, *p1 = p0 + A;
+    if (!L->cubic) {
+        for (Py_ssize_t k = 0; k < A; k++) out[k] = p0[k] + s * (p1[k] - p0[k]);
+        return 1;
+    }
+    const double *pm = i > 0 ? p0 - A : NULL, *p2 = i + 2 < n ? p1 + A : NULL;
+    double s2 = s * s, s3 = s * s * s;
+    double h00 = 2 * s3 - 3 * s2 + 1, h10 = s3 - 2 * s2 + s, h01 = -2 * s3 + 3 * s2, h11 = s3 - s2;
+    for (Py_ssize_t k = 0; k < A; k++) {
+        double d = p1[k] - p0[k];
+        double m0 = pm ? (p1[k] - pm[k]) * 0.5 : d;
+        double m1 = p2 ? (p2[k] - p0[k]) * 0.5 : d;
+        out[k] = h00 * p0[k] + h10 * m0 + h01 * p1[k] + h11 * m1;
+    }
+    return 1;
+}
+
+static double blend_weight(const Level *L, double t) {
+    double x = (t - L->t_start) / (L->t_end - L->t_start);
+    x = x < 0.0 ? 0.0 : (x > 1.0 ? 1.0 : x);
+    if (L->shape == 0) return x;
+    if (L->shape == 1) return x * x * (3.0 - 2.0 * x);
+    return 0.5 - 0.5 * cos(PI_D * x);
+}
+
+/* The trajectory from level j on at time t into out; scratch holds (nlev - j) * A doubles.
+ * NaN entries where it is not defined (as sample_many). Mirrors _Blend.sample_many. */
+static void eval_at(const Spec *s, int j, double t, double *out, double *scratch) {
+    const Level *L = &s->lv[j];
+    Py_ssize_t A = s->a;
+    if (L->kind == 1) {
+        memcpy(out, L->p, (size_t)A * sizeof(double));
+        return;
+    }
+    if (!chunk_at(L, t, out, A) || L->kind == 0 || t >= L->t_end) return;
+    double *old = scratch;
+    eval_at(s, j + 1, t, old, scratch + A);
+    double w = blend_weight(L, t);
+    for (Py_ssize_t k = 0; k < A; k++)
+        if (!isnan(old[k])) out[k] = old[k] + w * (out[k] - old[k]);
+}
+
+static int row_has_nan(const double *r, Py_ssize_t A) {
+    for (Py_ssize_t k = 0; k < A; k++)
+        if (isnan(r[k])) return 1;
+    return 0;
+}
+
+static double *scratch_for(const Spec *s, double *stack_buf, size_t stack_len) {
+    size_t need = (size_t)(s->nlev + 1) * (size_t)s->a;
+    if (need <= stack_len) return stack_buf;
+    double *m = PyMem_Malloc(need * sizeof(double));
+    if (!m) PyErr_NoMemory();
+    return m;
+}
+
+static int get_out(PyObject *obj, Py_buffer *b, int ndim, Py_ssize_t rows, Py_ssize_t a, const char *what) {
+    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) return -1;
+    int ok = b->ndim == ndim && b->itemsize == 8 && b->format && strcmp(b->format, "d") == 0 &&
+             b->shape[0] >= rows && (ndim == 1 || b->shape[1] == a);
+    if (!ok) {
+        PyBuffer_Release(b);
+        PyErr_Format(PyExc_ValueError, "%s must be a writable C-contiguous float64 array of shape (%zd%s)", what,
+                     rows, ndim == 2 ? ", A" : "");
+        return -1;
+    }
+    return 0;
+}
+
+#define STACK_SCRATCH 1024
+
+PyDoc_STRVAR(sample_doc,
+             "sample(spec, ts, out) -> None\n\n"
+             "The trajectory at every time of ts (float64 (m,)) into out (float64 (m, A)); NaN rows where "
+             "it is not defined.");
+
+static PyObject *k_sample(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *spec_o, *ts_o, *out_o;
+    if (!PyArg_ParseTuple(args, "OOO", &spec_o, &ts_o, &out_o)) return NULL;
+    Spec s;
+    if (parse_spec(spec_o, &s) < 0) {
+        spec_release(&s);
+        return NULL;
+    }
+    Py_buffer tb, ob;
+    if (PyObject_GetBuffer(ts_o, &tb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        spec_release(&s);
+        return NULL;
+    }
+    if (tb.ndim != 1 || tb.itemsize != 8 || !tb.format || strcmp(tb.format, "d") != 0) {
+        PyBuffer_Release(&tb);
+        spec_release(&s);
+        PyErr_SetString(PyExc_ValueError, "ts must be a C-contiguous float64 array of 1 dim");
+        return NULL;
+    }
+    Py_ssize_t m = tb.shape[0];
+    if (get_out(out_o, &ob, 2, m, s.a, "out") < 0) {
+        PyBuffer_Release(&tb);
+        spec_release(&s);
+        return NULL;
+    }
+    double stack_buf[STACK_SCRATCH];
+    double *scratch = scratch_for(&s, stack_buf, STACK_SCRATCH);
+    if (scratch) {
+        const double *ts = (const double *)tb.buf;
+        double *out = (double *)ob.buf;
+        for (Py_ssize_t r = 0; r < m; r++) eval_at(&s, 0, ts[r], out + r * s.a, scratch);
+        if (scratch != stack_buf) PyMem_Free(scratch);
+    }
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&tb);
+    spec_release(&s);
+    if (!scratch) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(window_doc,
+             "window(spec, now, dt, n, times, values) -> m\n\n"
+             "Samples at now + k*dt, k = 0..n-1, into times (m,) and values (m, A), stopping at the "
+             "trajectory's end and at the first undefined sample (never extrapolating). Returns m.");
+
+static PyObject *k_window(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *spec_o, *times_o, *values_o;
+    double now, dt;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "OddnOO", &spec_o, &now, &dt, &n, &times_o, &values_o)) return NULL;
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "n must be >= 0, got %zd", n);
+        return NULL;
+    }
+    Spec s;
+    if (parse_spec(spec_o, &s) < 0) {
+        spec_release(&s);
+        return NULL;
+    }
+    Py_buffer tb, vb;
+    if (get_out(times_o, &tb, 1, n, 0, "times") < 0) {
+        spec_release(&s);
+        return NULL;
+    }
+    if (get_out(values_o, &vb, 2, n, s.a, "values") < 0) {
+        PyBuffer_Release(&tb);
+        spec_release(&s);
+        return NULL;
+    }
+    double stack_buf[STACK_SCRATCH];
+    double *scratch = scratch_for(&s, stack_buf, STACK_SCRATCH);
+    Py_ssize_t m = 0;
+    if (scratch) {
+        double end = s.lv[0].end;
+        double *times = (double *)tb.buf, *values = (double *)vb.buf;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            double t = now + dt * (double)k;
+            if (t > end + EPS) break;
+            double *row = values + m * s.a;
+            eval_at(&s, 0, t, row, scratch);
+            if (row_has_nan(row, s.a)) break;
+            times[m++] = t;
+        }
+        if (scratch != stack_buf) PyMem_Free(scratch);
+    }
+    PyBuffer_Release(&vb);
+    PyBuffer_Release(&tb);
+    spec_release(&s);
+    if (!scratch) return NULL;
+    return PyLong_FromSsize_t(m);
+}
+
+PyDoc_STRVAR(prefix_doc,
+             "prefix(spec, now, dt, horizon, delay, fallback, out, mask) -> None\n\n"
+             "ChunkScheduler.prefix for a running trajectory: out[i] = the plan at now + i*dt (its final "
+             "point past its end; rows still undefined take the row before, fallback (float64 (A,) or "
+             "None: zeros) at first); mask[i] = i*dt < delay - 1e-9 (mask: float64 (horizon,), 1.0/0.0).");
+
+static PyObject *k_prefix(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *spec_o, *fb_o, *out_o, *mask_o;
+    double now, dt, delay;
+    Py_ssize_t h;
+    if (!PyArg_ParseTuple(args, "OddndOOO", &spec_o, &now, &dt, &h, &delay, &fb_o, &out_o, &mask_o)) return NULL;
+    if (h < 1) {
+        PyErr_Format(PyExc_ValueError, "horizon must be >= 1, got %zd", h);
+        return NULL;
+    }
+    Spec s;
+    if (parse_spec(spec_o, &s) < 0) {
+        spec_release(&s);
+        return NULL;
+    }
+    Py_buffer ob, mb, fb;
+    int have_fb = fb_o != Py_None;
+    if (have_fb) {
+        if (PyObject_GetBuffer(fb_o, &fb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+            spec_release(&s);
+            return NULL;
+        }
+        if (fb.ndim != 1 || fb.itemsize != 8 || !fb.format || strcmp(fb.format, "d") != 0 || fb.shape[0] != s.a) {
+            PyBuffer_Release(&fb);
+            spec_release(&s);
+            PyErr_SetString(PyExc_ValueError, "fallback must be a float64 array of shape (A,)");
+            return NULL;
+        }
+    }
+    if (get_out(out_o, &ob, 2, h, s.a, "out") < 0) {
+        if (have_fb) PyBuffer_Release(&fb);
+        spec_release(&s);
+        return NULL;
+    }
+    if (get_out(mask_o, &mb, 1, h, 0, "mask") < 0) {
+        PyBuffer_Release(&ob);
+        if (have_fb) PyBuffer_Release(&fb);
+        spec_release(&s);
+        return NULL;
+    }
+    double stack_buf[STACK_SCRATCH];
+    double *scratch = scratch_for(&s, stack_buf, STACK_SCRATCH);
+    if (scratch) {
+        Py_ssize_t A = s.a;
+        double *out = (double *)ob.buf, *mask = (double *)mb.buf;
+        double end = s.lv[0].end;
+        double end_val_buf[256];
+        double *end_val = A <= 256 ? end_val_buf : PyMem_Malloc((size_t)A * sizeof(double));
+        int have_end = 0, end_ok = 0;
+        const double *last = have_fb ? (const double *)fb.buf : NULL;
+        for (Py_ssize_t i = 0; i < h; i++) {
+            mask[i] = (double)i * dt < delay - EPS ? 1.0 : 0.0;
+            double t = now + dt * (double)i;
+            double *row = out + i * A;
+            eval_at(&s, 0, t, row, scratch);
+            if (row_has_nan(row, A) && t > end) { /* past the plan's end: its final point */
+                if (!have_end && end_val) {
+                    eval_at(&s, 0, end, end_val, scratch);
+                    end_ok = !row_has_nan(end_val, A);
+                    have_end = 1;
+                }
+                if (end_ok) memcpy(row, end_val, (size_t)A * sizeof(double));
+            }
+            if (row_has_nan(row, A)) { /* still unknown: the row before (the fallback at first) */
+                if (last) memcpy(row, last, (size_t)A * sizeof(double));
+                else memset(row, 0, (size_t)A * sizeof(double));
+            } else {
+                last = row;
+            }
+        }
+        if (end_val && end_val != end_val_buf) PyMem_Free(end_val);
+        if (scratch != stack_buf) PyMem_Free(scratch);
+    }
+    PyBuffer_Release(&mb);
+    PyBuffer_Release(&ob);
+    if (have_fb) PyBuffer_Release(&fb);
+    spec_release(&s);
+    if (!scratch) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"sample", k_sample, METH_VARARGS, sample_doc},
+    {"window", k_window, METH_VARARGS, window_doc},
+    {"prefix", k_prefix, METH_VARARGS, prefix_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_trajkernel",
+    "ChunkScheduler trajectory sampling in C (see chunk_scheduler.py, the reference).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__trajkernel(void) { return PyModule_Create(&module); }
