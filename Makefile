@@ -31,7 +31,7 @@ $(VENV)/.stamp-iface: $(VENV)/.stamp-deps tools/build_interfaces.sh $(wildcard i
 	bash tools/build_interfaces.sh $(VENV)
 	touch $@
 
-$(VENV)/.stamp-pkg: $(VENV)/.stamp-iface setup.py setup.cfg package.xml vla_runtime/core/_trajkernel.c
+$(VENV)/.stamp-pkg: $(VENV)/.stamp-iface setup.py setup.cfg package.xml vla_runtime/core/_fastpath.c
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -42,7 +42,7 @@ NODES = {
 #: an install without a C compiler still works, slower; the fast path logs which one runs.
 #: -ffp-contract=off: no fused multiply-adds, so results match the numpy reference bit for bit.
 KERNELS = [
-    Extension(f"{PACKAGE}.core._trajkernel", [f"{PACKAGE}/core/_trajkernel.c"],
+    Extension(f"{PACKAGE}.core._fastpath", [f"{PACKAGE}/core/_fastpath.c"],
               extra_compile_args=["-O2", "-ffp-contract=off", "-std=c99"], optional=True),
 ]
 

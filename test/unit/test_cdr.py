@@ -62,8 +62,10 @@ def _js(names, positions, frame="", stamp=(12, 34)) -> bytes:  # noqa: ANN001
     return serialize_message(m)
 
 
-def test_joint_state_positions_follow_the_layout_and_refuse_bad_messages() -> None:
-    dec = JointStateDecoder()
+@pytest.mark.parametrize("kernel", [True, False], ids=["C", "python"])
+def test_joint_state_positions_follow_the_layout_and_refuse_bad_messages(kernel) -> None:
+    dec = JointStateDecoder(kernel=kernel)
+    assert dec.kernel is kernel  # the C walker is built here (test_chunk_scheduler checks the module)
     rng = np.random.default_rng(1)
     first = rng.normal(size=9)
     names, pos = dec.decode(_js(NAMES + ["panda_finger_joint1"], first))
@@ -85,3 +87,21 @@ def test_joint_state_positions_follow_the_layout_and_refuse_bad_messages() -> No
         dec.decode(_js(["a", "b", "c"], [1.0, 2.0]))
     with pytest.raises(ValueError, match="does not deserialize"):
         dec.decode(b"\x00\x01\x00\x00\xff")
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["C", "python"])
+def test_joint_state_reordered_or_truncated_is_never_read_at_the_old_offset(kernel) -> None:
+    """Names of equal length in another order have the same layout: the walk compares the names
+    themselves, so the positions land on the right joints; a truncated message is refused."""
+    dec = JointStateDecoder(kernel=kernel)
+    dec.decode(_js(NAMES, np.arange(8.0)))
+    swapped = [NAMES[1], NAMES[0], *NAMES[2:]]
+    names, pos = dec.decode(_js(swapped, np.arange(8.0) + 10))
+    assert names == tuple(swapped) and dec.slow_path == 2
+    np.testing.assert_array_equal(pos, np.arange(8.0) + 10)
+    raw = _js(swapped, np.arange(8.0))
+    at = dec._positions_at(raw)
+    assert at > 0
+    assert dec._positions_at(raw[:at + 8 * 8]) == at  # velocities and efforts are not needed
+    for cut in (at + 8 * 8 - 1, at, at // 2, 12, 3):  # a position, or the names, cut off
+        assert dec._positions_at(raw[:cut]) == -1

@@ -185,12 +185,12 @@ def test_prefix_equals_pointwise_samples_through_nested_blends(interpolation):
     np.testing.assert_array_equal(mask, np.arange(40) / 30.0 < 0.1 - 1e-9)
 
 
-# ------------------------------------------------------------------ the C kernel (core/_trajkernel.c)
+# ------------------------------------------------------------------ the C kernel (core/_fastpath.c)
 def test_the_c_kernel_is_built_here():
     """The bootstrap (pip install -e .) builds it; the loop's timing targets are measured with it."""
     from vla_runtime.core import chunk_scheduler
 
-    assert chunk_scheduler.KERNEL, "vla_runtime/core/_trajkernel.c was not built: the fast path runs on numpy"
+    assert chunk_scheduler.KERNEL, "vla_runtime/core/_fastpath.c was not built: the fast path runs on numpy"
     assert ChunkScheduler().kernel and not ChunkScheduler(kernel=False).kernel
 
 
@@ -244,7 +244,7 @@ def test_kernel_window_and_prefix_equal_the_numpy_reference(seed):
 
 
 def test_kernel_refuses_bad_input_by_name():
-    from vla_runtime.core import _trajkernel as k
+    from vla_runtime.core import _fastpath as k
 
     pts = np.zeros((3, 2))
     out = np.empty((4, 2))

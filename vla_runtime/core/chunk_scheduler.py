@@ -40,7 +40,7 @@ inference chunk aggregation and openpi's ``ActionChunkBroker``; no code taken):
 The class is pure: every time is an argument (seconds, one monotonic clock);
 it never reads a clock. Not thread-safe: use it from the control loop thread.
 
-`window` and `prefix` run in the 30 Hz loop. Where the C extension ``_trajkernel`` is built (the
+`window` and `prefix` run in the 30 Hz loop. Where the C extension ``_fastpath`` is built (the
 package's install builds it; `KERNEL` says whether it is), they sample the trajectory there in one
 call instead of ~60 small numpy operations; the numpy code here is the reference it is tested
 against, and the fallback.
@@ -55,8 +55,8 @@ from typing import Literal
 
 import numpy as np
 
-try:  # the same sampling in C (core/_trajkernel.c); the numpy code below is the reference
-    from vla_runtime.core import _trajkernel as _kernel
+try:  # the same sampling in C (core/_fastpath.c); the numpy code below is the reference
+    from vla_runtime.core import _fastpath as _kernel
 except ImportError:  # not built (no compiler where the package was installed): numpy only
     _kernel = None
 
@@ -141,7 +141,7 @@ class _Chunk:
         return self.t0 - 1e-9 <= t <= self.end + 1e-9
 
     def levels(self) -> list[tuple]:
-        """This trajectory as the C kernel's spec levels (see _trajkernel.c)."""
+        """This trajectory as the C kernel's spec levels (see _fastpath.c)."""
         return [(0, self.points, self.t0, self.dt, self.cubic)]
 
     def sample(self, t: float) -> np.ndarray | None:
@@ -334,7 +334,7 @@ class ChunkScheduler:
         if action_dim is not None and action_dim < 1:
             raise ValueError(f"action_dim must be ≥ 1, got {action_dim}")
         if kernel and _kernel is None:
-            raise RuntimeError("the C trajectory kernel (vla_runtime/core/_trajkernel.c) is not built: "
+            raise RuntimeError("the C trajectory kernel (vla_runtime/core/_fastpath.c) is not built: "
                                "reinstall the package with a C compiler present (pip install -e .)")
         self.kernel = KERNEL if kernel is None else bool(kernel)
         self._spec: tuple | None = None

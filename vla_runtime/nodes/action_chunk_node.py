@@ -57,6 +57,7 @@ from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from vla_runtime.core.measured_state import POSE_KEYS, MeasuredState
 from vla_runtime.core.realtime import DEFAULT_SWITCH_INTERVAL_S
 from vla_runtime.nodes.common import (
     HOLD_BAD_OUTPUT,
@@ -101,10 +102,8 @@ class ActionChunkNode(LifecycleNode):
         self._io_node: Node | None = None
         self._polled: list[tuple[PolledTopic, object]] = []
         self._state_lock = threading.Lock()
-        self._joint_pos: dict[str, float] = {}
+        self.measured: MeasuredState | None = None  # built in on_configure (needs the package)
         self._joint_recv_mono = 0.0
-        self._ee: dict[str, float] = {}
-        self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
         self.loop = None
         self.package = None
         self.reader = None
@@ -140,6 +139,17 @@ class ActionChunkNode(LifecycleNode):
         groups = cfg.robot.groups
         self._gripper_joints = [(g, grp.joints[0]) for g, grp in groups.items() if grp.controller == "gripper"]
         self._cartesian_groups = [g for g, grp in groups.items() if grp.controller == "cartesian_impedance"]
+        # What the tick reads of the measured state: the proprio names, then the delta dims' current
+        # values (gripper dims and Cartesian poses through their aliases); see core/measured_state.
+        proprio_names = list(self.package.proprio.names)
+        delta_names = [n for n, d in zip(self.dim_names, self.space.delta_mask) if d]
+        self.measured = MeasuredState(
+            proprio_names + [n for n in delta_names if n not in proprio_names],
+            joint_aliases={f"{g}/gripper": joint for g, joint in self._gripper_joints},
+            pose_keys={f"{g}/{k}": k for g in self._cartesian_groups for k in POSE_KEYS})
+        self._proprio_idx = self.measured.index(proprio_names)
+        self._needs_current = bool(delta_names)
+        self._current_idx = self.measured.index([n if d else None for n, d in zip(self.dim_names, self.space.delta_mask)])
         self.horizon = spec.chunk_horizon
         self.chunk_rate = spec.control_rate_hz
         rate = float(self.get_parameter("rate_hz").value) or cfg.rates.fast_hz
@@ -281,9 +291,9 @@ class ActionChunkNode(LifecycleNode):
         if n == 0 or len(msg.position) != n or not all(math.isfinite(p) for p in msg.position):
             self.counters["bad_joint_states"] += 1
             return
+        pos = np.array(msg.position, dtype=np.float64)
         with self._state_lock:
-            for name, p in zip(names, msg.position):
-                self._joint_pos[name] = p
+            self.measured.update_joints(names, pos)
             self._joint_recv_mono = time.monotonic() if recv_mono is None else recv_mono
 
     def _raw_joint_state(self, raw: bytes, recv_mono: float) -> None:
@@ -296,28 +306,15 @@ class ActionChunkNode(LifecycleNode):
             self.counters["bad_joint_states"] += 1
             return
         with self._state_lock:
-            self._joint_pos.update(zip(names, pos.tolist()))
+            self.measured.update_joints(names, pos)  # the decoder's same names tuple per layout
             self._joint_recv_mono = recv_mono
 
     def _ee_cb(self, msg: PoseStamped, recv_mono: float | None = None) -> None:
         p, q = msg.pose.position, msg.pose.orientation
         with self._state_lock:
-            self._ee = {"x": p.x, "y": p.y, "z": p.z, "qx": q.x, "qy": q.y, "qz": q.z, "qw": q.w}
+            self.measured.update_pose((p.x, p.y, p.z, q.x, q.y, q.z, q.w))
 
     # ----------------------------------------------------------------- the fast loop
-    def _current_state(self) -> dict[str, float]:
-        """Measured state by action/proprio dim name: joints, ``<group>/gripper``, ``<group>/x..qw``."""
-        with self._state_lock:
-            state = dict(self._joint_pos)
-            ee = dict(self._ee)
-        for gname, joint in self._gripper_joints:
-            if joint in state:
-                state[f"{gname}/gripper"] = state[joint]
-        if ee:
-            for gname in self._cartesian_groups:
-                for k, v in ee.items():
-                    state[f"{gname}/{k}"] = v
-        return state
 
     def _poll_state(self, now: float) -> None:
         """Take the newest state messages (loop thread; see the module docstring)."""
@@ -356,15 +353,17 @@ class ActionChunkNode(LifecycleNode):
                     self._request_latent(now, sample.version)
                 return None
             self._lockstep_version = sample.version
-        state = self._current_state()
-        try:
-            self.feeds.set_proprio(self.package.proprio(state))
-        except (KeyError, ValueError):
+        with self._state_lock:
+            complete = self.measured.complete
+            proprio = self.measured.values[self._proprio_idx]
+            current = self.measured.values[self._current_idx] if self._needs_current else None
+        if not complete:
             return self._publish_hold(HOLD_PROPRIO_INCOMPLETE, now)
+        self.feeds.set_proprio(self.package.proprio(proprio))
         if self.use_prefix:
             prefix, mask = self.scheduler.prefix(now, None, self.horizon)
             if mask.any():
-                rel = self.space.to_relative(prefix, state)
+                rel = self.space.to_relative(prefix, current)
                 self.feeds.set_prefix(self.space.encode(rel), mask.astype(np.float32))
             else:
                 self.feeds.set_prefix(None, None)
@@ -376,9 +375,10 @@ class ActionChunkNode(LifecycleNode):
         if infer_ns / 1e9 > self.infer_budget_s:
             self.counters["overruns"] += 1
             return self._publish_hold(HOLD_OVERRUN, time.monotonic())
-        if not np.all(np.isfinite(raw)):
+        try:  # decode refuses non-finite values and a wrong shape (ValueError)
+            chunk = self.space.to_absolute(self.space.decode(raw), current)
+        except ValueError:
             return self._publish_hold(HOLD_BAD_OUTPUT, time.monotonic())
-        chunk = self.space.to_absolute(self.space.decode(raw), state)
         after = time.monotonic()
         try:
             self.scheduler.submit(chunk, obs_time_s=now, now_s=after)

@@ -25,6 +25,11 @@ import struct
 
 import numpy as np
 
+try:  # JointStateDecoder._positions_at in C (core/_fastpath.c); the Python walk is the reference
+    from vla_runtime.core._fastpath import jointstate_positions_at as _c_positions_at
+except ImportError:  # not built: the Python walk
+    _c_positions_at = None
+
 __all__ = ["PlanEncoder", "JointStateDecoder"]
 
 _ENCAPSULATION = 4  # CDR encapsulation header before the payload
@@ -123,13 +128,15 @@ class JointStateDecoder:
     does not deserialize or whose position count does not match its names.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kernel: bool | None = None) -> None:
         from rclpy.serialization import deserialize_message
         from sensor_msgs.msg import JointState
 
         self._deserialize = deserialize_message
         self._type = JointState
-        self._name_bytes: list[bytes] = []  # the current names, NUL-terminated, as serialized
+        self._name_bytes: tuple[bytes, ...] = ()  # the current names, NUL-terminated, as serialized
+        #: Walk the layout in C (None: where it is built; False: the Python reference).
+        self.kernel = _c_positions_at is not None if kernel is None else bool(kernel and _c_positions_at)
         self.names: tuple[str, ...] = ()
         self.slow_path = 0  # messages that took the full deserialization
 
@@ -139,6 +146,8 @@ class JointStateDecoder:
 
     def _positions_at(self, raw: bytes) -> int:
         """Offset of the positions if ``raw`` has the current names (else -1)."""
+        if self.kernel:
+            return _c_positions_at(raw, self._name_bytes)
         u32 = int.from_bytes
         size = len(raw)
         o = _ENCAPSULATION + 8  # after the stamp
@@ -179,8 +188,8 @@ class JointStateDecoder:
             raise ValueError(f"JointState with {len(names)} names and {len(pos)} positions")
         if names != self.names:
             self.names = names
-            self._name_bytes = [n.encode() + b"\0" for n in names]
+            self._name_bytes = tuple(n.encode() + b"\0" for n in names)
             at = self._positions_at(raw)
             if at < 0 or not np.array_equal(np.frombuffer(raw, "<f8", len(pos), at), pos, equal_nan=True):
-                self._name_bytes = []  # a layout this walk does not know: always the slow path
+                self._name_bytes = ()  # a layout this walk does not know: always the slow path
         return names, pos

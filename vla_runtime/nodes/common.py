@@ -195,6 +195,8 @@ class PolledTopic:
     def __init__(self, node: Node, msg_type, topic: str, qos: QoSProfile = QOS_NEWEST,  # noqa: ANN001
                  raw: bool = False) -> None:
         self.sub = node.create_subscription(msg_type, topic, lambda _msg: None, qos, raw=raw)
+        # A reader that keeps one sample holds at most one: a single take is the newest.
+        self._one = qos.history == HistoryPolicy.KEEP_LAST and qos.depth == 1
 
     def _take(self):  # noqa: ANN202
         sub = self.sub
@@ -207,8 +209,10 @@ class PolledTopic:
 
     def take_newest(self):  # noqa: ANN201
         """The newest message not yet taken and its receive time (wall ns), or None."""
-        newest = None
         with self.sub.handle:
+            if self._one:
+                return self._take()
+            newest = None
             while (got := self._take()) is not None:
                 newest = got
         return newest

@@ -1,11 +1,15 @@
-/* _trajkernel: the ChunkScheduler's trajectory sampling in C (vla_runtime/core/chunk_scheduler.py).
+/* _fastpath: the fast path's per-tick numerics in C, each the twin of a Python reference.
  *
- * The 30 Hz loop samples the executing trajectory twice per tick: the RTC prefix before inference
- * and the plan window after it. In numpy that is ~60 small ufunc calls per tick, and each costs
- * microseconds when the loop wakes cold every 33 ms. Here it is one call each.
+ * - sample / window / prefix: the ChunkScheduler's trajectory sampling (core/chunk_scheduler.py).
+ *   The 30 Hz loop samples the executing trajectory twice per tick: the RTC prefix before inference
+ *   and the plan window after it. In numpy that is ~60 small ufunc calls per tick, and each costs
+ *   microseconds when the loop wakes cold every 33 ms (measured: the same Python code runs 5-20x
+ *   slower 33 ms after its last run than back to back). Here it is one call each.
+ * - jointstate_positions_at: where a serialized sensor_msgs/JointState keeps its positions, if its
+ *   names are the expected ones (nodes/cdr.py, JointStateDecoder._positions_at).
  *
- * Semantics are those of the numpy implementation in chunk_scheduler.py, which stays the reference
- * (and the fallback when this module is not built); test_chunk_scheduler.py checks that both agree.
+ * Semantics are those of the Python implementations, which stay the reference (and the fallback
+ * when this module is not built); test_chunk_scheduler.py and test_cdr.py check that both agree.
  *
  * A trajectory arrives as a "spec": a tuple of levels, outermost first.
  *   (0, points, t0, dt, cubic)                                  a chunk
@@ -415,7 +419,61 @@ static PyObject *k_prefix(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------- sensor_msgs/JointState CDR */
+#define ENCAPS 4 /* CDR encapsulation header */
+
+static Py_ssize_t cdr_align(Py_ssize_t o, Py_ssize_t k) { return ENCAPS + ((o - ENCAPS + k - 1) / k) * k; }
+
+static int read_u32(const unsigned char *b, Py_ssize_t size, Py_ssize_t o, Py_ssize_t *v) {
+    if (o < 0 || o + 4 > size) return 0;
+    *v = (Py_ssize_t)((unsigned long)b[o] | ((unsigned long)b[o + 1] << 8) | ((unsigned long)b[o + 2] << 16) |
+                      ((unsigned long)b[o + 3] << 24));
+    return 1;
+}
+
+PyDoc_STRVAR(js_doc,
+             "jointstate_positions_at(raw, names) -> offset\n\n"
+             "Offset of the positions in a serialized JointState (little-endian CDR) whose names are "
+             "exactly `names` (a tuple of NUL-terminated bytes) and whose position count matches; -1 "
+             "otherwise. Padding bytes are never compared.");
+
+static PyObject *k_js_positions_at(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer rb;
+    PyObject *names;
+    if (!PyArg_ParseTuple(args, "y*O!", &rb, &PyTuple_Type, &names)) return NULL;
+    const unsigned char *b = (const unsigned char *)rb.buf;
+    Py_ssize_t size = rb.len, n = PyTuple_GET_SIZE(names), v, o = ENCAPS + 8; /* after the stamp */
+    Py_ssize_t result = -1;
+    if (!read_u32(b, size, o, &v)) goto done;
+    o = cdr_align(o + 4 + v, 4); /* frame_id */
+    if (!read_u32(b, size, o, &v) || v != n) goto done;
+    o += 4;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *nb = PyTuple_GET_ITEM(names, i);
+        if (!PyBytes_Check(nb)) {
+            PyBuffer_Release(&rb);
+            PyErr_Format(PyExc_TypeError, "names[%zd] must be bytes", i);
+            return NULL;
+        }
+        Py_ssize_t len = PyBytes_GET_SIZE(nb);
+        o = cdr_align(o, 4);
+        if (!read_u32(b, size, o, &v) || v != len || o + 4 + len > size ||
+            memcmp(b + o + 4, PyBytes_AS_STRING(nb), (size_t)len) != 0)
+            goto done;
+        o += 4 + len;
+    }
+    o = cdr_align(o, 4);
+    if (!read_u32(b, size, o, &v) || v != n) goto done;
+    o = cdr_align(o + 4, 8);
+    if (o + 8 * n <= size) result = o;
+done:
+    PyBuffer_Release(&rb);
+    return PyLong_FromSsize_t(result);
+}
+
 static PyMethodDef methods[] = {
+    {"jointstate_positions_at", k_js_positions_at, METH_VARARGS, js_doc},
     {"sample", k_sample, METH_VARARGS, sample_doc},
     {"window", k_window, METH_VARARGS, window_doc},
     {"prefix", k_prefix, METH_VARARGS, prefix_doc},
@@ -423,9 +481,10 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_trajkernel",
-    "ChunkScheduler trajectory sampling in C (see chunk_scheduler.py, the reference).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_fastpath",
+    "The fast path's per-tick numerics in C (see _fastpath.c; the Python twins are the reference).", -1,
+    methods,
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__trajkernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastpath(void) { return PyModule_Create(&module); }
