@@ -176,3 +176,49 @@ def test_stop_and_go_baseline_alternates_inference_and_execution(supervisor, pro
         assert moving[0] - a >= 0.3, f"motion {moving[0] - a:.3f} s after the request: inference was not waited for"
         assert 0.3 <= moving[-1] - moving[0] <= 0.7, f"the chunk played for {moving[-1] - moving[0]:.3f} s"
         assert b - moving[-1] < 0.2, "the next request did not follow the end of the chunk"
+
+
+@pytest.mark.parametrize("poll_state", [True, False], ids=["polled", "callbacks"])
+def test_state_merged_from_split_joint_state_messages(supervisor, probe, write_config, domain_id, tmp_path,
+                                                      poll_state):
+    """The arm and the gripper publish their joint states separately (as many robots do): the fast
+    path HOLDs while the gripper's measurement is missing from its proprio, and plans once both
+    have arrived, whether the loop polls its state or takes it in callbacks."""
+    cfg = write_config("sim_panda.yaml", {
+        "nodes": ["slow_reasoner", "action_chunk_node"],
+        "latent": {"transport": "shm", "name": f"vla_test_{domain_id}_{os.getpid()}", "max_age_s": 1.5},
+    })
+    plans = probe.collect(JointTrajectory, "/vla/action_chunk", QOS_COMMAND)
+    node = probe.node
+    js_pub = node.create_publisher(JointState, "/joint_states", QOS_SENSOR)
+    img_pub = node.create_publisher(Image, "/camera/scene/image_raw", QOS_SENSOR)
+    gripper_on = threading.Event()
+
+    def joints():
+        js_pub.publish(JointState(name=JOINTS[:7], position=HOME[:7]))
+        if gripper_on.is_set():
+            js_pub.publish(JointState(name=["panda_finger_joint1", "panda_finger_joint2"], position=[0.04, 0.04]))
+
+    def image():
+        img = Image(height=96, width=96, encoding="rgb8", step=96 * 3)
+        img.data = bytes(96 * 96 * 3)
+        img.header.stamp = node.get_clock().now().to_msg()
+        img_pub.publish(img)
+
+    node.create_timer(1 / 200, joints)
+    node.create_timer(1 / 10, image)
+    supervisor.start(NodeSpec("slow_reasoner", NODE_MODULES["slow_reasoner"], str(cfg)))
+    supervisor.start(NodeSpec("action_chunk_node", NODE_MODULES["action_chunk_node"], str(cfg),
+                              params={"poll_state": poll_state}))
+    try:
+        wait_for(lambda: sum(1 for _, m in plans if m.header.frame_id == "hold: proprio incomplete") >= 10, 60,
+                 what="HOLD for the missing gripper measurement")
+    except AssertionError:
+        raise AssertionError(f"plan reasons seen: {sorted({m.header.frame_id for _, m in plans})}\n"
+                             f"{node_logs(tmp_path)}") from None
+    assert not any(m.points for _, m in plans), "planned without the gripper's measurement"
+    gripper_on.set()
+    wait_for(lambda: sum(1 for _, m in plans if m.points) >= 10, 10, what="plans once the gripper reports")
+    last = next(m for _, m in reversed(plans) if m.points)
+    assert last.joint_names == JOINTS[:7] + ["gripper/gripper"]
+    assert all(np.all(np.isfinite(p.positions)) for p in last.points)
