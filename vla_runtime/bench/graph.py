@@ -118,11 +118,12 @@ def bench_max_rate(config: str | os.PathLike | None = None, rates: tuple[float, 
     """Highest fast-loop rate with < 0.1 % deadline misses, for the null engine and the model.
 
     Each rate runs for at least ``min_ticks`` ticks (so one miss in a thousand is resolvable) and
-    ``min_duration`` seconds; the sweep stops at the first rate that misses.
+    ``min_duration`` seconds; the sweep stops at the first rate that misses. ``at_sweep_end``
+    says that the last rate tried still passed: the maximum is at least that, not measured.
     """
     path = Path(config) if config else DEFAULT_CONFIG
     cfg = load_config(path)
-    rates = rates or (100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0)
+    rates = rates or (100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 600.0, 800.0, 1000.0)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="vla_bench_") as tmp:
         domain = _private_domain()
@@ -155,7 +156,7 @@ def bench_max_rate(config: str | os.PathLike | None = None, rates: tuple[float, 
                     if not ok:
                         break
                     best = r
-                results[engine] = {"max_rate_hz": best, "tried": tried}
+                results[engine] = {"max_rate_hz": best, "at_sweep_end": best == rates[-1], "tried": tried}
     null_max = results["null"]["max_rate_hz"] or 0.0
     return {
         "benchmark": "max-rate",
