@@ -46,10 +46,8 @@ def test_fault_halts_holds_and_reset_waits_for_the_cause(graph):
     wait_for(lambda: len(g.ee) >= 20, 5.0, what="hand poses from the sim")
     # From a steady POLICY, as the fault bench does: on a cold machine the fast path's first
     # seconds can stall past its 133 ms timeout, which the detector rightly halts (a fresh-clone
-    # run was HALTED before the fault here). recover() resets such a start-up halt.
-    g.recover(20.0)
-    time.sleep(0.5)
-    g.recover(20.0)
+    # run was HALTED before the fault here); steady_policy() resets such a halt and waits.
+    g.steady_policy(0.5, timeout=40.0)
     # Fault: the fast path freezes (SIGSTOP) — plans stop, the detector's fast-path monitor fires.
     pid = g.sup.process("action_chunk_node").pid
     t_f = time.monotonic()

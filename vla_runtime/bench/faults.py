@@ -247,6 +247,19 @@ class GraphUnderTest:
                 self.probe.call(Trigger, SERVICE_RESET, Trigger.Request(), timeout=5.0)
             time.sleep(0.05)
 
+    def steady_policy(self, settle_s: float = 0.5, timeout: float = 30.0) -> None:
+        """Back to POLICY (see :meth:`recover`), and POLICY without a break for ``settle_s``: a fault
+        injected now starts from a running policy, not from the tail of the last recovery."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.recover(max(1.0, deadline - time.monotonic()))
+            n = len(self.safety)
+            time.sleep(settle_s)
+            if self.mode() == "POLICY" and all(s.msg.message == "POLICY" for s in self.safety[n:]):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no steady POLICY for {settle_s} s within {timeout} s; state {self.state()}")
+
     def safe_after(self, t0: float) -> tuple[float | None, str]:
         """(time of the first HOLD/HALTED report after t0, the worst mode seen after t0)."""
         first, worst = None, ""
@@ -326,8 +339,7 @@ def _nan_plan(g: GraphUnderTest, names: list[str], positions: float | None = Non
 
 def _run_graph_scenario(g: GraphUnderTest, sc: Scenario) -> dict:
     dims = list(g.cfg.robot.groups["arm"].joints) + ["gripper/gripper"] if "arm" in g.cfg.robot.groups else []
-    g.recover()
-    time.sleep(0.5)  # steady POLICY
+    g.steady_policy(0.5)
     rejected0 = g.rejected_count()
     t_f = time.monotonic()
     restore = None
