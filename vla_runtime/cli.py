@@ -157,7 +157,7 @@ def cmd_calibrate_detector(args: argparse.Namespace) -> int:
 
     try:
         result = calibrate_detector(args.rollouts, args.alpha, package=args.package, bin_s=args.bin_s,
-                                    method=args.method)
+                                    method=args.method, labels_from_fault=args.labels == "fault")
     except (FileNotFoundError, ValueError) as e:
         print(f"vla-runtime calibrate-detector: {e}", file=sys.stderr)
         return 1
@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--package", default=None, help="model package to write detector/ into")
     p.add_argument("--bin-s", type=float, default=0.5, help="time-bin width of the threshold")
     p.add_argument("--method", choices=["functional", "per_bin"], default="functional")
+    p.add_argument("--labels", choices=["fault", "episode"], default="fault",
+                   help="per-step training targets: a failed episode fails from its induced fault on "
+                        "(fault, the default) or throughout (episode)")
     p.set_defaults(func=cmd_calibrate_detector)
 
     p = sub.add_parser("eval", help="run task episodes through the whole node graph and score them")

@@ -138,16 +138,32 @@ def _layout_of(rollouts: Sequence[Rollout]) -> FeatureLayout:
     return FeatureLayout.parse(labels.pop(), rollouts[0].features.shape[1])
 
 
+def step_labels(r: Rollout) -> np.ndarray:
+    """Per-step training targets: a failed episode counts as failing from its induced fault on
+    (nominal before it) where the fault time is known, and throughout otherwise."""
+    t = np.asarray(r.times, dtype=np.float64)
+    if r.label and r.fault_t is not None:
+        return (t >= r.fault_t).astype(np.float64)
+    return np.full(len(t), float(r.label))
+
+
 def train_detector(rollouts: Sequence[Rollout], hidden: int = 32, epochs: int = 300, accumulate: str = "max_ema",
-                   seed: int = 0) -> LearnedDetector:
-    """Train the MLP head on successes and failures; the result is not calibrated yet."""
+                   seed: int = 0, labels_from_fault: bool = True) -> LearnedDetector:
+    """Train the MLP head on successes and failures; the result is not calibrated yet.
+
+    ``labels_from_fault``: train on :func:`step_labels` (a failure's steps before its induced fault
+    are nominal), not on the whole-episode label, which taught the head to alarm on the nominal
+    start of failed episodes (alarms before the fault).
+    """
     layout = _layout_of(rollouts)
     labels = [r.label for r in rollouts]
     if len(set(labels)) < 2:
         raise ValueError(f"training needs both successful and failed rollouts, got labels {sorted(set(labels))}")
     x = [episode_step_features(layout, r.features) for r in rollouts]
-    scorer = train_scorer(x, labels, hidden=hidden, epochs=epochs, accumulate=accumulate, seed=seed)
-    return LearnedDetector(layout, scorer, None, {"trained_on": len(rollouts), "train_failures": int(sum(labels))})
+    steps = [step_labels(r) for r in rollouts] if labels_from_fault else None
+    scorer = train_scorer(x, labels, hidden=hidden, epochs=epochs, accumulate=accumulate, seed=seed, step_labels=steps)
+    return LearnedDetector(layout, scorer, None, {"trained_on": len(rollouts), "train_failures": int(sum(labels)),
+                                                  "labels": "from the fault" if labels_from_fault else "episode"})
 
 
 def calibrate(model: LearnedDetector, successful_rollouts: Sequence[Rollout], alpha: float, bin_s: float = 0.5,
@@ -242,17 +258,19 @@ def split_rollouts(rollouts: Sequence[Rollout], fractions: tuple[float, float, f
 
 
 def calibrate_detector(rollouts_dir: str | os.PathLike, alpha: float, package: str | os.PathLike | None = None,
-                       bin_s: float = 0.5, method: str = "functional", seed: int = 0, epochs: int = 300) -> dict:
+                       bin_s: float = 0.5, method: str = "functional", seed: int = 0, epochs: int = 300,
+                       labels_from_fault: bool = True) -> dict:
     """The ``calibrate-detector`` command: train, calibrate, evaluate, save. Returns the report."""
     rollouts = load_rollouts(rollouts_dir)
     train, cal, held = split_rollouts(rollouts, seed=seed)
-    model = train_detector(train, epochs=epochs, seed=seed)
+    model = train_detector(train, epochs=epochs, seed=seed, labels_from_fault=labels_from_fault)
     cal_ok = [r for r in cal if r.label == 0]
     if not cal_ok:
         raise ValueError("the calibration split holds no successful rollout: record more successes")
     calibrate(model, cal_ok, alpha, bin_s=bin_s, method=method, seed=seed)
     report = {"rollouts": len(rollouts), "train": len(train), "calibration_successes": len(cal_ok),
               "heldout": len(held), "method": method, "bin_s": bin_s,
+              "labels": "from the fault" if labels_from_fault else "episode",
               "synthetic": any(r.meta.get("synthetic") for r in rollouts), **evaluate(model, held)}
     if not math.isfinite(float(np.max(model.threshold.thresholds))):
         report["warning"] = (f"too few calibration successes ({len(cal_ok)}) for alpha={alpha}: "

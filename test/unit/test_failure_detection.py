@@ -127,6 +127,40 @@ def test_train_calibrate_evaluate_on_synthetic(synthetic):
         calibrate(model, [r for r in cal if r.label == 1], alpha=0.2)
 
 
+def test_labels_from_the_fault_keep_a_failures_nominal_start_nominal(synthetic):
+    """Trained on per-step labels (failing from the induced fault on), the head scores the steps
+    before a held-out failure's fault low, like a success's, and the failing steps high; trained on
+    the episode label it scores those nominal steps (0.3 here against 0.02) as half-failing,
+    which is what raised alarms before the fault."""
+    from vla_runtime.detector_tools import step_labels
+
+    r = next(x for x in synthetic if x.label and x.fault_t is not None)
+    y = step_labels(r)
+    assert y[r.times < r.fault_t].sum() == 0 and y[r.times >= r.fault_t].min() == 1
+    ok = next(x for x in synthetic if not x.label)
+    np.testing.assert_array_equal(step_labels(ok), np.zeros(len(ok.times)))
+
+    train, _, held = split_rollouts(synthetic, seed=0)
+
+    def step_scores(labels_from_fault: bool) -> tuple[float, float, float]:
+        """Mean step probability: before the fault, from 1 s after it, on held-out successes."""
+        m = train_detector(train, epochs=200, labels_from_fault=labels_from_fault)
+        p = [m.scorer.step_probability(episode_step_features(LAYOUT, x.features)) for x in held]
+        pre = np.concatenate([q[x.times < x.fault_t] for q, x in zip(p, held) if x.label])
+        post = np.concatenate([q[x.times >= x.fault_t + 1.0] for q, x in zip(p, held) if x.label])
+        ok = np.concatenate([q for q, x in zip(p, held) if not x.label])
+        return float(pre.mean()), float(post.mean()), float(ok.mean())
+
+    pre_f, post_f, ok_f = step_scores(True)
+    pre_e, post_e, ok_e = step_scores(False)
+    assert pre_f < 0.1 and ok_f < 0.1 and post_f > 0.9, (pre_f, post_f, ok_f)
+    assert pre_e > 2 * pre_f and (post_f - pre_f) > (post_e - pre_e), (pre_e, post_e, ok_e)
+    with pytest.raises(ValueError, match="episodes \\[0\\] differ in length"):
+        from vla_runtime.core.failure_detection import train_scorer
+
+        train_scorer([np.zeros((3, 2)), np.zeros((2, 2))], [1, 0], step_labels=[np.zeros(2), np.zeros(2)])
+
+
 def test_save_load_roundtrip_without_pickle(synthetic, tmp_path):
     model = train_detector(synthetic[:30], epochs=50)
     calibrate(model, [r for r in synthetic[30:] if r.label == 0], alpha=0.2)

@@ -203,21 +203,29 @@ class ScoreAccumulator:
 
 def train_scorer(episodes: Sequence[np.ndarray], labels: Sequence[int], hidden: int = 32, epochs: int = 300,
                  lr: float = 3e-3, weight_decay: float = 1e-4, accumulate: str = "mean", seed: int = 0,
-                 balance: bool = True) -> FailureScorer:
+                 balance: bool = True, step_labels: Sequence[np.ndarray] | None = None) -> FailureScorer:
     """Train the MLP head with per-step BCE against the episode label (full-batch Adam).
 
     Args:
         episodes: Per-episode step features, each (T_i, D) (see :func:`episode_step_features`).
         labels: 1 = the episode failed, 0 = it succeeded.
         hidden: Hidden units.
-        balance: Weight steps so that failed and successful episodes count equally.
+        balance: Weight steps so that failing and nominal steps count equally.
+        step_labels: Per-step targets instead of the episode label, each (T_i,) of 0/1: a failed
+            episode whose fault started at a known time is nominal before it.
     """
     if len(episodes) != len(labels) or not episodes:
         raise ValueError(f"need one label per episode and ≥ 1 episode, got {len(episodes)} / {len(labels)}")
     if accumulate not in ("mean", "max_ema"):
         raise ValueError(f"accumulate must be 'mean' or 'max_ema', got {accumulate!r}")
     x = np.concatenate([np.asarray(e, dtype=np.float64) for e in episodes])
-    y = np.concatenate([np.full(len(e), float(lab)) for e, lab in zip(episodes, labels)])
+    if step_labels is None:
+        y = np.concatenate([np.full(len(e), float(lab)) for e, lab in zip(episodes, labels)])
+    else:
+        bad = [i for i, (e, s) in enumerate(zip(episodes, step_labels)) if len(s) != len(e)]
+        if len(step_labels) != len(episodes) or bad:
+            raise ValueError(f"step_labels need one (T_i,) array per episode; episodes {bad[:5]} differ in length")
+        y = np.concatenate([np.asarray(s, dtype=np.float64) for s in step_labels])
     # Each episode weighs the same whatever its length; classes weigh the same when balancing.
     w = np.concatenate([np.full(len(e), 1.0 / len(e)) for e in episodes])
     if balance:
