@@ -315,7 +315,6 @@ class ActionChunkNode(LifecycleNode):
             self.measured.update_pose((p.x, p.y, p.z, q.x, q.y, q.z, q.w))
 
     # ----------------------------------------------------------------- the fast loop
-
     def _poll_state(self, now: float) -> None:
         """Take the newest state messages (loop thread; see the module docstring)."""
         for topic, handler in self._polled:

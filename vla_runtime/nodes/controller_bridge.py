@@ -148,11 +148,10 @@ CONTROLLER_RETRY_S = 1.0
 SUPERVISE_HZ = 20.0
 #: An operator command older than this no longer moves the teleop target (it stops, still TELEOP).
 TELEOP_INPUT_FRESH_S = 0.15
-#: rclpy passes the publisher's GID to two-argument callbacks (Iron and later; Humble does not).
-_HALT_SOURCES = hasattr(Subscription, "CallbackType")
-
 #: Silence of the operator stream that ends teleop under a halt (the arbiter's timeout in TELEOP).
 TELEOP_TIMEOUT_S = 0.5
+#: rclpy passes the publisher's GID to two-argument callbacks (Iron and later; Humble does not).
+_HALT_SOURCES = hasattr(Subscription, "CallbackType")
 #: Teleop trajectories for joint_trajectory groups reach their point this many command periods ahead.
 TELEOP_LEAD_PERIODS = 2.0
 #: After teleop, the policy's commands are offset onto the resumed-from state; the offset fades out
