@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate-detector",
                        help="train the failure score on recorded rollouts and calibrate its conformal threshold")
-    p.add_argument("rollouts", help="directory of recorded rollouts (successes and failures)")
+    p.add_argument("rollouts", nargs="+", help="directories of recorded rollouts (successes and failures), pooled")
     p.add_argument("--alpha", type=float, default=0.2, help="allowed false-alarm rate on successful episodes")
     p.add_argument("--package", default=None, help="model package to write detector/ into")
     p.add_argument("--bin-s", type=float, default=0.5, help="time-bin width of the threshold")

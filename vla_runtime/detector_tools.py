@@ -257,11 +257,16 @@ def split_rollouts(rollouts: Sequence[Rollout], fractions: tuple[float, float, f
     return parts
 
 
-def calibrate_detector(rollouts_dir: str | os.PathLike, alpha: float, package: str | os.PathLike | None = None,
+def calibrate_detector(rollouts_dir: str | os.PathLike | Sequence[str | os.PathLike], alpha: float,
+                       package: str | os.PathLike | None = None,
                        bin_s: float = 0.5, method: str = "functional", seed: int = 0, epochs: int = 300,
                        labels_from_fault: bool = True) -> dict:
-    """The ``calibrate-detector`` command: train, calibrate, evaluate, save. Returns the report."""
-    rollouts = load_rollouts(rollouts_dir)
+    """The ``calibrate-detector`` command: train, calibrate, evaluate, save. Returns the report.
+
+    ``rollouts_dir``: one directory of recorded rollouts, or several (pooled, in the given order).
+    """
+    dirs = [rollouts_dir] if isinstance(rollouts_dir, (str, os.PathLike)) else list(rollouts_dir)
+    rollouts = [r for d in dirs for r in load_rollouts(d)]
     train, cal, held = split_rollouts(rollouts, seed=seed)
     model = train_detector(train, epochs=epochs, seed=seed, labels_from_fault=labels_from_fault)
     cal_ok = [r for r in cal if r.label == 0]

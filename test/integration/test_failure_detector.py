@@ -146,7 +146,7 @@ def test_learned_score_runs_on_the_reference_policys_live_features(domain_id, ro
         g.sup.start_graph(list(g.specs.values()))
         g.recover(90.0)  # a start-up hiccup of a hard monitor may halt first; reset it
         wait_for(lambda: diag.get("learned", "").startswith("loaded"), 10, what="the learned detector loaded")
-        assert "alpha 0.2" in diag["learned"], diag["learned"]
+        assert "alpha 0.1" in diag["learned"], diag["learned"]
         wait_for(lambda: math.isfinite(float(diag.get("score", "nan"))), 10, what="a learned failure score")
         steps = int(diag["learned_steps"])
         # The head scores every features message of the 30 Hz fast path.

@@ -194,7 +194,13 @@ def test_calibrate_detector_pipeline(synthetic, tmp_path):
     assert len(load_rollouts(tmp_path / "roll")) == len(synthetic)
     rep = calibrate_detector(tmp_path / "roll", alpha=0.2, package=tmp_path / "pkg", epochs=150)
     assert rep["synthetic"] is True and rep["roc_auc"] > 0.9, rep
+    assert rep["labels"] == "from the fault"
     assert (tmp_path / "pkg" / "detector" / "detector.yaml").exists()
+    # Two directories are pooled: the same rollouts split in two give the same report.
+    save_rollouts(synthetic[:40], tmp_path / "a")
+    save_rollouts(synthetic[40:], tmp_path / "b")
+    pooled = calibrate_detector([tmp_path / "a", tmp_path / "b"], alpha=0.2, epochs=150)
+    assert pooled["rollouts"] == len(synthetic) and pooled["roc_auc"] == rep["roc_auc"], pooled
 
 
 def test_roc_auc():

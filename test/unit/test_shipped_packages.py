@@ -96,11 +96,15 @@ def test_reference_policy_ships_a_calibrated_learned_detector_for_its_own_featur
 
     pkg = load_model_package(ROOT / "models" / "reference_reach", parts=())
     det = LearnedDetector.load(ROOT / "models" / "reference_reach" / "detector")
-    assert det.threshold is not None and det.threshold.alpha == 0.2
+    assert det.threshold is not None and det.threshold.alpha == 0.1
     assert np.all(np.isfinite(det.threshold.thresholds))
     spec = pkg.spec
     want = FeatureLayout.parse(det.layout.label)
     assert (want.latent_dim, want.horizon, want.action_dim) == (
         spec.latent.dim, spec.chunk_horizon, len(pkg.action_space.dim_names))
     ev = det.info["evaluation"]
-    assert ev["false_alarm_rate"] <= ev["alpha"] and ev["roc_auc"] >= 0.9 and not ev["synthetic"]
+    assert ev["roc_auc"] >= 0.9 and not ev["synthetic"] and ev["labels"] == "from the fault", ev
+    # The conformal bound is on the false-alarm RATE; one held-out split of n successes measures it
+    # with a binomial spread: it must be consistent with alpha (within two standard deviations).
+    n, a = ev["heldout_successes"], ev["alpha"]
+    assert n >= 40 and ev["false_alarm_rate"] <= a + 2 * (a * (1 - a) / n) ** 0.5, ev
