@@ -10,7 +10,7 @@ export PYOPENGL_PLATFORM ?= egl
 ROBOSUITE := robosuite==1.5.2
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-unit test-integration bench check clean
+.PHONY: all venv demo test test-unit test-integration bench check clean FORCE
 
 all: venv
 
@@ -31,9 +31,14 @@ $(VENV)/.stamp-iface: $(VENV)/.stamp-deps tools/build_interfaces.sh $(wildcard i
 	bash tools/build_interfaces.sh $(VENV)
 	touch $@
 
-$(VENV)/.stamp-pkg: $(VENV)/.stamp-iface setup.py setup.cfg package.xml vla_runtime/core/_fastpath.c
+# The editable install also builds the C extension core/_fastpath (in place, git-ignored); if it
+# is missing (a clean of ignored files), the install runs again.
+KERNEL_SO := $(wildcard vla_runtime/core/_fastpath*.so)
+$(VENV)/.stamp-pkg: $(VENV)/.stamp-iface setup.py setup.cfg package.xml vla_runtime/core/_fastpath.c $(if $(KERNEL_SO),,FORCE)
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+FORCE:
 
 demo: venv
 	$(VPY) -m vla_runtime.cli demo
@@ -53,4 +58,4 @@ test-integration: venv
 	$(VPY) -m pytest test/integration $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info vla_runtime/core/_fastpath*.so
