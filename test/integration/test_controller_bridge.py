@@ -8,7 +8,6 @@ and listens on the controller topics, ``/vla/safety_state`` and ``/diagnostics``
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 
@@ -334,58 +333,3 @@ def test_halt_latches_switches_and_reset_returns_to_hold(supervisor, probe, tmp_
     fake.chunk_fn = constant_chunks(dict(zip(ARM, HOME.tolist())))
     fake.wait_mode("POLICY", 5, tmp_path)
     fake.chunk_fn = None
-
-
-def test_halt_causes_are_kept_per_source(supervisor, probe, domain_id, tmp_path):
-    """Two nodes halt on /vla/halt: one's "cleared" does not clear the other's cause, and a
-    restarted source (same node name, a new publisher) clears what its predecessor raised."""
-    from vla_runtime.probe import Probe
-
-    fake = FakeRos2Control(probe, home_positions())
-    start_bridge(supervisor, SIM_PANDA)
-    fake.wait_controllers_ok(tmp_path)
-    fake.chunk_fn = constant_chunks(dict(zip(ARM, HOME.tolist())))
-    fake.wait_mode("POLICY", 10, tmp_path)
-
-    def state() -> dict[str, str]:
-        return kv(fake.safety[-1][1]) if fake.safety else {}
-
-    def wait_causes(pred, what: str) -> None:
-        wait_for(lambda: pred(state().get("halt_causes", "")), 5,
-                 what=f"{what} (halt_causes {state().get('halt_causes')!r})\n{node_logs(tmp_path)}")
-
-    def reset():
-        return probe.call(Trigger, SERVICE_RESET, Trigger.Request())
-
-    fake.halt_pub.publish(String(data="collision"))
-    fake.wait_mode("HALTED", 2, tmp_path)
-    fake.chunk_fn = None
-    estop = Probe(domain_id, "estop")
-    try:
-        pub = estop.node.create_publisher(String, TOPIC_HALT, QOS_LATCHED)
-        pub.publish(String(data="e-stop pressed"))
-        wait_causes(lambda c: "e-stop pressed" in c and "collision" in c, "both causes standing")
-        pub.publish(String(data=""))  # the e-stop is released; the collision cause stands
-        wait_causes(lambda c: "e-stop" not in c and "collision" in c, "only the e-stop's cause cleared")
-        assert state()["halt_cause_present"] == "true"
-        resp = reset()
-        assert not resp.success and "cause still present" in resp.message, resp.message
-        pub.publish(String(data="e-stop pressed"))
-        wait_causes(lambda c: "e-stop pressed" in c, "the e-stop's cause again")
-        # Its source is named (its node) before it goes away.
-        wait_causes(lambda c: f"/estop_{os.getpid()}: e-stop pressed" in c, "the e-stop's cause under its node's name")
-    finally:
-        estop.close()
-    fake.halt_pub.publish(String(data=""))  # the first source clears its own cause
-    wait_causes(lambda c: "collision" not in c and "e-stop pressed" in c,
-                "the collision cleared, the dead e-stop's cause standing")
-    assert not reset().success
-    again = Probe(domain_id, "estop")  # the e-stop node restarts: same name, a new publisher
-    try:
-        again.node.create_publisher(String, TOPIC_HALT, QOS_LATCHED).publish(String(data=""))
-        wait_for(lambda: state().get("halt_cause_present") == "false", 5,
-                 what=f"the restarted e-stop clearing its predecessor's cause ({state().get('halt_causes')!r})")
-    finally:
-        again.close()
-    resp = reset()
-    assert resp.success, resp.message

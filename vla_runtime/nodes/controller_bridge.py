@@ -10,13 +10,7 @@ Subscriptions:
     ``/joint_states`` (JointState, best effort: matches reliable and best-effort publishers).
     ``/ee_pose`` (PoseStamped, best effort) — measured end-effector pose of the Cartesian group(s).
     ``/vla/halt`` (String, QOS_LATCHED) — a non-empty string halts (latched); the halt cause is
-    considered present until its source publishes an empty string. A source is the publishing
-    node (namespace + name), so one node's "cleared" never clears another's cause, and a restarted
-    node clears what it raised before it died. The node behind a message is looked up from its
-    publisher GID on a helper thread at normal priority (a graph query on the real-time executor
-    thread hung the bridge); until then the GID stands for the source, which only delays a clear.
-    Where rclpy gives callbacks no publisher GID (before Iron), all publishers are one source: the
-    last message wins.
+    considered present until an empty string is published on the same topic.
     ``/vla/detector_heartbeat`` (Header, best effort) — enforced only when the config's ``nodes``
     lists ``failure_detector``.
 
@@ -58,7 +52,6 @@ Parameters: ``config_file`` (the runtime YAML), ``status_rate_hz`` (2.0),
 from __future__ import annotations
 
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -70,8 +63,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, Twist, TwistStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
-from rclpy.subscription import Subscription
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, Header, String
 from std_srvs.srv import Trigger
@@ -150,8 +141,6 @@ SUPERVISE_HZ = 20.0
 TELEOP_INPUT_FRESH_S = 0.15
 #: Silence of the operator stream that ends teleop under a halt (the arbiter's timeout in TELEOP).
 TELEOP_TIMEOUT_S = 0.5
-#: rclpy passes the publisher's GID to two-argument callbacks (Iron and later; Humble does not).
-_HALT_SOURCES = hasattr(Subscription, "CallbackType")
 #: Teleop trajectories for joint_trajectory groups reach their point this many command periods ahead.
 TELEOP_LEAD_PERIODS = 2.0
 #: After teleop, the policy's commands are offset onto the resumed-from state; the offset fades out
@@ -277,14 +266,7 @@ class ControllerBridgeNode(Node):
         # Measured state.
         self._joint_pos: dict[str, float] = {}
         self._ee_pose: tuple[np.ndarray, np.ndarray] | None = None
-        # /vla/halt: publisher GID → (its last message, "" = cleared; arrival number). GIDs are
-        # named (their node) by the _halt_namer thread; see _on_halt and _halt_causes.
-        self._halt_signals: dict[bytes, tuple[str, int]] = {}
-        self._halt_names: dict[bytes, str] = {}
-        self._halt_seq = 0
-        self._halt_to_name: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._halt_namer = threading.Thread(target=self._name_halt_sources, name="halt_source_namer", daemon=True)
-        self._halt_namer.start()  # before the executor thread turns real-time: it stays normal
+        self._halt_signal = ""
         self._pending: _Chunk | None = None
         self._mappers: dict[tuple[str, ...], CommandMapper | MappingError] = {}
 
@@ -391,12 +373,7 @@ class ControllerBridgeNode(Node):
         self.create_subscription(JointTrajectory, TOPIC_ACTION_CHUNK, self._on_chunk, QOS_COMMAND, callback_group=io)
         self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joint_state, QOS_SENSOR, callback_group=io)
         self.create_subscription(PoseStamped, TOPIC_EE_POSE, self._on_ee_pose, QOS_SENSOR, callback_group=io)
-        # Depth > 1: every source's latched last message must reach _on_halt, also when several
-        # arrive together (depth 1 would keep only the newest of them).
-        halt_qos = QoSProfile(history=QOS_LATCHED.history, depth=16, reliability=QOS_LATCHED.reliability,
-                              durability=QOS_LATCHED.durability)
-        self.create_subscription(String, TOPIC_HALT, self._on_halt if _HALT_SOURCES else (lambda m: self._on_halt(m, None)),
-                                 halt_qos, callback_group=io)
+        self.create_subscription(String, TOPIC_HALT, self._on_halt, QOS_LATCHED, callback_group=io)
         if self._detector_expected:
             self.create_subscription(Header, TOPIC_DETECTOR_HEARTBEAT, self._on_heartbeat, QOS_SENSOR,
                                      callback_group=io)
@@ -471,74 +448,17 @@ class ControllerBridgeNode(Node):
         with self._lock:
             self.arbiter.note_detector_heartbeat(self._now())
 
-    def _halt_causes(self) -> dict[str, str]:
-        """Standing halt causes by source: each source's newest message, where it is not empty."""
-        newest: dict[str, tuple[str, int]] = {}
-        for gid, (text, seq) in self._halt_signals.items():
-            src = self._halt_names.get(gid) or (f"gid:{gid.hex()}" if gid else "")
-            if src not in newest or newest[src][1] < seq:
-                newest[src] = (text, seq)
-        return {src: text for src, (text, _) in newest.items() if text}
-
     def _halt_cause_present(self) -> bool:
-        return bool(self._halt_causes())
+        return bool(self._halt_signal.strip())
 
-    def _on_halt(self, msg: String, info) -> None:  # noqa: ANN001 - rclpy MessageInfo (a dict) or None
-        text = msg.data.strip()
-        gid = bytes(((info or {}).get("publisher_gid") or {}).get("data") or b"")
+    def _on_halt(self, msg: String) -> None:
         with self._lock:
-            if text:
-                self.arbiter.halt(f"halt requested: {text}", persists=self._halt_cause_present)
-            self._halt_seq += 1
-            self._halt_signals[gid] = (text, self._halt_seq)
-            if gid and gid not in self._halt_names:
-                self._halt_to_name.put(gid)
-            if text:
-                self._publish_state()  # the state names this cause too
-                return
-            others = sorted(self._halt_causes())
-            if others:
-                self.get_logger().info(f"a halt cause cleared on /vla/halt; still present from {others}: "
-                                       "/vla/reset stays refused")
+            self._halt_signal = msg.data
+            if msg.data.strip():
+                self.arbiter.halt(f"halt requested: {msg.data.strip()}", persists=self._halt_cause_present)
             else:
                 self.get_logger().info("halt cause cleared on /vla/halt: /vla/reset may now leave HALTED")
-            self._publish_state()
-
-    def _name_halt_sources(self) -> None:
-        """Helper thread (normal priority): the node behind each new /vla/halt publisher GID.
-
-        The discovery data that names a publisher's node can come after its first message, so an
-        unknown GID is asked again every 50 ms, for up to 10 s (then it stays a source of its own).
-        """
-        pending: dict[bytes, float] = {}
-        while True:
-            try:
-                gid = self._halt_to_name.get(timeout=0.05 if pending else None)
-                if gid is None:
-                    return
-                pending.setdefault(gid, time.monotonic() + 10.0)
-            except queue.Empty:
-                pass
-            try:
-                eps = {bytes(ep.endpoint_gid): ep for ep in self.get_publishers_info_by_topic(TOPIC_HALT)}
-            except Exception:  # noqa: BLE001 - the node is going down
-                return
-            for gid, give_up in list(pending.items()):
-                ep = eps.get(gid)
-                name = None if ep is None else ep.node_name
-                if name and not name.startswith("_NODE_NAME_UNKNOWN"):
-                    with self._lock:
-                        before = self._halt_cause_present()
-                        self._halt_names[gid] = f"{ep.node_namespace.rstrip('/')}/{name}"
-                        if self._halt_cause_present() != before:
-                            self._publish_state()
-                    del pending[gid]
-                elif time.monotonic() > give_up:
-                    del pending[gid]
-
-    def destroy_node(self) -> None:
-        self._halt_to_name.put(None)
-        super().destroy_node()
+                self._publish_state()
 
     def _on_chunk(self, msg: JointTrajectory) -> None:
         now = self._now()
@@ -1374,7 +1294,6 @@ class ControllerBridgeNode(Node):
             "controllers": self._controllers_status,
             "switch_controller": self._switch_status,
             "halt_cause_present": str(self._halt_cause_present()).lower(),
-            "halt_causes": "; ".join(f"{s or 'halt'}: {t}" for s, t in sorted(self._halt_causes().items())),
             "teleop": ("engaged" if a.mode is Mode.TELEOP else "engaged under halt" if self._halt_teleop
                        else "off"),
             "teleop_group": self._tp_rt.name if self._tp_rt is not None else "none",
