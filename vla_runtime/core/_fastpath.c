@@ -40,9 +40,13 @@ typedef struct {
     int shape;
 } Level;
 
+/* Every buffer a call holds (the spec's arrays, then its inputs and outputs) lives in the Spec, so
+ * one spec_release at the end of a call releases all of them, on success and on every error. */
+#define MAX_CALL_BUFS 4
+
 typedef struct {
     Level lv[MAX_LEVELS];
-    Py_buffer bufs[MAX_LEVELS];
+    Py_buffer bufs[MAX_LEVELS + MAX_CALL_BUFS];
     int nlev;
     int nbuf;
     Py_ssize_t a;
@@ -53,15 +57,31 @@ static void spec_release(Spec *s) {
     s->nbuf = 0;
 }
 
-static int get_f64(Spec *s, PyObject *obj, int ndim, const char *what) {
+/* A C-contiguous float64 buffer of `ndim` dims, held by the Spec; NULL (exception set) otherwise. */
+static Py_buffer *get_f64(Spec *s, PyObject *obj, int ndim, int writable, const char *what) {
     Py_buffer *b = &s->bufs[s->nbuf];
-    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return NULL;
     s->nbuf++;
     if (b->ndim != ndim || b->itemsize != 8 || b->format == NULL || strcmp(b->format, "d") != 0) {
         PyErr_Format(PyExc_ValueError, "%s must be a C-contiguous float64 array of %d dims", what, ndim);
-        return -1;
+        return NULL;
     }
-    return 0;
+    return b;
+}
+
+/* An output: as get_f64, writable, with at least `rows` rows (and `a` columns when 2-D). */
+static double *get_out(Spec *s, PyObject *obj, int ndim, Py_ssize_t rows, Py_ssize_t a, const char *what) {
+    int held = s->nbuf;
+    Py_buffer *b = get_f64(s, obj, ndim, 1, what);
+    if (b == NULL && s->nbuf == held) return NULL; /* no buffer at all: the buffer protocol's error */
+    if (b == NULL || b->shape[0] < rows || (ndim == 2 && b->shape[1] != a)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be a writable C-contiguous float64 array of shape (%zd%s)", what,
+                     rows, ndim == 2 ? ", A" : "");
+        return NULL;
+    }
+    return (double *)b->buf;
 }
 
 static int parse_spec(PyObject *spec, Spec *s) {
@@ -103,15 +123,15 @@ static int parse_spec(PyObject *spec, Spec *s) {
         }
         Py_ssize_t a;
         if (L->kind == 1) {
-            if (get_f64(s, PyTuple_GET_ITEM(t, 1), 1, "a held value") < 0) return -1;
-            Py_buffer *b = &s->bufs[s->nbuf - 1];
+            Py_buffer *b = get_f64(s, PyTuple_GET_ITEM(t, 1), 1, 0, "a held value");
+            if (b == NULL) return -1;
             L->p = (const double *)b->buf;
             L->n = 1;
             a = b->shape[0];
             L->end = INFINITY;
         } else {
-            if (get_f64(s, PyTuple_GET_ITEM(t, 1), 2, "chunk points") < 0) return -1;
-            Py_buffer *b = &s->bufs[s->nbuf - 1];
+            Py_buffer *b = get_f64(s, PyTuple_GET_ITEM(t, 1), 2, 0, "chunk points");
+            if (b == NULL) return -1;
             L->p = (const double *)b->buf;
             L->n = b->shape[0];
             a = b->shape[1];
@@ -218,19 +238,6 @@ static double *scratch_for(const Spec *s, double *stack_buf, size_t stack_len) {
     return m;
 }
 
-static int get_out(PyObject *obj, Py_buffer *b, int ndim, Py_ssize_t rows, Py_ssize_t a, const char *what) {
-    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) return -1;
-    int ok = b->ndim == ndim && b->itemsize == 8 && b->format && strcmp(b->format, "d") == 0 &&
-             b->shape[0] >= rows && (ndim == 1 || b->shape[1] == a);
-    if (!ok) {
-        PyBuffer_Release(b);
-        PyErr_Format(PyExc_ValueError, "%s must be a writable C-contiguous float64 array of shape (%zd%s)", what,
-                     rows, ndim == 2 ? ", A" : "");
-        return -1;
-    }
-    return 0;
-}
-
 #define STACK_SCRATCH 1024
 
 PyDoc_STRVAR(sample_doc,
@@ -240,43 +247,22 @@ PyDoc_STRVAR(sample_doc,
 
 static PyObject *k_sample(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *spec_o, *ts_o, *out_o;
+    PyObject *spec_o, *ts_o, *out_o, *ret = NULL;
     if (!PyArg_ParseTuple(args, "OOO", &spec_o, &ts_o, &out_o)) return NULL;
     Spec s;
-    if (parse_spec(spec_o, &s) < 0) {
-        spec_release(&s);
-        return NULL;
-    }
-    Py_buffer tb, ob;
-    if (PyObject_GetBuffer(ts_o, &tb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-        spec_release(&s);
-        return NULL;
-    }
-    if (tb.ndim != 1 || tb.itemsize != 8 || !tb.format || strcmp(tb.format, "d") != 0) {
-        PyBuffer_Release(&tb);
-        spec_release(&s);
-        PyErr_SetString(PyExc_ValueError, "ts must be a C-contiguous float64 array of 1 dim");
-        return NULL;
-    }
-    Py_ssize_t m = tb.shape[0];
-    if (get_out(out_o, &ob, 2, m, s.a, "out") < 0) {
-        PyBuffer_Release(&tb);
-        spec_release(&s);
-        return NULL;
-    }
-    double stack_buf[STACK_SCRATCH];
-    double *scratch = scratch_for(&s, stack_buf, STACK_SCRATCH);
-    if (scratch) {
-        const double *ts = (const double *)tb.buf;
-        double *out = (double *)ob.buf;
-        for (Py_ssize_t r = 0; r < m; r++) eval_at(&s, 0, ts[r], out + r * s.a, scratch);
-        if (scratch != stack_buf) PyMem_Free(scratch);
-    }
-    PyBuffer_Release(&ob);
-    PyBuffer_Release(&tb);
+    double stack_buf[STACK_SCRATCH], *scratch = NULL, *out;
+    Py_buffer *tb;
+    if (parse_spec(spec_o, &s) < 0 || (tb = get_f64(&s, ts_o, 1, 0, "ts")) == NULL) goto done;
+    Py_ssize_t m = tb->shape[0];
+    if ((out = get_out(&s, out_o, 2, m, s.a, "out")) == NULL) goto done;
+    if ((scratch = scratch_for(&s, stack_buf, STACK_SCRATCH)) == NULL) goto done;
+    const double *ts = (const double *)tb->buf;
+    for (Py_ssize_t r = 0; r < m; r++) eval_at(&s, 0, ts[r], out + r * s.a, scratch);
+    ret = Py_NewRef(Py_None);
+done:
+    if (scratch && scratch != stack_buf) PyMem_Free(scratch);
     spec_release(&s);
-    if (!scratch) return NULL;
-    Py_RETURN_NONE;
+    return ret;
 }
 
 PyDoc_STRVAR(window_doc,
@@ -286,7 +272,7 @@ PyDoc_STRVAR(window_doc,
 
 static PyObject *k_window(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *spec_o, *times_o, *values_o;
+    PyObject *spec_o, *times_o, *values_o, *ret = NULL;
     double now, dt;
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "OddnOO", &spec_o, &now, &dt, &n, &times_o, &values_o)) return NULL;
@@ -295,41 +281,26 @@ static PyObject *k_window(PyObject *self, PyObject *args) {
         return NULL;
     }
     Spec s;
-    if (parse_spec(spec_o, &s) < 0) {
-        spec_release(&s);
-        return NULL;
-    }
-    Py_buffer tb, vb;
-    if (get_out(times_o, &tb, 1, n, 0, "times") < 0) {
-        spec_release(&s);
-        return NULL;
-    }
-    if (get_out(values_o, &vb, 2, n, s.a, "values") < 0) {
-        PyBuffer_Release(&tb);
-        spec_release(&s);
-        return NULL;
-    }
-    double stack_buf[STACK_SCRATCH];
-    double *scratch = scratch_for(&s, stack_buf, STACK_SCRATCH);
+    double stack_buf[STACK_SCRATCH], *scratch = NULL, *times, *values;
+    if (parse_spec(spec_o, &s) < 0 || (times = get_out(&s, times_o, 1, n, 0, "times")) == NULL ||
+        (values = get_out(&s, values_o, 2, n, s.a, "values")) == NULL ||
+        (scratch = scratch_for(&s, stack_buf, STACK_SCRATCH)) == NULL)
+        goto done;
+    double end = s.lv[0].end;
     Py_ssize_t m = 0;
-    if (scratch) {
-        double end = s.lv[0].end;
-        double *times = (double *)tb.buf, *values = (double *)vb.buf;
-        for (Py_ssize_t k = 0; k < n; k++) {
-            double t = now + dt * (double)k;
-            if (t > end + EPS) break;
-            double *row = values + m * s.a;
-            eval_at(&s, 0, t, row, scratch);
-            if (row_has_nan(row, s.a)) break;
-            times[m++] = t;
-        }
-        if (scratch != stack_buf) PyMem_Free(scratch);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        double t = now + dt * (double)k;
+        if (t > end + EPS) break;
+        double *row = values + m * s.a;
+        eval_at(&s, 0, t, row, scratch);
+        if (row_has_nan(row, s.a)) break;
+        times[m++] = t;
     }
-    PyBuffer_Release(&vb);
-    PyBuffer_Release(&tb);
+    ret = PyLong_FromSsize_t(m);
+done:
+    if (scratch && scratch != stack_buf) PyMem_Free(scratch);
     spec_release(&s);
-    if (!scratch) return NULL;
-    return PyLong_FromSsize_t(m);
+    return ret;
 }
 
 PyDoc_STRVAR(prefix_doc,
@@ -340,7 +311,7 @@ PyDoc_STRVAR(prefix_doc,
 
 static PyObject *k_prefix(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *spec_o, *fb_o, *out_o, *mask_o;
+    PyObject *spec_o, *fb_o, *out_o, *mask_o, *ret = NULL;
     double now, dt, delay;
     Py_ssize_t h;
     if (!PyArg_ParseTuple(args, "OddndOOO", &spec_o, &now, &dt, &h, &delay, &fb_o, &out_o, &mask_o)) return NULL;
@@ -349,74 +320,57 @@ static PyObject *k_prefix(PyObject *self, PyObject *args) {
         return NULL;
     }
     Spec s;
-    if (parse_spec(spec_o, &s) < 0) {
-        spec_release(&s);
-        return NULL;
-    }
-    Py_buffer ob, mb, fb;
-    int have_fb = fb_o != Py_None;
-    if (have_fb) {
-        if (PyObject_GetBuffer(fb_o, &fb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-            spec_release(&s);
-            return NULL;
-        }
-        if (fb.ndim != 1 || fb.itemsize != 8 || !fb.format || strcmp(fb.format, "d") != 0 || fb.shape[0] != s.a) {
-            PyBuffer_Release(&fb);
-            spec_release(&s);
+    double stack_buf[STACK_SCRATCH], end_val_buf[256], *scratch = NULL, *end_val = NULL, *out, *mask;
+    const double *last = NULL; /* the fallback, then the last defined row */
+    if (parse_spec(spec_o, &s) < 0) goto done;
+    if (fb_o != Py_None) {
+        int held = s.nbuf;
+        Py_buffer *fb = get_f64(&s, fb_o, 1, 0, "fallback");
+        if (fb == NULL && s.nbuf == held) goto done; /* no buffer at all: the buffer protocol's error */
+        if (fb == NULL || fb->shape[0] != s.a) {
+            PyErr_Clear();
             PyErr_SetString(PyExc_ValueError, "fallback must be a float64 array of shape (A,)");
-            return NULL;
+            goto done;
+        }
+        last = (const double *)fb->buf;
+    }
+    if ((out = get_out(&s, out_o, 2, h, s.a, "out")) == NULL || (mask = get_out(&s, mask_o, 1, h, 0, "mask")) == NULL ||
+        (scratch = scratch_for(&s, stack_buf, STACK_SCRATCH)) == NULL)
+        goto done;
+    Py_ssize_t A = s.a;
+    end_val = A <= 256 ? end_val_buf : PyMem_Malloc((size_t)A * sizeof(double));
+    if (end_val == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    double end = s.lv[0].end;
+    int have_end = 0, end_ok = 0;
+    for (Py_ssize_t i = 0; i < h; i++) {
+        mask[i] = (double)i * dt < delay - EPS ? 1.0 : 0.0;
+        double t = now + dt * (double)i;
+        double *row = out + i * A;
+        eval_at(&s, 0, t, row, scratch);
+        if (row_has_nan(row, A) && t > end) { /* past the plan's end: its final point */
+            if (!have_end) {
+                eval_at(&s, 0, end, end_val, scratch);
+                end_ok = !row_has_nan(end_val, A);
+                have_end = 1;
+            }
+            if (end_ok) memcpy(row, end_val, (size_t)A * sizeof(double));
+        }
+        if (row_has_nan(row, A)) { /* still unknown: the row before (the fallback at first) */
+            if (last) memcpy(row, last, (size_t)A * sizeof(double));
+            else memset(row, 0, (size_t)A * sizeof(double));
+        } else {
+            last = row;
         }
     }
-    if (get_out(out_o, &ob, 2, h, s.a, "out") < 0) {
-        if (have_fb) PyBuffer_Release(&fb);
-        spec_release(&s);
-        return NULL;
-    }
-    if (get_out(mask_o, &mb, 1, h, 0, "mask") < 0) {
-        PyBuffer_Release(&ob);
-        if (have_fb) PyBuffer_Release(&fb);
-        spec_release(&s);
-        return NULL;
-    }
-    double stack_buf[STACK_SCRATCH];
-    double *scratch = scratch_for(&s, stack_buf, STACK_SCRATCH);
-    if (scratch) {
-        Py_ssize_t A = s.a;
-        double *out = (double *)ob.buf, *mask = (double *)mb.buf;
-        double end = s.lv[0].end;
-        double end_val_buf[256];
-        double *end_val = A <= 256 ? end_val_buf : PyMem_Malloc((size_t)A * sizeof(double));
-        int have_end = 0, end_ok = 0;
-        const double *last = have_fb ? (const double *)fb.buf : NULL;
-        for (Py_ssize_t i = 0; i < h; i++) {
-            mask[i] = (double)i * dt < delay - EPS ? 1.0 : 0.0;
-            double t = now + dt * (double)i;
-            double *row = out + i * A;
-            eval_at(&s, 0, t, row, scratch);
-            if (row_has_nan(row, A) && t > end) { /* past the plan's end: its final point */
-                if (!have_end && end_val) {
-                    eval_at(&s, 0, end, end_val, scratch);
-                    end_ok = !row_has_nan(end_val, A);
-                    have_end = 1;
-                }
-                if (end_ok) memcpy(row, end_val, (size_t)A * sizeof(double));
-            }
-            if (row_has_nan(row, A)) { /* still unknown: the row before (the fallback at first) */
-                if (last) memcpy(row, last, (size_t)A * sizeof(double));
-                else memset(row, 0, (size_t)A * sizeof(double));
-            } else {
-                last = row;
-            }
-        }
-        if (end_val && end_val != end_val_buf) PyMem_Free(end_val);
-        if (scratch != stack_buf) PyMem_Free(scratch);
-    }
-    PyBuffer_Release(&mb);
-    PyBuffer_Release(&ob);
-    if (have_fb) PyBuffer_Release(&fb);
+    ret = Py_NewRef(Py_None);
+done:
+    if (end_val && end_val != end_val_buf) PyMem_Free(end_val);
+    if (scratch && scratch != stack_buf) PyMem_Free(scratch);
     spec_release(&s);
-    if (!scratch) return NULL;
-    Py_RETURN_NONE;
+    return ret;
 }
 
 /* ---------------------------------------------------------------- sensor_msgs/JointState CDR */
