@@ -206,8 +206,19 @@ def test_hold_streak_escalates_fast_path_holds_not_joint_state_hiccups(superviso
         m.header.frame_id = f"{reason} [t=1]"
         return m
 
-    def raised() -> list[str]:
-        return [m.data for _, m in halts if m.data]
+    def hold_until_halt(reason: str, since: int) -> str:
+        """Send HOLD plans for ``reason`` at 30 Hz until the detector halts; the text of its first
+        halt from ``halts[since]`` on. (Until, not a count: a depth-1 subscription may drop one of
+        a quick pair.)"""
+        n = since
+        raised = lambda: [m.data for _, m in halts[n:] if m.data]  # noqa: E731
+        for _ in range(60):
+            plans.publish(hold(reason))
+            if raised():
+                break
+            time.sleep(1 / 30)
+        wait_for(lambda: bool(raised()), 2.0, what=f"a halt for the {reason!r} streak\n{node_logs(tmp_path)}")
+        return raised()[0]
 
     # The bridge reports POLICY (the episode is armed), the fast path sends a real plan.
     safety.publish(DiagnosticStatus(message="POLICY", values=[KeyValue(key="mode", value="POLICY"),
@@ -221,14 +232,7 @@ def test_hold_streak_escalates_fast_path_holds_not_joint_state_hiccups(superviso
         time.sleep(1 / 30)
     time.sleep(0.3)
     # The fast path misses its budget tick after tick: that streak is the detector's to escalate.
-    # (Publishing until the halt: a depth-1 subscription may drop one of a quick pair.)
-    for _ in range(60):
-        plans.publish(hold(HOLD_OVERRUN))
-        if raised():
-            break
-        time.sleep(1 / 30)
-    wait_for(lambda: bool(raised()), 2.0, what=f"a halt for the over-budget streak\n{node_logs(tmp_path)}")
-    first = raised()[0]
+    first = hold_until_halt(HOLD_OVERRUN, since=0)  # the first halt of the test: none before
     assert first.startswith("failure_detector: hold_streak: fast path HOLD streak"), first
     assert HOLD_OVERRUN in first, first  # not a joint-state hold: those were not counted
 
@@ -236,11 +240,4 @@ def test_hold_streak_escalates_fast_path_holds_not_joint_state_hiccups(superviso
     n = len(halts)
     plans.publish(plan())
     wait_for(lambda: any(not m.data for _, m in halts[n:]), 2.0, what="the detector clearing its halt")
-    n = len(halts)
-    for _ in range(60):
-        plans.publish(hold(HOLD_STALE_LATENT))
-        if any(m.data for _, m in halts[n:]):
-            break
-        time.sleep(1 / 30)
-    wait_for(lambda: any(m.data for _, m in halts[n:]), 2.0, what="a halt for the stale-latent streak")
-    assert HOLD_STALE_LATENT in next(m.data for _, m in halts[n:] if m.data)
+    assert HOLD_STALE_LATENT in hold_until_halt(HOLD_STALE_LATENT, since=len(halts))
