@@ -10,7 +10,7 @@ export PYOPENGL_PLATFORM ?= egl
 ROBOSUITE := robosuite==1.5.2
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-unit test-integration bench check clean FORCE
+.PHONY: all venv demo test lint test-unit test-integration bench check clean FORCE
 
 all: venv
 
@@ -46,8 +46,12 @@ demo: venv
 check: venv
 	$(VPY) -m vla_runtime.cli check config/sim_panda.yaml
 
+# Lint first (ruff, configured in pyproject.toml): CI fails on a finding as on a failing test.
+lint: venv
+	$(VENV)/bin/ruff check .
+
 # pytest exits 5 when it collected nothing: that is a failure here, never a green run.
-test: venv
+test: venv lint
 	@$(VPY) -m pytest test $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

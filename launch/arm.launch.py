@@ -2,18 +2,19 @@
 
     ros2 launch vla_runtime arm.launch.py robot:=fr3      # Franka FR3 (config/franka_fr3.yaml)
     ros2 launch vla_runtime arm.launch.py robot:=ur5e     # UR5e (config/ur5e.yaml)
-    ros2 launch vla_runtime arm.launch.py config:=$(ros2 pkg prefix vla_runtime)/share/vla_runtime/config/jetson_orin.yaml
+    ros2 launch vla_runtime arm.launch.py \
+        config:=$(ros2 pkg prefix vla_runtime)/share/vla_runtime/config/jetson_orin.yaml
 
 The robot driver (franka_ros2 / Universal_Robots_ROS2_Driver) and its controllers are started by
 their own bringup, not here; run ``vla-runtime check <config>`` first. See docs/deployment.md.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
 
-from vla_runtime.launch_support import graph_from_arguments
+from launch import LaunchDescription
+from vla_runtime.graph.launch_support import graph_from_arguments
 
 
 def generate_launch_description() -> LaunchDescription:

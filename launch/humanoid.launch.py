@@ -7,12 +7,12 @@ The robot's own bringup (hardware interface, leg/stance control, controller_mana
 group controllers) runs outside this launch file. See docs/deployment.md.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
 
-from vla_runtime.launch_support import graph_from_arguments
+from launch import LaunchDescription
+from vla_runtime.graph.launch_support import graph_from_arguments
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -4,16 +4,16 @@
     ros2 launch vla_runtime sim.launch.py robot:=gr1       # MuJoCo GR-1 humanoid (config/sim_gr1.yaml)
     ros2 launch vla_runtime sim.launch.py config:=/path/to/my_sim.yaml
 
-The node list comes from the config's ``nodes:`` (via ``vla_runtime.supervisor.graph_for_config``),
+The node list comes from the config's ``nodes:`` (via ``vla_runtime.graph.supervisor.graph_for_config``),
 exactly as ``vla-runtime up <config>`` starts it.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
 
-from vla_runtime.launch_support import graph_from_arguments
+from launch import LaunchDescription
+from vla_runtime.graph.launch_support import graph_from_arguments
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -16,7 +16,7 @@ import yaml
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-from vla_runtime.probe import Probe, wait_for  # noqa: F401 - re-exported for tests
+from vla_runtime.graph.probe import Probe, wait_for  # noqa: F401 - re-exported for tests
 
 ROOT = Path(__file__).resolve().parents[1]
 _counter = itertools.count()
@@ -32,7 +32,7 @@ def domain_id() -> int:
 @pytest.fixture
 def ros_env(domain_id, monkeypatch) -> dict[str, str]:
     """Environment for node processes on the private domain (also set for this test process)."""
-    from vla_runtime.supervisor import ros_environment
+    from vla_runtime.graph.supervisor import ros_environment
 
     env = ros_environment(domain_id)
     for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "MUJOCO_GL"):
@@ -43,7 +43,7 @@ def ros_env(domain_id, monkeypatch) -> dict[str, str]:
 @pytest.fixture
 def supervisor(ros_env, tmp_path) -> Iterator:
     """A Supervisor whose nodes are all stopped (SIGINT→SIGTERM→SIGKILL) after the test."""
-    from vla_runtime.supervisor import Supervisor
+    from vla_runtime.graph.supervisor import Supervisor
 
     sup = Supervisor(env=ros_env, log=None, log_dir=tmp_path / "logs")
     yield sup

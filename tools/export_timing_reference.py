@@ -101,9 +101,11 @@ class Size:
 
 SIZES = {
     # ~1.6M-parameter slow encoder, ~4.4M-parameter fast transformer (the panda package).
-    "full": Size(slow_width=256, slow_convs=(64, 128), slow_ff=1024, slow_mlp=512, fast_width=256, fast_layers=5, fast_ff=1152),
+    "full": Size(slow_width=256, slow_convs=(64, 128), slow_ff=1024, slow_mlp=512, fast_width=256, fast_layers=5,
+                 fast_ff=1152),
     # ~0.5M / ~1M: a few MB per package, for the per-robot packages kept in git.
-    "small": Size(slow_width=128, slow_convs=(32, 64), slow_ff=512, slow_mlp=256, fast_width=128, fast_layers=5, fast_ff=448),
+    "small": Size(slow_width=128, slow_convs=(32, 64), slow_ff=512, slow_mlp=256, fast_width=128, fast_layers=5,
+                  fast_ff=448),
 }
 
 
@@ -125,11 +127,11 @@ class Layout:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def A(self) -> int:  # noqa: N802 - the chunk's action width, as in the docs
+    def A(self) -> int:
         return len(self.action_mean)
 
     @property
-    def P(self) -> int:  # noqa: N802
+    def P(self) -> int:
         return len(self.proprio_names)
 
 
@@ -245,12 +247,12 @@ ROBOTS = {
 }
 
 
-def build_models(layout: Layout, size: Size):  # noqa: ANN201 - torch types stay local to this tool
+def build_models(layout: Layout, size: Size):
     """Build the two torch modules (random weights, fixed seed)."""
-    import torch  # noqa: PLC0415
-    from torch import nn  # noqa: PLC0415
+    import torch
+    from torch import nn
 
-    A, P = layout.A, layout.P  # noqa: N806
+    A, P = layout.A, layout.P
 
     class Attention(nn.Module):
         def __init__(self, d: int, heads: int) -> None:
@@ -258,7 +260,7 @@ def build_models(layout: Layout, size: Size):  # noqa: ANN201 - torch types stay
             self.h, self.dh = heads, d // heads
             self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
 
-        def forward(self, x, ctx, bias=None):  # noqa: ANN001, ANN202
+        def forward(self, x, ctx, bias=None):
             b, n, _ = x.shape
             m = ctx.shape[1]
             q = self.q(x).view(b, n, self.h, self.dh).transpose(1, 2)
@@ -277,7 +279,7 @@ def build_models(layout: Layout, size: Size):  # noqa: ANN201 - torch types stay
             self.att = Attention(d, heads)
             self.mlp = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Linear(ff, d))
 
-        def forward(self, x, bias=None):  # noqa: ANN001, ANN202
+        def forward(self, x, bias=None):
             h = self.n1(x)
             x = x + self.att(h, h, bias)
             return x + self.mlp(self.n2(x))
@@ -303,7 +305,7 @@ def build_models(layout: Layout, size: Size):  # noqa: ANN201 - torch types stay
             # A narrower encoder still emits the K×D latent every package shares.
             self.proj = nn.Linear(d, D) if d != D else None
 
-        def forward(self, image, instruction_ids, instruction_mask):  # noqa: ANN001, ANN202
+        def forward(self, image, instruction_ids, instruction_mask):
             x = (image.float() / 127.5) - 1.0
             img = self.conv(x).flatten(2).transpose(1, 2) + self.img_pos
             txt = self.tok(instruction_ids) + self.txt_pos
@@ -330,7 +332,7 @@ def build_models(layout: Layout, size: Size):  # noqa: ANN201 - torch types stay
             self.norm = nn.LayerNorm(d)
             self.head = nn.Linear(d, A)
 
-        def forward(self, latent, proprio, prev_chunk, prefix_mask):  # noqa: ANN001, ANN202
+        def forward(self, latent, proprio, prev_chunk, prefix_mask):
             m = prefix_mask[..., None]
             act_in = torch.cat([prev_chunk * m, m], -1)
             x = torch.cat([self.lat(latent), self.pro(proprio)[:, None], self.act(act_in)], 1) + self.pos
@@ -346,11 +348,12 @@ def build_models(layout: Layout, size: Size):  # noqa: ANN201 - torch types stay
 def model_yaml(layout: Layout, size_name: str, n_slow: int, n_fast: int) -> dict:
     """The package's model.yaml content."""
     size = SIZES[size_name]
-    A, P = layout.A, layout.P  # noqa: N806
+    A, P = layout.A, layout.P
     description = (
         "Random-weight fast-slow VLA of realistic shape for latency and deadline measurements. "
         f"Slow: conv patchifier + 1 transformer block + {K} query cross-attention ({n_slow / 1e6:.2f}M params). "
-        f"Fast: {size.fast_layers}-block d={size.fast_width} transformer with an RTC prefix ({n_fast / 1e6:.2f}M params). "
+        f"Fast: {size.fast_layers}-block d={size.fast_width} transformer with an RTC prefix ({n_fast / 1e6:.2f}M "
+        "params). "
         f"Seed {SEED}; regenerate with tools/export_timing_reference.py. Its actions mean nothing."
     )
     if layout.robot != "panda" or size_name != layout.default_size:
@@ -373,7 +376,8 @@ def model_yaml(layout: Layout, size_name: str, n_slow: int, n_fast: int) -> dict
             "onnx": "slow.onnx",
             "rate_hz": 2.0,
             "inputs": [
-                {"name": "image", "shape": [1, 3, IMG, IMG], "dtype": "uint8", "role": "image", "camera": layout.camera, "layout": "NCHW"},
+                {"name": "image", "shape": [1, 3, IMG, IMG], "dtype": "uint8", "role": "image",
+                 "camera": layout.camera, "layout": "NCHW"},
                 {"name": "instruction_ids", "shape": [1, L], "dtype": "int64", "role": "instruction_ids"},
                 {"name": "instruction_mask", "shape": [1, L], "dtype": "int64", "role": "instruction_mask"},
             ],
@@ -404,9 +408,9 @@ def model_yaml(layout: Layout, size_name: str, n_slow: int, n_fast: int) -> dict
 
 def export(out: Path, check: bool, layout: Layout, size_name: str) -> None:
     """Export both graphs and model.yaml into ``out``."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    A, P = layout.A, layout.P  # noqa: N806
+    A, P = layout.A, layout.P
     slow, fast = build_models(layout, SIZES[size_name])
     n_slow = sum(p.numel() for p in slow.parameters())
     n_fast = sum(p.numel() for p in fast.parameters())
@@ -434,11 +438,12 @@ def export(out: Path, check: bool, layout: Layout, size_name: str) -> None:
         for stale in (path, out / f"{name}.onnx.data"):
             stale.unlink(missing_ok=True)
         with torch.no_grad():
-            torch.onnx.export(model, args, str(path), dynamo=True, input_names=ins, output_names=outs, external_data=False, optimize=True)
+            torch.onnx.export(model, args, str(path), dynamo=True, input_names=ins, output_names=outs,
+                              external_data=False, optimize=True)
         size_mb = sum(f.stat().st_size for f in out.glob(f"{name}.onnx*")) / 1e6
         print(f"wrote {path} ({size_mb:.1f} MB)")
         if check:
-            import onnxruntime as ort  # noqa: PLC0415
+            import onnxruntime as ort
 
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             got = sess.run(None, {n: a.numpy() for n, a in zip(ins, args)})[0]
@@ -449,10 +454,11 @@ def export(out: Path, check: bool, layout: Layout, size_name: str) -> None:
             if err > 1e-3:
                 raise SystemExit(f"{path}: onnxruntime disagrees with torch (max abs error {err})")
     header = (
-        "# %s — UNTRAINED, random weights (seed %d). For timing only: its actions mean nothing.\n"
-        "# Generated by tools/export_timing_reference.py; do not edit by hand.\n" % (layout.package, SEED)
+        f"# {layout.package} — UNTRAINED, random weights (seed {SEED}). For timing only: its actions mean nothing.\n"
+        "# Generated by tools/export_timing_reference.py; do not edit by hand.\n"
     )
-    text = yaml.safe_dump(model_yaml(layout, size_name, n_slow, n_fast), sort_keys=False, default_flow_style=None, allow_unicode=True, width=120)
+    text = yaml.safe_dump(model_yaml(layout, size_name, n_slow, n_fast), sort_keys=False, default_flow_style=None,
+                          allow_unicode=True, width=120)
     (out / "model.yaml").write_text(header + text, encoding="utf-8")
     print(f"wrote {out / 'model.yaml'}")
 
@@ -468,9 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare onnxruntime against torch after export")
     args = ap.parse_args(argv)
     try:
-        import torch  # noqa: F401, PLC0415
+        import torch  # noqa: F401 - only whether it is installed
     except ImportError:
-        print("this tool needs torch==2.13.0, onnx and onnxscript (pip install torch==2.13.0 onnx onnxscript)", file=sys.stderr)
+        print("this tool needs torch==2.13.0, onnx and onnxscript (pip install torch==2.13.0 onnx onnxscript)",
+              file=sys.stderr)
         return 2
     layout = ROBOTS[args.robot]()
     size_name = args.size or layout.default_size

@@ -7,7 +7,7 @@ One command, on CPU, in well under 30 minutes (2 cores)::
 
 Steps:
 
-1. **Dataset** (no ROS, faster than real time): the scripted expert of :mod:`vla_runtime.tasks`
+1. **Dataset** (no ROS, faster than real time): the scripted expert of :mod:`vla_runtime.sim.tasks`
    runs ``touch`` and ``touch_dynamic`` episodes on :class:`~vla_runtime.sim.robot.SimRobot`
    (random cube placements, all three colours). Every 30 Hz tick records the measured joints,
    the gripper and the expert's 16×7 joint chunk (the label); the scene camera is rendered at
@@ -57,8 +57,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vla_runtime.sim.scene import CUBE_HALF_SIZE  # noqa: E402
-from vla_runtime.tasks import ARM_JOINTS, CHUNK_HORIZON, CONTROL_HZ, GRIPPER_OPEN, run_expert_episode  # noqa: E402
+from vla_runtime.sim.scene import CUBE_HALF_SIZE  # noqa: E402 - after the sys.path insert above
+from vla_runtime.sim.tasks import (  # noqa: E402 - after the sys.path insert above
+    ARM_JOINTS,
+    CHUNK_HORIZON,
+    CONTROL_HZ,
+    GRIPPER_OPEN,
+    run_expert_episode,
+)
 
 SEED = 20261201
 IMG = 96                   # the config's scene camera is 96×96
@@ -82,7 +88,8 @@ def _offset_noise(rng: np.random.Generator, scale: float):
     def noise(k: int, chunk: np.ndarray) -> np.ndarray:
         seg = k // 15
         if seg not in offsets:
-            offsets[seg] = rng.normal(0.0, scale, size=chunk.shape[1]) if rng.random() < 0.7 else np.zeros(chunk.shape[1])
+            offsets[seg] = rng.normal(0.0, scale,
+                                      size=chunk.shape[1]) if rng.random() < 0.7 else np.zeros(chunk.shape[1])
         return np.broadcast_to(offsets[seg], chunk.shape)
 
     return noise
@@ -130,7 +137,7 @@ def generate(episodes: int, seed: int) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------ models
-def build_models():  # noqa: ANN201 - torch types stay local to this tool
+def build_models():
     import torch
     from torch import nn
 
@@ -158,7 +165,7 @@ def build_models():  # noqa: ANN201 - torch types stay local to this tool
             self.mlp = nn.Sequential(nn.Linear(2 + 32, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(),
                                      nn.Linear(256, K * D))
 
-        def features(self, image, ids, mask):  # noqa: ANN001, ANN202
+        def features(self, image, ids, mask):
             """(latent, heat logits over the g×g grid, soft-argmax keypoint in [-1, 1])."""
             b = image.shape[0]
             x = (image.float() - 128.0) / 64.0
@@ -172,10 +179,10 @@ def build_models():  # noqa: ANN201 - torch types stay local to this tool
             kp = torch.stack([(att * self.ku).sum(-1), (att * self.kv).sum(-1)], -1)
             return self.mlp(torch.cat([kp, t], -1)).view(b, K, D), logit, kp
 
-        def forward(self, image, ids, mask):  # noqa: ANN001, ANN202
+        def forward(self, image, ids, mask):
             return self.features(image, ids, mask)[0]
 
-        def latent_at(self, kp, ids, mask):  # noqa: ANN001, ANN202
+        def latent_at(self, kp, ids, mask):
             """The latent for a cube seen at keypoint ``kp`` (b, 2) in [-1, 1] (a perfect heat map)."""
             m = mask.float()[..., None]
             t = (self.emb(ids) * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -189,7 +196,7 @@ def build_models():  # noqa: ANN201 - torch types stay local to this tool
             self.net = nn.Sequential(nn.Linear(K * D + A, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
                                      nn.Linear(512, H * A))
 
-        def forward(self, latent, proprio):  # noqa: ANN001, ANN202
+        def forward(self, latent, proprio):
             b = latent.shape[0]
             delta = self.net(torch.cat([latent.reshape(b, -1), proprio], -1)).view(b, H, A)
             return proprio[:, None, :] + delta
@@ -198,7 +205,7 @@ def build_models():  # noqa: ANN201 - torch types stay local to this tool
     return Slow(), Fast()
 
 
-def camera_projection(camera: str = "scene", size: int = IMG):  # noqa: ANN201
+def camera_projection(camera: str = "scene", size: int = IMG):
     """``project(xyz (N,3), base frame) → (N,2)`` pixel (column, row) of the sim's ``camera`` at
     ``size``×``size`` (MuJoCo's pinhole: looks along −z, fovy vertical)."""
     import mujoco
@@ -232,7 +239,7 @@ def synthetic_states(data: dict[str, np.ndarray], n: int, seed: int) -> dict[str
     """
     from vla_runtime.core.config import load_config
     from vla_runtime.sim.robot import SimRobot
-    from vla_runtime.tasks import ReachExpert
+    from vla_runtime.sim.tasks import ReachExpert
 
     rng = np.random.default_rng(seed + 17)
     robot = SimRobot(load_config(ROOT / "config" / "sim_panda.yaml"))
@@ -262,7 +269,7 @@ def stats(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def heat_labels(uv, g: int = IMG // 2, sigma: float = 1.0):  # noqa: ANN001, ANN201
+def heat_labels(uv, g: int = IMG // 2, sigma: float = 1.0):
     """Soft one-hot targets on the g×g heat grid around pixel positions ``uv`` (b, 2)."""
     import torch
 
@@ -274,7 +281,7 @@ def heat_labels(uv, g: int = IMG // 2, sigma: float = 1.0):  # noqa: ANN001, ANN
 
 
 def train(data: dict[str, np.ndarray], minutes: float, seed: int, batch_frames: int = 48, per_frame: int = 8,
-          synth: dict[str, np.ndarray] | None = None, synth_batch: int = 256, project=None):  # noqa: ANN001
+          synth: dict[str, np.ndarray] | None = None, synth_batch: int = 256, project=None):
     """Joint training: action loss (old latent, fresh proprio) + the slow model's localisation:
     cross-entropy of its heat map against the named cube's projected pixel, and a linear read-out
     of the target's (x, y) from the latent (training-only head, not exported)."""
@@ -496,7 +503,7 @@ def export(slow, fast, mean, std, out: Path, info: dict) -> None:
 # ---------------------------------------------------------------------------- closed-loop check
 def sim_check(package: Path, episodes: int, seed: int) -> dict:
     """Drive the sim with the exported graphs in simulated time (no ROS): success per task."""
-    from vla_runtime.evaluation import run_eval
+    from vla_runtime.commands.evaluation import run_eval
 
     cfg = ROOT / "config" / "sim_panda_reach.yaml"
     over = Path(os.environ.get("TMPDIR", "/tmp")) / f"train_reference_check_{os.getpid()}.yaml"
@@ -524,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=SEED)
     args = ap.parse_args(argv)
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401 - only whether it is installed
     except ImportError:
         print("this tool needs torch==2.13.0, onnx and onnxscript (pip install torch==2.13.0 onnx onnxscript)",
               file=sys.stderr)

@@ -20,7 +20,7 @@ def _print_json(obj: dict) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from vla_runtime.check import check_config
+    from vla_runtime.commands.check import check_config
 
     rc = 0
     for path in args.configs:
@@ -50,8 +50,8 @@ def _load_or_exit(path: str):
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from vla_runtime.check import check_config
-    from vla_runtime.supervisor import run_up
+    from vla_runtime.commands.check import check_config
+    from vla_runtime.graph.supervisor import run_up
 
     report = check_config(args.config)
     if not report.ok:
@@ -64,7 +64,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from vla_runtime.deploy import write_keys
+    from vla_runtime.commands.deploy import write_keys
 
     try:
         paths = write_keys(args.dir, args.names, force=args.force)
@@ -78,7 +78,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
-    from vla_runtime.deploy import build_engines
+    from vla_runtime.commands.deploy import build_engines
     from vla_runtime.engines.base import EngineError
 
     try:
@@ -104,7 +104,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_teleop(args: argparse.Namespace) -> int:
-    from vla_runtime.teleop_keyboard import KeyboardTeleopError, run_keyboard
+    from vla_runtime.commands.teleop_keyboard import KeyboardTeleopError, run_keyboard
 
     if not args.keyboard:
         print("vla-runtime teleop: only --keyboard is built in; joysticks and SpaceMice go through the "
@@ -119,8 +119,8 @@ def cmd_teleop(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from vla_runtime.commands.replay import replay
     from vla_runtime.core.config import PROJECT_ROOT
-    from vla_runtime.replay import replay
 
     model = args.model or str(PROJECT_ROOT / "models" / "timing_reference")
     try:
@@ -135,7 +135,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_record_rollouts(args: argparse.Namespace) -> int:
-    from vla_runtime.detector_tools import SCENARIOS, record_rollouts, save_rollouts
+    from vla_runtime.commands.detector_tools import SCENARIOS, record_rollouts, save_rollouts
 
     _load_or_exit(args.config)
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
@@ -153,7 +153,7 @@ def cmd_record_rollouts(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_detector(args: argparse.Namespace) -> int:
-    from vla_runtime.detector_tools import calibrate_detector
+    from vla_runtime.commands.detector_tools import calibrate_detector
 
     try:
         result = calibrate_detector(args.rollouts, args.alpha, package=args.package, bin_s=args.bin_s,
@@ -166,7 +166,7 @@ def cmd_calibrate_detector(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vla_runtime.evaluation import run_eval
+    from vla_runtime.commands.evaluation import run_eval
 
     try:
         result = run_eval(args.task, args.episodes, mode=args.mode, slow_latency_ms=args.slow_latency_ms,
@@ -184,7 +184,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vla_runtime.demo import run_demo
+    from vla_runtime.commands.demo import run_demo
 
     return run_demo(args)
 

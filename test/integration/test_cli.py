@@ -50,7 +50,8 @@ def test_check_refuses_a_model_package_disagreeing_with_its_graph(tmp_path):
     pkg = tmp_path / "pkg"
     shutil.copytree(ROOT / "models/timing_reference", pkg)
     text = (pkg / "model.yaml").read_text().replace(
-        "  - name: proprio\n    shape: [1, 8]\n    dtype: float32", "  - name: proprio\n    shape: [1, 8]\n    dtype: float64")
+        "  - name: proprio\n    shape: [1, 8]\n    dtype: float32",
+        "  - name: proprio\n    shape: [1, 8]\n    dtype: float64")
     assert text != (pkg / "model.yaml").read_text(), "fixture edit did not apply"
     (pkg / "model.yaml").write_text(text)
     data = yaml.safe_load((ROOT / "config/sim_panda.yaml").read_text())

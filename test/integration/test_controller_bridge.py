@@ -22,10 +22,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from test.conftest import ROOT, node_logs, wait_for
-from vla_runtime.nodes.common import (
-    QOS_COMMAND,
-    QOS_LATCHED,
-    QOS_STATE,
+from vla_runtime.core.contract import (
     SERVICE_LIST_CONTROLLERS,
     SERVICE_RESET,
     SERVICE_SWITCH_CONTROLLER,
@@ -34,10 +31,9 @@ from vla_runtime.nodes.common import (
     TOPIC_HALT,
     TOPIC_JOINT_STATES,
     TOPIC_SAFETY_STATE,
-    ns_to_stamp,
-    stamp_to_ns,
 )
-from vla_runtime.supervisor import NodeSpec
+from vla_runtime.graph.supervisor import NodeSpec
+from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_STATE, ns_to_stamp, stamp_to_ns
 
 pytestmark = pytest.mark.integration
 

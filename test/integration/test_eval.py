@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from test.conftest import ROOT
-from vla_runtime.evaluation import run_eval
+from vla_runtime.commands.evaluation import run_eval
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from std_srvs.srv import Trigger
 
 from test.conftest import wait_for
 from vla_runtime.bench.faults import GraphUnderTest
-from vla_runtime.nodes.common import SERVICE_HOLD, SERVICE_RESET
+from vla_runtime.core.contract import SERVICE_HOLD, SERVICE_RESET
 from vla_runtime.nodes.failure_detector import decision_ns
 
 pytestmark = pytest.mark.integration
@@ -168,20 +168,18 @@ def test_hold_streak_escalates_fast_path_holds_not_joint_state_hiccups(superviso
 
     from test.conftest import node_logs
     from vla_runtime.core.config import load_config
-    from vla_runtime.nodes.common import (
+    from vla_runtime.core.contract import (
         HOLD_NO_JOINT_STATE,
         HOLD_OVERRUN,
         HOLD_STALE_JOINT_STATE,
         HOLD_STALE_LATENT,
-        QOS_COMMAND,
-        QOS_LATCHED,
-        QOS_SENSOR,
         TOPIC_ACTION_CHUNK,
         TOPIC_DETECTOR_HEARTBEAT,
         TOPIC_HALT,
         TOPIC_SAFETY_STATE,
     )
-    from vla_runtime.supervisor import NODE_MODULES, NodeSpec
+    from vla_runtime.graph.supervisor import NODE_MODULES, NodeSpec
+    from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
 
     cfg_path = write_config("sim_panda_detector.yaml")
     joints = list(load_config(cfg_path).robot.joint_names)
@@ -211,7 +209,10 @@ def test_hold_streak_escalates_fast_path_holds_not_joint_state_hiccups(superviso
         halt from ``halts[since]`` on. (Until, not a count: a depth-1 subscription may drop one of
         a quick pair.)"""
         n = since
-        raised = lambda: [m.data for _, m in halts[n:] if m.data]  # noqa: E731
+
+        def raised() -> list[str]:
+            return [m.data for _, m in halts[n:] if m.data]
+
         for _ in range(60):
             plans.publish(hold(reason))
             if raised():

@@ -16,8 +16,8 @@ from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from test.conftest import node_logs, wait_for
+from vla_runtime.graph.supervisor import NODE_MODULES, NodeSpec
 from vla_runtime.nodes.common import QOS_COMMAND, QOS_SENSOR
-from vla_runtime.supervisor import NODE_MODULES, NodeSpec
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ def test_stop_and_go_baseline_alternates_inference_and_execution(supervisor, pro
     only on a request, on a frame taken after it, so inference and motion never overlap."""
     from std_msgs.msg import Header
 
-    from vla_runtime.nodes.common import TOPIC_SYNC_REQUEST
+    from vla_runtime.core.contract import TOPIC_SYNC_REQUEST
 
     cfg = write_config("sim_panda.yaml", {
         "nodes": ["slow_reasoner", "action_chunk_node"],

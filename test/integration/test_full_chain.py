@@ -19,8 +19,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from test.conftest import node_logs, wait_for
 from vla_runtime.core.config import load_config
+from vla_runtime.graph.supervisor import graph_for_config
 from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR, ns_to_stamp
-from vla_runtime.supervisor import graph_for_config
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,8 @@ def test_policy_chunk_moves_the_arm_through_each_joint_controller(controller, na
                  what=f"the arm at the policy's target through {controller}")
     except AssertionError as e:
         state = {j: round(watch.joint(j), 3) for j in MODEL_MEAN}
-        raise AssertionError(f"{e}; joints {state}; mode {watch.mode()} {watch.values()}\n{node_logs(tmp_path)}") from None
+        raise AssertionError(f"{e}; joints {state}; mode {watch.mode()} "
+                             f"{watch.values()}\n{node_logs(tmp_path)}") from None
     for j, q in SIM_HOME.items():  # it really travelled: the start pose is far from the target
         assert abs(q - MODEL_MEAN[j]) > 0.1
 

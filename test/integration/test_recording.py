@@ -10,8 +10,8 @@ import yaml
 
 from test.conftest import node_logs, wait_for
 from vla_runtime.bench.teleop import GAMEPAD_TELEOP, TeleopRig
-from vla_runtime.recording import read_bag, recover
-from vla_runtime.supervisor import NodeSpec
+from vla_runtime.data.recording import read_bag, recover
+from vla_runtime.graph.supervisor import NodeSpec
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """The remote slow path: the latent crosses an authenticated ZeroMQ (CURVE) link between processes.
 
 Two real node processes over DDS (slow_reasoner as the CURVE server that binds, action_chunk_node
-as the authorised client) on loopback, with keys made by ``vla_runtime.deploy.write_keys`` the way
+as the authorised client) on loopback, with keys made by ``vla_runtime.commands.deploy.write_keys`` the way
 ``vla-runtime keys`` makes them. The test process plays the robot (joint states) and the camera.
 It checks that plans flow over the link, that losing the slow path ends in HOLD within
 ``latent.max_age_s``, and that peers without an authorised key receive nothing.
@@ -21,10 +21,10 @@ from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from test.conftest import node_logs, wait_for
+from vla_runtime.commands.deploy import write_keys
 from vla_runtime.core.latent_buffer import load_curve_keypair, load_curve_public_key
-from vla_runtime.deploy import write_keys
+from vla_runtime.graph.supervisor import NODE_MODULES, NodeSpec
 from vla_runtime.nodes.common import QOS_COMMAND, QOS_SENSOR
-from vla_runtime.supervisor import NODE_MODULES, NodeSpec
 
 pytestmark = pytest.mark.integration
 

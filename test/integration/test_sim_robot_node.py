@@ -14,8 +14,8 @@ from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from test.conftest import node_logs, wait_for
+from vla_runtime.graph.supervisor import NodeSpec
 from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
-from vla_runtime.supervisor import NodeSpec
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 
 from test.conftest import ROOT, node_logs, wait_for
 from vla_runtime.core.config import load_config
-from vla_runtime.supervisor import NodeSpec, Supervisor, graph_for_config
+from vla_runtime.graph.supervisor import NodeSpec, Supervisor, graph_for_config
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from std_msgs.msg import String
 
 from test.conftest import node_logs, wait_for
 from vla_runtime.bench.teleop import GAMEPAD_TELEOP, TeleopRig, run_trial
-from vla_runtime.supervisor import NodeSpec
+from vla_runtime.graph.supervisor import NodeSpec
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,7 @@ def test_bridge_started_after_the_press_still_hands_over(supervisor, probe, writ
     supervisor.start(NodeSpec("teleop", "vla_runtime.nodes.teleop", str(cfg)))
     from geometry_msgs.msg import TwistStamped
 
-    from vla_runtime.core.teleop import TOPIC_TELEOP_TWIST
+    from vla_runtime.core.contract import TOPIC_TELEOP_TWIST
     from vla_runtime.nodes.common import QOS_COMMAND
 
     twists = probe.collect(TwistStamped, TOPIC_TELEOP_TWIST, QOS_COMMAND)

@@ -19,12 +19,13 @@ JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 H = 4
 
 
-def space(groups: list[ActionGroup], norm: Normalization | None = None, **kw) -> ActionSpace:  # noqa: ANN003
+def space(groups: list[ActionGroup], norm: Normalization | None = None, **kw) -> ActionSpace:
     return ActionSpace(ActionSpec(groups=tuple(groups), normalization=norm or Normalization(), **kw), H)
 
 
 def panda(norm: Normalization | None = None) -> ActionSpace:
-    return space([ActionGroup(name="arm", kind="joint_position", joints=JOINTS), ActionGroup(name="hand", kind="gripper")], norm)
+    return space([ActionGroup(name="arm", kind="joint_position", joints=JOINTS), ActionGroup(name="hand",
+                                                                                             kind="gripper")], norm)
 
 
 def test_joint_and_gripper_names() -> None:
@@ -67,12 +68,15 @@ def test_whole_body_multi_group_layout() -> None:
     assert refs["waist_yaw"] == "delta" and refs["neck_yaw"] == "velocity" and refs["base/wz"] == "velocity"
     assert refs["arm_right/qw"] == "absolute"
     parts = s.split(np.zeros((H, 18)))
-    assert {k: v.shape[1] for k, v in parts.items()} == {"arm_left": 3, "arm_right": 7, "torso": 2, "head": 1, "hands": 2, "base": 3}
+    assert {k: v.shape[1] for k, v in parts.items()} == {"arm_left": 3, "arm_right": 7, "torso": 2, "head": 1,
+                                                         "hands": 2, "base": 3}
 
 
 def test_duplicate_dim_names_rejected() -> None:
     with pytest.raises(ValueError, match="j1"):
-        space([ActionGroup(name="a", kind="joint_position", joints=("j1",)), ActionGroup(name="b", kind="joint_velocity", joints=("j1",))])
+        space([ActionGroup(name="a", kind="joint_position", joints=("j1",)), ActionGroup(name="b",
+                                                                                         kind="joint_velocity",
+                                                                                         joints=("j1",))])
 
 
 def test_mean_std_round_trip_and_shapes() -> None:
@@ -157,7 +161,8 @@ def test_axis_angle_quaternion_conversions() -> None:
 
 
 def test_joint_delta_to_absolute_and_back() -> None:
-    s = space([ActionGroup(name="arm", kind="joint_delta", joints=("j1", "j2")), ActionGroup(name="hand", kind="gripper")])
+    s = space([ActionGroup(name="arm", kind="joint_delta", joints=("j1", "j2")), ActionGroup(name="hand",
+                                                                                             kind="gripper")])
     chunk = np.array([[0.1, -0.1, 0.5]] * H)
     cur = np.array([1.0, 2.0, 0.0])
     absolute = s.to_absolute(chunk, cur)

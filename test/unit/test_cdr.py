@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from vla_runtime.nodes.cdr import JointStateDecoder, PlanEncoder  # noqa: E402
+from vla_runtime.nodes.cdr import JointStateDecoder, PlanEncoder
 
 NAMES = [f"panda_joint{i}" for i in range(1, 8)] + ["gripper/gripper"]
 
@@ -52,7 +52,7 @@ def test_plan_encoder_refuses_wrong_shapes_by_name() -> None:
         PlanEncoder(NAMES, "plan", max_points=0, dt=0.01)
 
 
-def _js(names, positions, frame="", stamp=(12, 34)) -> bytes:  # noqa: ANN001
+def _js(names, positions, frame="", stamp=(12, 34)) -> bytes:
     m = JointState()
     m.header.stamp.sec, m.header.stamp.nanosec = stamp
     m.header.frame_id = frame

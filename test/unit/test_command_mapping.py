@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from test.conftest import ROOT
 from vla_runtime.core.command_mapping import (
     CommandMapper,
     GripperCommand,
@@ -19,7 +20,6 @@ from vla_runtime.core.command_mapping import (
     rotvec_to_quaternion,
 )
 from vla_runtime.core.config import config_from_dict, load_config
-from test.conftest import ROOT
 
 ARM = [f"panda_joint{i}" for i in range(1, 8)]
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from vla_runtime.core.config import ConfigError, config_from_dict, load_config
 
@@ -106,7 +107,7 @@ def test_joint_in_two_groups_and_shared_topic_refused():
 
 def test_configs_are_frozen():
     cfg = load_config(ROOT / "config/sim_panda.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.rates.fast_hz = 1000.0
 
 

@@ -67,7 +67,8 @@ def test_overrun_counted_and_skipped_ahead_not_burst() -> None:
             clock.advance(PERIOD // 10)
 
     loop = DeadlineLoop(
-        step, 100.0, clock_ns=clock, sleep_until_ns=clock.sleep_until, on_overrun=lambda k, late: overruns.append((k, late))
+        step, 100.0, clock_ns=clock, sleep_until_ns=clock.sleep_until, on_overrun=lambda k, late: overruns.append((k,
+                                                                                                                   late))
     )
     start = clock.now
     loop.run(max_ticks=10)
@@ -176,7 +177,8 @@ def test_timing_stats_summary_and_validation() -> None:
     st = TimingStats(capacity=4)
     for i in range(6):  # wraps the ring
         st.report_inference_ns(2_000_000)
-        st.record_tick(scheduled_ns=i * 10_000_000, start_ns=i * 10_000_000 + 100_000, end_ns=i * 10_000_000 + 3_100_000)
+        st.record_tick(scheduled_ns=i * 10_000_000, start_ns=i * 10_000_000 + 100_000,
+                       end_ns=i * 10_000_000 + 3_100_000)
     s = st.summary()
     assert s["ticks"] == 6 and s["window"] == 4
     assert s["infer_ms"]["p50"] == pytest.approx(2.0)

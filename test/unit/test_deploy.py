@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from vla_runtime.commands.deploy import KeyExistsError, build_engines, trt_ep_options, write_keys
 from vla_runtime.core.config import EngineConfig
-from vla_runtime.deploy import KeyExistsError, build_engines, trt_ep_options, write_keys
 from vla_runtime.engines.base import EngineError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_runtime.engines import EngineConfig, EngineError, LatencyStats, NullEngine, TensorInfo, coerce_engine_config, make_engine
+from vla_runtime.engines import (
+    EngineConfig,
+    EngineError,
+    LatencyStats,
+    NullEngine,
+    TensorInfo,
+    coerce_engine_config,
+    make_engine,
+)
 from vla_runtime.engines.onnx_engine import OnnxRuntimeEngine
 
 PKG = Path(__file__).resolve().parents[2] / "models" / "timing_reference"
@@ -108,7 +116,8 @@ def test_io_binding_matches_plain_run(fast_engine: OnnxRuntimeEngine) -> None:
 def test_unavailable_provider_is_an_error(provider: str) -> None:
     import onnxruntime as ort
 
-    if {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[provider] in ort.get_available_providers():
+    if {"cuda": "CUDAExecutionProvider",
+        "tensorrt": "TensorrtExecutionProvider"}[provider] in ort.get_available_providers():
         pytest.skip("this machine has the provider")
     with pytest.raises(EngineError, match=rf"requested provider '{provider}'.*available"):
         make_engine(FAST, provider=provider)
@@ -121,7 +130,7 @@ def test_silent_cpu_fallback_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     real = ort.InferenceSession
 
-    def fake_session(path, sess_options=None, providers=None):  # noqa: ANN001, ANN202
+    def fake_session(path, sess_options=None, providers=None):
         return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
 
     monkeypatch.setattr(ort, "InferenceSession", fake_session)

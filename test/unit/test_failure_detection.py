@@ -8,8 +8,18 @@ import zipfile
 import numpy as np
 import pytest
 
+from vla_runtime.commands.detector_tools import (
+    calibrate,
+    calibrate_detector,
+    evaluate,
+    load_rollouts,
+    save_rollouts,
+    split_rollouts,
+    synthetic_rollouts,
+    train_detector,
+)
+from vla_runtime.core.contract import FeatureLayout
 from vla_runtime.core.failure_detection import (
-    FeatureLayout,
     FiniteMonitor,
     HoldStreakMonitor,
     InterventionRateMonitor,
@@ -22,16 +32,6 @@ from vla_runtime.core.failure_detection import (
     conformal_rank,
     episode_step_features,
     roc_auc,
-)
-from vla_runtime.detector_tools import (
-    calibrate,
-    calibrate_detector,
-    evaluate,
-    load_rollouts,
-    save_rollouts,
-    split_rollouts,
-    synthetic_rollouts,
-    train_detector,
 )
 
 LAYOUT = FeatureLayout(16, 4, 3)
@@ -132,7 +132,7 @@ def test_labels_from_the_fault_keep_a_failures_nominal_start_nominal(synthetic):
     before a held-out failure's fault low, like a success's, and the failing steps high; trained on
     the episode label it scores those nominal steps (0.3 here against 0.02) as half-failing,
     which is what raised alarms before the fault."""
-    from vla_runtime.detector_tools import step_labels
+    from vla_runtime.commands.detector_tools import step_labels
 
     r = next(x for x in synthetic if x.label and x.fault_t is not None)
     y = step_labels(r)

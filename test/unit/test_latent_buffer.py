@@ -40,7 +40,7 @@ def _wait_until(pred: Callable[[], bool], timeout_s: float = 5.0) -> bool:
     return pred()
 
 
-def _check_sample(sample, last: int) -> tuple[int, bool]:  # noqa: ANN001
+def _check_sample(sample, last: int) -> tuple[int, bool]:
     """(version, ok): every element equals the version; versions never go back."""
     v = sample.version
     arr = sample.latent
@@ -58,7 +58,7 @@ def test_inproc_concurrent_readers_never_see_torn_or_old_latents() -> None:
     failures: list[str] = []
     seen: list[int] = []
 
-    def reader_main(r, use_into: bool) -> None:  # noqa: ANN001
+    def reader_main(r, use_into: bool) -> None:
         out = np.zeros(SHAPE, dtype=np.float32)
         last, n = 0, 0
         while not stop.is_set():
@@ -113,7 +113,7 @@ def test_config_validation_names_bad_values() -> None:
 
 
 # --------------------------------------------------------------------- shm
-def _shm_reader_child(cfg_json: str, result_path: str, ready, go) -> None:  # noqa: ANN001
+def _shm_reader_child(cfg_json: str, result_path: str, ready, go) -> None:
     cfg = LatentBufferConfig.model_validate_json(cfg_json)
     r = open_latent_reader(cfg)
     out = np.zeros(cfg.shape, dtype=np.float32)
@@ -230,7 +230,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def curve_setup(tmp_path: Path):  # noqa: ANN201
+def curve_setup(tmp_path: Path):
     spub, ssec = generate_curve_keypair(tmp_path / "server", "server")
     cpub, csec = generate_curve_keypair(tmp_path / "clients", "client")
     _, bad_sec = generate_curve_keypair(tmp_path / "intruder", "intruder")
@@ -243,7 +243,7 @@ def curve_setup(tmp_path: Path):  # noqa: ANN201
     return wcfg, good, bad, plain
 
 
-def _write_until(w, r, value: float, timeout_s: float = 5.0):  # noqa: ANN001, ANN202
+def _write_until(w, r, value: float, timeout_s: float = 5.0):
     """Keep writing until the reader has the value (slow-joiner safe)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -254,7 +254,7 @@ def _write_until(w, r, value: float, timeout_s: float = 5.0):  # noqa: ANN001, A
     return None
 
 
-def test_zmq_curve_round_trip_and_unauthorised_peers_get_nothing(curve_setup) -> None:  # noqa: ANN001
+def test_zmq_curve_round_trip_and_unauthorised_peers_get_nothing(curve_setup) -> None:
     wcfg, good, bad, plain = curve_setup
     w = open_latent_writer(wcfg)
     r = open_latent_reader(good)
@@ -277,7 +277,7 @@ def test_zmq_curve_round_trip_and_unauthorised_peers_get_nothing(curve_setup) ->
             x.close()
 
 
-def test_zmq_reader_rejects_bad_frames_and_keeps_running(curve_setup) -> None:  # noqa: ANN001
+def test_zmq_reader_rejects_bad_frames_and_keeps_running(curve_setup) -> None:
     wcfg, good, _, _ = curve_setup
     w = open_latent_writer(wcfg)
     r = open_latent_reader(good)
@@ -295,7 +295,8 @@ def test_zmq_reader_rejects_bad_frames_and_keeps_running(curve_setup) -> None:  
                            ("rejected_oversize", oversize)]:
             before = r.stats[key]
             w.send_raw(frame)
-            assert _wait_until(lambda: r.stats[key] > before, 3.0), f"{key} not counted: {r.stats}"
+            counted = _wait_until(lambda key=key, before=before: r.stats[key] > before, 3.0)
+            assert counted, f"{key} not counted: {r.stats}"
         # Far over the transport limit: libzmq drops the peer; the reader reconnects.
         w.send_raw(b"\0" * 100_000)
         assert _wait_until(lambda: r.stats["peer_disconnects"] >= 1, 3.0), r.stats

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from vla_runtime.core.config import load_config
-from vla_runtime.launch_support import LaunchNodeArgs, launch_node_args, process_prefix, select_config
-from vla_runtime.supervisor import START_ORDER, NodeSpec, graph_for_config
+from vla_runtime.graph.launch_support import LaunchNodeArgs, launch_node_args, process_prefix, select_config
+from vla_runtime.graph.supervisor import START_ORDER, NodeSpec, graph_for_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
@@ -25,7 +25,8 @@ def _console_scripts() -> set[str]:
     return set(re.findall(r'"(\w+)":', block))
 
 
-@pytest.mark.parametrize("name", ["sim_panda.yaml", "franka_fr3.yaml", "ur5e.yaml", "humanoid_gr1.yaml", "jetson_orin.yaml"])
+@pytest.mark.parametrize("name", ["sim_panda.yaml", "franka_fr3.yaml", "ur5e.yaml", "humanoid_gr1.yaml",
+                                  "jetson_orin.yaml"])
 def test_every_config_node_becomes_one_launch_node(name):
     path = str(CONFIG / name)
     cfg = load_config(path)
@@ -111,7 +112,7 @@ def test_node_actions_with_launch_ros():
     pytest.importorskip("launch_ros", reason="launch_ros is not installed (ROS 2 launch is not on PyPI)")
     from launch_ros.actions import Node
 
-    from vla_runtime.launch_support import node_actions
+    from vla_runtime.graph.launch_support import node_actions
 
     path = str(CONFIG / "franka_fr3.yaml")
     actions = node_actions(path)

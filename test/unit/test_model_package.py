@@ -96,13 +96,14 @@ def _set(part: str, kind: str, name: str, key: str, value: object) -> Callable[[
         (_set("slow", "inputs", "image", "shape", [1, 3, 256, 256]), "image", "slow.onnx", "dim 2: 256 vs 224"),
         (_set("slow", "inputs", "image", "dtype", "float32"), "image", "slow.onnx", "dtype float32, graph has uint8"),
         (_set("slow", "outputs", "latent", "name", "latents"), "latents", "slow.onnx", "no such output"),
-        (_set("fast", "inputs", "prev_chunk", "name", "previous_chunk"), "previous_chunk", "fast.onnx", "no such input"),
+        (_set("fast", "inputs", "prev_chunk", "name", "previous_chunk"), "previous_chunk", "fast.onnx",
+         "no such input"),
         (_set("fast", "inputs", "prefix_mask", "shape", [1, 16, 1]), "prefix_mask", "fast.onnx", "rank"),
         (_set("fast", "inputs", "proprio", "shape", [None, 8]), "proprio", "fast.onnx", "dynamic"),
     ],
     ids=["wrong-shape", "wrong-dtype", "wrong-output-name", "wrong-input-name", "wrong-rank", "declared-dynamic"],
 )
-def test_yaml_graph_mismatch_is_refused(copy_pkg, edit, tensor: str, file: str, what: str) -> None:  # noqa: ANN001
+def test_yaml_graph_mismatch_is_refused(copy_pkg, edit, tensor: str, file: str, what: str) -> None:
     path = copy_pkg(edit)
     with pytest.raises(ModelPackageError) as err:
         load_model_package(path, CPU1)
@@ -112,7 +113,7 @@ def test_yaml_graph_mismatch_is_refused(copy_pkg, edit, tensor: str, file: str, 
         validate_package(path)  # same check without building engines
 
 
-def test_undeclared_graph_input_is_refused(copy_pkg) -> None:  # noqa: ANN001
+def test_undeclared_graph_input_is_refused(copy_pkg) -> None:
     def drop_mask(d: dict) -> None:
         d["fast"]["inputs"] = [t for t in d["fast"]["inputs"] if t["name"] != "prefix_mask"]
 
@@ -121,14 +122,14 @@ def test_undeclared_graph_input_is_refused(copy_pkg) -> None:  # noqa: ANN001
         load_model_package(path, CPU1)
 
 
-def test_mismatch_refused_for_null_backend_too(copy_pkg) -> None:  # noqa: ANN001
+def test_mismatch_refused_for_null_backend_too(copy_pkg) -> None:
     path = copy_pkg(_set("slow", "inputs", "image", "shape", [1, 3, 256, 256]))
     with pytest.raises(ModelPackageError, match="'image'"):
         load_model_package(path, EngineConfig(backend="null"))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
-def test_broken_onnx_is_refused_with_its_path(copy_pkg, damage: str) -> None:  # noqa: ANN001
+def test_broken_onnx_is_refused_with_its_path(copy_pkg, damage: str) -> None:
     path = copy_pkg()
     onnx = path / "fast.onnx"
     if damage == "truncate":
@@ -142,13 +143,13 @@ def test_broken_onnx_is_refused_with_its_path(copy_pkg, damage: str) -> None:  #
         load_model_package(path, CPU1)
 
 
-def test_invalid_yaml_is_a_package_error(copy_pkg) -> None:  # noqa: ANN001
+def test_invalid_yaml_is_a_package_error(copy_pkg) -> None:
     path = copy_pkg(_set("fast", "inputs", "proprio", "shape", [1, 9]))  # caught by the schema itself
     with pytest.raises(ModelPackageError, match=r"model.yaml: invalid model spec(.|\n)*'proprio' has 9 dims"):
         load_model_package(path)
 
 
-def test_onnx_path_must_stay_in_package(copy_pkg) -> None:  # noqa: ANN001
+def test_onnx_path_must_stay_in_package(copy_pkg) -> None:
     path = copy_pkg(lambda d: d["slow"].update(onnx="../../etc/slow.onnx"))
     with pytest.raises(ModelPackageError, match="leaves the package directory"):
         load_model_package(path)

@@ -37,7 +37,7 @@ stop.set()
 """
 
 
-def _run_child(priority: int, prefix: tuple[str, ...] = (), preexec=None) -> dict:  # noqa: ANN001
+def _run_child(priority: int, prefix: tuple[str, ...] = (), preexec=None) -> dict:
     out = subprocess.run([*prefix, sys.executable, "-c", CHILD, str(priority)], capture_output=True, text=True,
                          timeout=30, preexec_fn=preexec)
     if out.returncode != 0 and prefix and out.stderr.startswith(f"{prefix[0]}:"):
@@ -47,7 +47,8 @@ def _run_child(priority: int, prefix: tuple[str, ...] = (), preexec=None) -> dic
 
 
 def _fifo_permitted() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"],
+    probe = subprocess.run([sys.executable, "-c",
+                            "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"],
                            capture_output=True, timeout=30)
     return probe.returncode == 0
 

@@ -14,7 +14,7 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from test.conftest import ROOT
-from vla_runtime.recording import (
+from vla_runtime.data.recording import (
     METADATA,
     BagRecorder,
     RecorderLimits,
@@ -90,7 +90,7 @@ def test_disk_full_stops_cleanly_and_keeps_closed_parts(tmp_path):
     def enospc(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    rec._part.writer.write = enospc  # noqa: SLF001 - the disk fills up under the open part
+    rec._part.writer.write = enospc
     assert not rec.write("/joint_states", 2 * S, js(99))
     assert rec.stopped and "disk full" in rec.status and "ENOSPC" in rec.status
     assert not rec.write("/joint_states", 2 * S + 1, js(100))
@@ -102,9 +102,9 @@ def test_disk_full_stops_cleanly_and_keeps_closed_parts(tmp_path):
 
 def test_replay_reproduces_the_models_own_chunks_and_flags_changed_ones(tmp_path):
     """A bag whose plans are the model's own chunks replays to ~0; a corrupted plan is flagged."""
-    from vla_runtime.engines.model_package import load_model_package
+    from vla_runtime.commands.replay import replay
     from vla_runtime.core.policy_io import FastFeeds, SlowFeeds
-    from vla_runtime.replay import replay
+    from vla_runtime.engines.model_package import load_model_package
 
     model = ROOT / "models" / "timing_reference"
     pkg = load_model_package(model)

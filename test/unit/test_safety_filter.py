@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from test.conftest import ROOT
 from vla_runtime.core.config import load_config
 from vla_runtime.core.safety_filter import (
     ACCELERATION_LIMIT,
@@ -22,7 +23,6 @@ from vla_runtime.core.safety_filter import (
     WORKSPACE,
     SafetyFilter,
 )
-from test.conftest import ROOT
 
 ARM = [f"panda_joint{i}" for i in range(1, 8)]
 HOME = [0.0, -0.3, 0.0, -2.2, 0.0, 1.9, 0.785]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_runtime.check import check_config, model_robot_problems
+from vla_runtime.commands.check import check_config, model_robot_problems
 from vla_runtime.core.config import RuntimeConfig, load_config
 from vla_runtime.core.policy_io import FastFeeds, SlowFeeds
 from vla_runtime.engines.model_package import load_model_package
@@ -92,7 +92,8 @@ def test_shipped_package_runs_and_fits_its_robot(pkg_dir: Path) -> None:
 
 def test_reference_policy_ships_a_calibrated_learned_detector_for_its_own_features() -> None:
     """The failure_detector loads it for the reference policy (and only for that feature layout)."""
-    from vla_runtime.core.failure_detection import FeatureLayout, LearnedDetector
+    from vla_runtime.core.contract import FeatureLayout
+    from vla_runtime.core.failure_detection import LearnedDetector
 
     pkg = load_model_package(ROOT / "models" / "reference_reach", parts=())
     det = LearnedDetector.load(ROOT / "models" / "reference_reach" / "detector")

@@ -10,15 +10,15 @@ import pytest
 
 pytest.importorskip("mujoco")
 
-from vla_runtime.core.config import _merge, _read_yaml, config_from_dict  # noqa: E402
-from vla_runtime.sim.controllers import (  # noqa: E402
+from vla_runtime.core.config import _merge, _read_yaml, config_from_dict
+from vla_runtime.sim.controllers import (
     JointTargetCommand,
     PoseCommand,
     StiffnessCommand,
     TrajectoryCommand,
 )
-from vla_runtime.sim.robot import SimRobot  # noqa: E402
-from vla_runtime.sim.scene import GR1_GROUPS, build_gr1, build_panda  # noqa: E402
+from vla_runtime.sim.robot import SimRobot
+from vla_runtime.sim.scene import GR1_GROUPS, build_gr1, build_panda
 
 ROOT = Path(__file__).resolve().parents[2]
 ARM = [f"panda_joint{i}" for i in range(1, 8)]

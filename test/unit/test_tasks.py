@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vla_runtime.core.config import PROJECT_ROOT, load_config
-from vla_runtime.tasks import (
+from vla_runtime.sim.tasks import (
     COLOURS,
     SUCCESS_RADIUS_M,
     TCP_OFFSET_IN_HAND,

@@ -147,7 +147,7 @@ def test_pose_clutch_first_target_is_the_measured_pose():
 
 
 def test_keyboard_mapping_is_pure():
-    from vla_runtime.teleop_keyboard import KeyboardMapper
+    from vla_runtime.commands.teleop_keyboard import KeyboardMapper
 
     km = KeyboardMapper(TeleopConfig(max_linear_mps=0.1, max_angular_rps=0.5), hold_s=0.15)
     assert km.feed("w", 0.0).twist[0] == pytest.approx(0.1)
@@ -160,10 +160,9 @@ def test_keyboard_mapping_is_pure():
 
 
 def test_keyboard_refuses_a_non_tty_stdin_clearly(tmp_path):
-    from vla_runtime.core.config import load_config
-    from vla_runtime.teleop_keyboard import KeyboardTeleopError, run_keyboard
-
     from test.conftest import ROOT
+    from vla_runtime.commands.teleop_keyboard import KeyboardTeleopError, run_keyboard
+    from vla_runtime.core.config import load_config
 
     with open(tmp_path / "in.txt", "w+") as f, pytest.raises(KeyboardTeleopError, match="not a TTY"):
         run_keyboard(load_config(ROOT / "config" / "sim_panda.yaml"), stdin=f)

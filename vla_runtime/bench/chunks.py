@@ -26,7 +26,7 @@ from vla_runtime.core.chunk_scheduler import ChunkScheduler, ChunkSchedulerConfi
 __all__ = ["bench_chunks"]
 
 
-def _trajectory(rng: np.random.Generator, joints: int):  # noqa: ANN202 - returns a callable
+def _trajectory(rng: np.random.Generator, joints: int):
     amp = rng.uniform(0.05, 0.3, size=(3, joints))
     freq = rng.uniform(0.1, 0.8, size=(3, joints))
     phase = rng.uniform(0, 2 * np.pi, size=(3, joints))

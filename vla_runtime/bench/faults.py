@@ -49,8 +49,8 @@ from pathlib import Path
 import numpy as np
 
 from vla_runtime.core.config import PROJECT_ROOT, load_config
-from vla_runtime.probe import Probe, wait_for
-from vla_runtime.supervisor import NodeSpec, Supervisor, graph_for_config, ros_environment
+from vla_runtime.graph.probe import Probe, wait_for
+from vla_runtime.graph.supervisor import NodeSpec, Supervisor, graph_for_config, ros_environment
 
 DETECTOR_CONFIG = PROJECT_ROOT / "config" / "sim_panda_detector.yaml"
 #: Detector parameters for the untrained timing policy (see the module docstring).
@@ -96,16 +96,14 @@ class GraphUnderTest:
         from trajectory_msgs.msg import JointTrajectory
 
         from vla_runtime.bench.graph import _private_domain
-        from vla_runtime.nodes.common import (
-            QOS_COMMAND,
-            QOS_LATCHED,
-            QOS_SENSOR,
+        from vla_runtime.core.contract import (
             TOPIC_ACTION_CHUNK,
             TOPIC_EE_POSE,
             TOPIC_HALT,
             TOPIC_POLICY_FEATURES,
             TOPIC_SAFETY_STATE,
         )
+        from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
 
         self.path = Path(config or DETECTOR_CONFIG).resolve()
         self.cfg = load_config(self.path)
@@ -147,7 +145,8 @@ class GraphUnderTest:
         out = []
         for s in specs:
             if s.name == "failure_detector":
-                s = replace(s, params={**s.params, **(detector_params if detector_params is not None else DETECTOR_PARAMS)})
+                s = replace(s, params={**s.params,
+                                       **(detector_params if detector_params is not None else DETECTOR_PARAMS)})
             if s.name == "sim_robot" and relay:
                 remaps = (("/joint_states", "/joint_states_sim"),)
                 if self.camera_topic:
@@ -237,7 +236,7 @@ class GraphUnderTest:
         """Back to POLICY: wait for the halt cause to clear, reset, wait for POLICY."""
         from std_srvs.srv import Trigger
 
-        from vla_runtime.nodes.common import SERVICE_RESET
+        from vla_runtime.core.contract import SERVICE_RESET
 
         deadline = time.monotonic() + timeout
         while self.mode() != "POLICY":

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from vla_runtime.core.config import PROJECT_ROOT, RuntimeConfig, load_config
-from vla_runtime.probe import Probe, wait_for
-from vla_runtime.supervisor import NodeSpec, Supervisor, graph_for_config, ros_environment
+from vla_runtime.core.contract import DIAG_FAST_PATH, SERVICE_FAST_RESET_STATS, TOPIC_DIAGNOSTICS
+from vla_runtime.graph.probe import Probe, wait_for
+from vla_runtime.graph.supervisor import NodeSpec, Supervisor, graph_for_config, ros_environment
 
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "sim_panda.yaml"
 
@@ -37,11 +38,11 @@ class _ChunkNodeTiming:
 
         def cb(msg: DiagnosticArray) -> None:
             for st in msg.status:
-                if st.name == "vla/action_chunk_node":
+                if st.name == DIAG_FAST_PATH:
                     self.latest = {kv.key: kv.value for kv in st.values}
                     self.count += 1
 
-        probe.node.create_subscription(DiagnosticArray, "/diagnostics", cb, 10)
+        probe.node.create_subscription(DiagnosticArray, TOPIC_DIAGNOSTICS, cb, 10)
 
     def chunks(self) -> int:
         return int(self.latest.get("chunks", "0") or 0)
@@ -55,7 +56,7 @@ def _measure(probe: Probe, timing: _ChunkNodeTiming, duration: float, warm_timeo
 
     wait_for(lambda: timing.chunks() >= 10, warm_timeout, interval=0.2,
              what="the fast path to produce chunks (is the graph up?)")
-    resp = probe.call(Trigger, "/action_chunk_node/reset_stats", Trigger.Request(), timeout=10.0)
+    resp = probe.call(Trigger, SERVICE_FAST_RESET_STATS, Trigger.Request(), timeout=10.0)
     if not resp.success:
         raise RuntimeError(f"reset_stats refused: {resp.message}")
     time.sleep(duration)

@@ -40,8 +40,8 @@ import time
 import numpy as np
 
 from vla_runtime.bench.faults import DETECTOR_CONFIG, GraphUnderTest
+from vla_runtime.graph.probe import run_with_deadline, wait_for
 from vla_runtime.nodes.failure_detector import decision_ns
-from vla_runtime.probe import run_with_deadline, wait_for
 
 
 def _percentiles(x: list[float]) -> dict:
@@ -59,7 +59,7 @@ class _Tap:
     Python only drains the stamped messages afterwards, at leisure.
     """
 
-    def __init__(self, domain_id: int, msg_type, topic: str, rt_priority: int = 90) -> None:  # noqa: ANN001
+    def __init__(self, domain_id: int, msg_type, topic: str, rt_priority: int = 90) -> None:
         import rclpy
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -100,7 +100,7 @@ class _Tap:
         run_with_deadline(teardown, 5.0, "halt bench: the tap's rclpy teardown")
 
 
-def _realtime_report(log_dir) -> dict:  # noqa: ANN001
+def _realtime_report(log_dir) -> dict:
     """What each node's log says about its real-time scheduling (see nodes/common.py)."""
     out = {}
     for log in sorted(log_dir.glob("*.log")):
@@ -125,7 +125,8 @@ def bench_halt(trials: int = 200, config: str | os.PathLike | None = None) -> di
             g.start()
             wait_for(lambda: bool(g.features_label), 30, what="policy features from the fast path")
             # The trigger is one message: the detector must have matched the probe's publisher first.
-            wait_for(lambda: g.features_pub.get_subscription_count() > 0, 10, what="the detector on /vla/policy_features")
+            wait_for(lambda: g.features_pub.get_subscription_count() > 0, 10,
+                     what="the detector on /vla/policy_features")
             wait_for(lambda: bool(tap.drain()), 10,
                      what="the tap receiving the controller topic")
             msg = g.poisoned_features(0, np.nan)
@@ -140,18 +141,20 @@ def bench_halt(trials: int = 200, config: str | os.PathLike | None = None) -> di
                              what="policy trajectories on the controller topic")
                     n_halts = len(g.halts)
                     g.features_pub.publish(msg)
-                    wait_for(lambda: any((h.msg.data or "").strip() for h in g.halts[n_halts:]), 5.0, interval=0.002,
+                    wait_for(lambda n_halts=n_halts: any((h.msg.data or "").strip() for h in g.halts[n_halts:]), 5.0,
+                             interval=0.002,
                              what="the detector's halt")
                     reason = next(h.msg.data for h in g.halts[n_halts:] if h.msg.data.strip())
                     t_dec = decision_ns(reason)
                     if t_dec is None:
                         raise AssertionError(f"halt reason without a decision stamp: {reason!r}")
-                    wait_for(lambda: tap.first_hold_after(t_dec) is not None, 5.0, interval=0.002,
+                    wait_for(lambda t_dec=t_dec: tap.first_hold_after(t_dec) is not None, 5.0, interval=0.002,
                              what="the hold command on the controller topic")
                     t_hold = tap.first_hold_after(t_dec)
                     # The probe must see HALTED before the next trial's recover(): otherwise it reads
                     # the bridge's last report (still POLICY), skips the reset and waits on a halted graph.
-                    wait_for(lambda: any(s.msg.message == "HALTED" and s.t * 1e9 >= t_dec for s in g.safety[-20:]),
+                    wait_for(lambda t_dec=t_dec: any(s.msg.message == "HALTED" and s.t * 1e9 >= t_dec
+                                                     for s in g.safety[-20:]),
                              5.0, interval=0.002, what="the bridge's HALTED report")
                     t_hold_cb = next((ns for ns, n in g.jt[-200:] if ns >= t_dec and n == 1), None)
                     held_before = [ns for ns, n in tap.seen[-200:] if t_dec - 100_000_000 <= ns < t_dec and n == 1]

@@ -52,7 +52,7 @@ def _pct_us(lat_ns: np.ndarray) -> dict[str, float | int | None]:
     }
 
 
-def _child_reader(cfg_json: str, n: int, out_path: str, ready, mode: str) -> None:  # noqa: ANN001
+def _child_reader(cfg_json: str, n: int, out_path: str, ready, mode: str) -> None:
     """Child process: read until version n (or timeout) and save latencies."""
     cfg = LatentBufferConfig.model_validate_json(cfg_json)
     lat = np.zeros(n + 16, dtype=np.int64)

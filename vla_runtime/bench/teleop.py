@@ -44,7 +44,7 @@ class TeleopRig:
     """Stand-in policy and operator on a probe node, plus what they observe.
 
     Args:
-        probe: A :class:`vla_runtime.probe.Probe` on the graph's domain.
+        probe: A :class:`vla_runtime.graph.probe.Probe` on the graph's domain.
         arm: The arm group's joints.
         chunk_hz: Policy chunk rate.
         joy_hz: Joy publish rate.
@@ -57,17 +57,16 @@ class TeleopRig:
         from std_msgs.msg import String
         from trajectory_msgs.msg import JointTrajectory
 
-        from vla_runtime.core.teleop import TOPIC_INTERVENTION, TOPIC_JOY
-        from vla_runtime.nodes.common import (
-            QOS_COMMAND,
-            QOS_LATCHED,
-            QOS_SENSOR,
+        from vla_runtime.core.contract import (
             TOPIC_ACTION_CHUNK,
             TOPIC_EE_POSE,
             TOPIC_HALT,
+            TOPIC_INTERVENTION,
             TOPIC_JOINT_STATES,
+            TOPIC_JOY,
             TOPIC_SAFETY_STATE,
         )
+        from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
 
         self._Joy, self._JT = Joy, JointTrajectory
         self.node = probe.node
@@ -110,7 +109,7 @@ class TeleopRig:
 
     def teleop_ready(self) -> bool:
         """The teleop node is up: it subscribes to our Joy and publishes the engage topic."""
-        from vla_runtime.core.teleop import TOPIC_TELEOP_ENGAGE
+        from vla_runtime.core.contract import TOPIC_TELEOP_ENGAGE
 
         return self.joy_pub.get_subscription_count() >= 1 and self.node.count_publishers(TOPIC_TELEOP_ENGAGE) >= 1
 
@@ -186,7 +185,7 @@ class TeleopRig:
 
 
 def _wait(pred, timeout: float, what: str) -> None:
-    from vla_runtime.probe import wait_for
+    from vla_runtime.graph.probe import wait_for
 
     wait_for(pred, timeout, what=what)
 
@@ -239,8 +238,8 @@ def bench_teleop(trials: int = 50, config: str | None = None, domain_id: int | N
     import yaml
 
     from vla_runtime.core.config import PROJECT_ROOT, _read_yaml
-    from vla_runtime.probe import Probe
-    from vla_runtime.supervisor import NodeSpec, Supervisor, ros_environment
+    from vla_runtime.graph.probe import Probe
+    from vla_runtime.graph.supervisor import NodeSpec, Supervisor, ros_environment
 
     base = Path(config) if config else PROJECT_ROOT / "config" / "sim_panda.yaml"
     data = _read_yaml(base)

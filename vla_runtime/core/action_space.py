@@ -115,7 +115,8 @@ class ProprioNormalizer:
         else:
             vec = np.asarray(state, dtype=np.float64).reshape(-1)
             if vec.shape[0] != len(self.names):
-                raise ValueError(f"proprio state has {vec.shape[0]} values, expected {len(self.names)} ({list(self.names)})")
+                raise ValueError(f"proprio state has {vec.shape[0]} values, expected {len(self.names)} "
+                                 f"({list(self.names)})")
         return self._norm.normalize(vec).astype(np.float32)[None, :]
 
     def denormalize(self, x: np.ndarray) -> np.ndarray:

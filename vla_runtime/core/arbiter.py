@@ -266,7 +266,8 @@ class Arbiter:
         if self._mode is Mode.POLICY:
             return Decision(True, "already in POLICY")
         if self._mode is not Mode.HOLD:
-            return self._refuse(f"cannot resume from {self._mode}" + (": call reset" if self._mode is Mode.HALTED else ""))
+            return self._refuse("cannot resume from "
+                                f"{self._mode}" + (": call reset" if self._mode is Mode.HALTED else ""))
         if self._cause != CAUSE_RESUME:
             self._go(Mode.HOLD, reason, CAUSE_RESUME)
         return Decision(True, reason)

@@ -233,7 +233,7 @@ class _Blend:
 
     __slots__ = ("old", "new", "t_start", "t_end", "shape")
 
-    def __init__(self, old, new: _Chunk, t_start: float, t_end: float, shape: str) -> None:  # noqa: ANN001
+    def __init__(self, old, new: _Chunk, t_start: float, t_end: float, shape: str) -> None:
         self.old = old
         self.new = new
         self.t_start = t_start
@@ -304,7 +304,7 @@ class _Blend:
         return new
 
 
-def _prune(traj, t: float):  # noqa: ANN001, ANN202
+def _prune(traj, t: float):
     """Drop blends that are finished at time t (recursively)."""
     if isinstance(traj, _Blend):
         if t >= traj.t_end:
@@ -352,11 +352,11 @@ class ChunkScheduler:
 
     # ----------------------------------------------------------- properties
     @property
-    def _traj(self):  # noqa: ANN202 - _Chunk | _Blend | None
+    def _traj(self):
         return self._traj_obj
 
     @_traj.setter
-    def _traj(self, traj) -> None:  # noqa: ANN001
+    def _traj(self, traj) -> None:
         self._traj_obj = traj
         self._spec = None  # the kernel's view of it is rebuilt on next use
 

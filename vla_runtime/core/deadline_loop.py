@@ -185,7 +185,7 @@ class DeadlineLoop:
             if self._thread_init is not None:
                 self._thread_init()
             self.run()
-        except BaseException as exc:  # surfaced through .error; the thread must end cleanly
+        except BaseException as exc:  # noqa: BLE001 - surfaced through .error; the thread must end cleanly
             self.error = exc
 
     def start(self) -> None:

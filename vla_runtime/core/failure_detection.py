@@ -35,7 +35,6 @@ features or actions, the safety filter's intervention rate, and joint tracking e
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections import deque
 from collections.abc import Sequence
@@ -45,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from vla_runtime.core.contract import FeatureLayout
+
 #: Directory of a model package holding the detector.
 DETECTOR_DIR = "detector"
 WEIGHTS_FILE = "weights.npz"
@@ -52,54 +53,6 @@ META_FILE = "detector.yaml"
 FORMAT = "vla_failure_detector/1"
 
 FeatureVector = np.ndarray  #: one ``/vla/policy_features`` message as float32 (N,)
-
-
-# ============================================================================ feature layout
-@dataclass(frozen=True)
-class FeatureLayout:
-    """Where things are in a ``/vla/policy_features`` vector.
-
-    The fast node's label is ``latent_mean:{D}|chunk_raw:{H}x{A}|latent_age_s,infer_ms,hold``.
-    """
-
-    latent_dim: int
-    horizon: int
-    action_dim: int
-
-    @property
-    def size(self) -> int:
-        """Length of the raw feature vector."""
-        return self.latent_dim + self.horizon * self.action_dim + 3
-
-    @property
-    def step_size(self) -> int:
-        """Length of the per-step model input (see :func:`step_features`)."""
-        return self.latent_dim + 3 * self.action_dim + 2
-
-    @property
-    def label(self) -> str:
-        return (f"latent_mean:{self.latent_dim}|chunk_raw:{self.horizon}x{self.action_dim}|"
-                "latent_age_s,infer_ms,hold")
-
-    @classmethod
-    def parse(cls, label: str, size: int | None = None) -> FeatureLayout:
-        """Parse the fast node's layout label; ValueError naming the label when it is not one."""
-        m = re.fullmatch(r"latent_mean:(\d+)\|chunk_raw:(\d+)x(\d+)\|latent_age_s,infer_ms,hold", label.strip())
-        if m is None:
-            raise ValueError(f"unknown policy feature layout {label!r}")
-        layout = cls(int(m.group(1)), int(m.group(2)), int(m.group(3)))
-        if size is not None and size != layout.size:
-            raise ValueError(f"policy feature layout {label!r} means {layout.size} values, got {size}")
-        return layout
-
-    def split(self, vec: FeatureVector) -> tuple[np.ndarray, np.ndarray, float, float, float]:
-        """(latent mean (D,), chunk (H, A), latent_age_s, infer_ms, hold)."""
-        v = np.asarray(vec)
-        if v.shape != (self.size,):
-            raise ValueError(f"feature vector must have shape ({self.size},), got {v.shape}")
-        d, n = self.latent_dim, self.horizon * self.action_dim
-        chunk = v[d : d + n].reshape(self.horizon, self.action_dim)
-        return v[:d], chunk, float(v[d + n]), float(v[d + n + 1]), float(v[d + n + 2])
 
 
 def step_features(layout: FeatureLayout, vec: FeatureVector, prev_chunk: np.ndarray | None = None) -> np.ndarray:

@@ -542,7 +542,7 @@ class _ShmWriter(LatentWriter):
                 shm.close()
                 raise FileExistsError(
                     f"shared-memory latent segment {cfg.name!r} is owned by live writer pid {pid}"
-                )
+                ) from None
             if layout is not None and layout == want and shm.size >= size:
                 start_version = struct.unpack_from("<Q", buf, _OFF_META)[0]  # continue counter
             else:
@@ -1027,7 +1027,7 @@ class _ZmqReader(LatentReader):
             raise self._start_error
 
     # receive thread -------------------------------------------------------
-    def _make_socket(self):  # noqa: ANN202 - zmq types stay lazy
+    def _make_socket(self):
         import zmq
 
         cfg = self.config
@@ -1044,7 +1044,7 @@ class _ZmqReader(LatentReader):
             sock.curve_secretkey = self._client_sec
         return sock
 
-    def _open(self):  # noqa: ANN202 - (sock, monitor)
+    def _open(self):
         import zmq
 
         sock = self._make_socket()
@@ -1060,7 +1060,7 @@ class _ZmqReader(LatentReader):
         return sock, mon
 
     @staticmethod
-    def _close_pair(sock, mon) -> None:  # noqa: ANN001
+    def _close_pair(sock, mon) -> None:
         try:
             sock.disable_monitor()
         finally:
@@ -1072,7 +1072,7 @@ class _ZmqReader(LatentReader):
 
         try:
             sock, mon = self._open()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller waiting on _ready
             self._start_error = exc
             self._ready.set()
             return
@@ -1107,7 +1107,7 @@ class _ZmqReader(LatentReader):
                         except zmq.Again:
                             break
                         self._handle(frame)
-        except BaseException as exc:  # keep the error for inspection; never raise out of the thread
+        except BaseException as exc:  # noqa: BLE001 - kept for inspection; never raise out of the thread
             self.error = exc
         finally:
             self._close_pair(sock, mon)
@@ -1144,12 +1144,12 @@ class _ZmqReader(LatentReader):
                 raise ValueError("bad integer fields")
             if version < 1:
                 raise ValueError("version < 1")
-        except Exception:  # any decoding problem is a counted rejection
+        except Exception:  # noqa: BLE001 - any decoding problem is a counted rejection
             st["rejected_malformed"] += 1
             return
         try:
             dt = np.dtype(dtype_s)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any dtype numpy refuses is a counted rejection
             st["rejected_dtype"] += 1
             return
         if dt.hasobject or dt.fields is not None or dt != self._dtype:

@@ -126,7 +126,8 @@ class TensorSpec(_Frozen):
             if len(self.shape) != 4:
                 raise ValueError(f"image tensor {self.name!r} must be rank 4, got shape {list(self.shape)}")
         elif self.layout is not None or self.camera is not None:
-            raise ValueError(f"tensor {self.name!r}: 'layout'/'camera' only apply to role 'image', got role {self.role!r}")
+            raise ValueError(f"tensor {self.name!r}: 'layout'/'camera' only apply to role 'image', got role "
+                             f"{self.role!r}")
         return self
 
 
@@ -285,7 +286,8 @@ class ActionGroup(_Frozen):
         if is_cart and self.rotation is None:
             raise ValueError(f"group {self.name!r} of kind {self.kind!r} needs 'rotation' (quaternion|axis_angle)")
         if not is_cart and (self.rotation is not None or self.gripper):
-            raise ValueError(f"group {self.name!r}: 'rotation'/'gripper' only apply to cartesian kinds, got kind {self.kind!r}")
+            raise ValueError(f"group {self.name!r}: 'rotation'/'gripper' only apply to cartesian kinds, got kind "
+                             f"{self.kind!r}")
         if self.cumulative and self.kind not in ("joint_delta", "cartesian_delta"):
             raise ValueError(f"group {self.name!r}: 'cumulative' only applies to delta kinds, got kind {self.kind!r}")
         return self
@@ -416,7 +418,8 @@ class ModelSpec(_Frozen):
         want = (self.latent.tokens, self.latent.dim)
         for t in (lat_out, lat_in):
             if tuple(t.shape[-2:]) != want:
-                raise ValueError(f"latent tensor {t.name!r} has shape {list(t.shape)}, expected trailing dims {list(want)}")
+                raise ValueError(f"latent tensor {t.name!r} has shape {list(t.shape)}, expected trailing dims "
+                                 f"{list(want)}")
         acts = self.fast.output_by_role("actions")
         if acts is None:
             raise ValueError("fast graph needs an output with role 'actions'")
@@ -440,11 +443,13 @@ class ModelSpec(_Frozen):
         ids = self.slow.input_by_role("instruction_ids")
         if ids is not None and ids.shape[-1] not in (None, self.tokenizer.max_len):
             raise ValueError(
-                f"instruction_ids tensor {ids.name!r} has length {ids.shape[-1]} but tokenizer.max_len is {self.tokenizer.max_len}"
+                f"instruction_ids tensor {ids.name!r} has length {ids.shape[-1]} but tokenizer.max_len is "
+                f"{self.tokenizer.max_len}"
             )
         pro = self.fast.input_by_role("proprio")
         if pro is not None and pro.shape[-1] not in (None, len(self.proprio.names)):
-            raise ValueError(f"proprio tensor {pro.name!r} has {pro.shape[-1]} dims but proprio.names lists {len(self.proprio.names)}")
+            raise ValueError(f"proprio tensor {pro.name!r} has {pro.shape[-1]} dims but proprio.names lists "
+                             f"{len(self.proprio.names)}")
         return self
 
     def _check_actions_shape(self, acts: TensorSpec) -> None:
@@ -461,7 +466,8 @@ class ModelSpec(_Frozen):
             ok = as_logits or as_ids
             want = f"trailing dims [{h}, {a}, {nb}] (float logits) or [{h}, {a}] (integer ids)"
         if not ok:
-            raise ValueError(f"actions tensor {acts.name!r} has shape {list(shape)} dtype {acts.dtype}, expected {want}")
+            raise ValueError(f"actions tensor {acts.name!r} has shape {list(shape)} dtype {acts.dtype}, expected "
+                             f"{want}")
 
     @property
     def control_period_s(self) -> float:

@@ -339,7 +339,7 @@ class SafetyFilter:
                 if abs(v_out[i]) > cap + _EPS:
                     v_out[i] = math.copysign(cap, v_out[i])
                     self._count(VELOCITY_LIMIT, n, hits)
-        for i, (n, ref) in enumerate(zip(names, refs)):
+        for i, ref in enumerate(refs):
             ref.position, ref.velocity, ref.t = float(out[i]), float(new_vel[i]), float(now_s)
         return SafetyResult(names, out, False, "", tuple(hits), v_out)
 

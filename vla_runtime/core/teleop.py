@@ -16,7 +16,7 @@ Three pieces, each driven by plain pytest:
   kinematic model (:mod:`vla_runtime.core.kinematics`); a robot without a model accepts joint
   jogs only.
 
-The topic contract between the teleop front ends and the bridge is named here (no ROS types).
+The topic contract between the teleop front ends and the bridge is in :mod:`vla_runtime.core.contract`.
 """
 
 from __future__ import annotations
@@ -29,25 +29,6 @@ import numpy as np
 
 from vla_runtime.core.config import TeleopConfig
 from vla_runtime.core.kinematics import SerialChain, dls_step, pose_error
-
-#: Operator commands to the bridge (geometry_msgs/TwistStamped, base frame, m/s and rad/s).
-TOPIC_TELEOP_TWIST = "/vla/teleop/twist"
-#: Absolute end-effector target to the bridge (geometry_msgs/PoseStamped, base frame).
-TOPIC_TELEOP_POSE = "/vla/teleop/pose"
-#: Joint jog to the bridge (sensor_msgs/JointState: ``name`` + ``velocity`` in rad/s).
-TOPIC_TELEOP_JOINT_JOG = "/vla/teleop/joint_jog"
-#: Gripper opening to the bridge (std_msgs/Float64, the gripper group's unit).
-TOPIC_TELEOP_GRIPPER = "/vla/teleop/gripper"
-#: Operator intent (std_msgs/Bool): True = deadman held (take over), False = released (HOLD).
-TOPIC_TELEOP_ENGAGE = "/vla/teleop/engage"
-#: Device inputs of the teleop node.
-TOPIC_JOY = "/joy"
-TOPIC_TELEOP_IN_TWIST = "/vla/teleop/input/twist"
-TOPIC_TELEOP_IN_POSE = "/vla/teleop/input/pose"
-#: Interventions for HG-DAgger style training (std_msgs/String: "start: …" / "end: …").
-TOPIC_INTERVENTION = "/vla/intervention"
-SERVICE_TELEOP_TAKE = "/vla/teleop/take"
-SERVICE_TELEOP_RELEASE = "/vla/teleop/release"
 
 
 def apply_deadzone(value: float, deadzone: float) -> float:

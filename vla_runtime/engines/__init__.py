@@ -54,7 +54,7 @@ def engine_from_config(
     """
     config = coerce_engine_config(config)
     if config.backend == "onnxruntime":
-        from vla_runtime.engines.onnx_engine import OnnxRuntimeEngine  # noqa: PLC0415 - keep import light
+        from vla_runtime.engines.onnx_engine import OnnxRuntimeEngine
 
         return OnnxRuntimeEngine(
             onnx_path,
@@ -69,7 +69,7 @@ def engine_from_config(
             latency_window=config.latency_window,
         )
     if config.backend == "tensorrt":
-        from vla_runtime.engines.tensorrt_engine import TensorRTEngine  # noqa: PLC0415
+        from vla_runtime.engines.tensorrt_engine import TensorRTEngine
 
         return TensorRTEngine(
             onnx_path,
@@ -82,7 +82,7 @@ def engine_from_config(
         )
     if config.backend == "null":
         if io is None:
-            from vla_runtime.engines.onnx_engine import open_session, ort_tensor_info  # noqa: PLC0415
+            from vla_runtime.engines.onnx_engine import open_session, ort_tensor_info
 
             sess = open_session(onnx_path)
             io = (

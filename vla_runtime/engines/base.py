@@ -247,7 +247,7 @@ class Engine(ABC):
             self.infer(feeds)
         self.latency.reset()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release backend resources (idempotent)."""
 
     def __enter__(self) -> Engine:

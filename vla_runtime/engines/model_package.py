@@ -102,13 +102,16 @@ def _tensor_problems(kind: str, d: TensorSpec, g: TensorInfo) -> list[str]:
     if np.dtype(d.dtype) != g.dtype:
         problems.append(f"{kind} {d.name!r}: model.yaml says dtype {d.dtype}, graph has {g.dtype.name}")
     if len(d.shape) != len(g.shape):
-        problems.append(f"{kind} {d.name!r}: model.yaml says shape {_fmt(d.shape)} (rank {len(d.shape)}), graph has {_fmt(g.shape)} (rank {len(g.shape)})")
+        problems.append(f"{kind} {d.name!r}: model.yaml says shape {_fmt(d.shape)} (rank {len(d.shape)}), graph has "
+                        f"{_fmt(g.shape)} (rank {len(g.shape)})")
         return problems
     for i, (dd, gd) in enumerate(zip(d.shape, g.shape)):
         if dd is None and gd is not None:
-            problems.append(f"{kind} {d.name!r}: model.yaml says dim {i} is dynamic (shape {_fmt(d.shape)}), graph fixes it to {gd} ({_fmt(g.shape)})")
+            problems.append(f"{kind} {d.name!r}: model.yaml says dim {i} is dynamic (shape {_fmt(d.shape)}), graph "
+                            f"fixes it to {gd} ({_fmt(g.shape)})")
         elif dd is not None and gd is not None and dd != gd:
-            problems.append(f"{kind} {d.name!r}: model.yaml says shape {_fmt(d.shape)}, graph has {_fmt(g.shape)} (dim {i}: {dd} vs {gd})")
+            problems.append(f"{kind} {d.name!r}: model.yaml says shape {_fmt(d.shape)}, graph has {_fmt(g.shape)} (dim "
+                            f"{i}: {dd} vs {gd})")
     return problems
 
 
@@ -129,17 +132,20 @@ def check_graph_io(
     for d in declared.inputs:
         g = gin.get(d.name)
         if g is None:
-            problems.append(f"input {d.name!r} is declared in model.yaml but the graph has no such input (graph inputs: {list(gin)})")
+            problems.append(f"input {d.name!r} is declared in model.yaml but the graph has no such input (graph "
+                            f"inputs: {list(gin)})")
         else:
             problems += _tensor_problems("input", d, g)
     declared_in = {d.name for d in declared.inputs}
     for name, g in gin.items():
         if name not in declared_in:
-            problems.append(f"input {name!r} ({_fmt(g.shape)} {g.dtype.name}) is required by the graph but not declared in model.yaml")
+            problems.append(f"input {name!r} ({_fmt(g.shape)} {g.dtype.name}) is required by the graph but not "
+                            "declared in model.yaml")
     for d in declared.outputs:
         g = gout.get(d.name)
         if g is None:
-            problems.append(f"output {d.name!r} is declared in model.yaml but the graph has no such output (graph outputs: {list(gout)})")
+            problems.append(f"output {d.name!r} is declared in model.yaml but the graph has no such output (graph "
+                            f"outputs: {list(gout)})")
         else:
             problems += _tensor_problems("output", d, g)
     if problems:
@@ -147,9 +153,9 @@ def check_graph_io(
 
 
 def _graph_io(onnx_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    from vla_runtime.engines.onnx_engine import open_session, ort_tensor_info  # noqa: PLC0415
+    import onnxruntime as ort
 
-    import onnxruntime as ort  # noqa: PLC0415
+    from vla_runtime.engines.onnx_engine import open_session, ort_tensor_info
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -159,7 +165,8 @@ def _graph_io(onnx_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
     except EngineError as e:
         raise ModelPackageError(str(e)) from e
     where = str(onnx_path)
-    return [ort_tensor_info(a, where) for a in sess.get_inputs()], [ort_tensor_info(a, where) for a in sess.get_outputs()]
+    return [ort_tensor_info(a, where) for a in sess.get_inputs()], [ort_tensor_info(a,
+                                                                                    where) for a in sess.get_outputs()]
 
 
 def _declared_io(g: GraphSpec) -> tuple[list[TensorInfo], list[TensorInfo]]:
@@ -255,7 +262,8 @@ def load_model_package(
             graph: GraphSpec = getattr(spec, part)
             onnx_path, cfg = onnx_paths[part], configs[part]
             if not onnx_path.is_file():
-                raise ModelPackageError(f"ONNX file not found: {onnx_path} (declared as {part}.onnx in {package_dir / 'model.yaml'})")
+                raise ModelPackageError(f"ONNX file not found: {onnx_path} (declared as {part}.onnx in "
+                                        f"{package_dir / 'model.yaml'})")
             if cfg.backend == "onnxruntime":
                 try:
                     eng = engine_from_config(onnx_path, cfg)

@@ -160,7 +160,8 @@ class OnnxRuntimeEngine(Engine):
         if io_binding:
             dynamic = [t.describe() for t in self.output_specs if None in t.shape]
             if dynamic:
-                raise EngineError(f"io_binding needs static output shapes; dynamic outputs in {self.onnx_path}: {dynamic}")
+                raise EngineError(f"io_binding needs static output shapes; dynamic outputs in {self.onnx_path}: "
+                                  f"{dynamic}")
             self._binding = self._session.io_binding()
             for t in self.output_specs:
                 buf = np.empty(t.concrete_shape(), dtype=t.dtype)

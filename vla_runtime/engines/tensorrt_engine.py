@@ -34,7 +34,7 @@ INSTALL_HINT = (
 
 def _import_tensorrt() -> Any:
     try:
-        import tensorrt as trt  # noqa: PLC0415 - lazy on purpose
+        import tensorrt as trt
     except ImportError as e:
         raise EngineError(f"TensorRT backend unavailable: cannot import tensorrt ({e}); {INSTALL_HINT}") from e
     return trt
@@ -42,12 +42,13 @@ def _import_tensorrt() -> Any:
 
 def _import_cudart() -> Any:
     try:
-        from cuda.bindings import runtime as cudart  # noqa: PLC0415 - cuda-python >= 12.6
+        from cuda.bindings import runtime as cudart
     except ImportError:
         try:
-            from cuda import cudart  # type: ignore[no-redef]  # noqa: PLC0415 - older cuda-python
+            from cuda import cudart  # type: ignore[no-redef]
         except ImportError as e:
-            raise EngineError(f"TensorRT backend unavailable: cannot import the CUDA runtime binding ({e}); {INSTALL_HINT}") from e
+            raise EngineError(f"TensorRT backend unavailable: cannot import the CUDA runtime binding ({e}); "
+                              f"{INSTALL_HINT}") from e
     return cudart
 
 
@@ -108,7 +109,8 @@ def _make_calibrator(trt: Any, cudart: Any, calib_dir: Path, inputs: list[Tensor
                     arr = np.ascontiguousarray(data[n])
                     _check(
                         cudart,
-                        cudart.cudaMemcpy(self._dev[n], arr.ctypes.data, arr.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice),
+                        cudart.cudaMemcpy(self._dev[n], arr.ctypes.data, arr.nbytes,
+                                          cudart.cudaMemcpyKind.cudaMemcpyHostToDevice),
                         "cudaMemcpy",
                     )
                     ptrs.append(self._dev[n])
@@ -166,7 +168,8 @@ class TensorRTEngine(Engine):
             raise EngineError("int8=True needs calibration_dir (a directory of .npz feed files)")
         _check(cudart, cudart.cudaSetDevice(device_id), f"cudaSetDevice({device_id})")
         props = _check(cudart, cudart.cudaGetDeviceProperties(device_id), "cudaGetDeviceProperties")
-        gpu_name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+        gpu_name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name,
+                                                                                    bytes) else str(props.name)
         self._gpu_name = gpu_name
         precision = "int8" if int8 else ("fp16" if fp16 else "fp32")
         cache = Path(cache_dir).expanduser() if cache_dir else self.onnx_path.parent / ".trt_cache"
@@ -192,7 +195,8 @@ class TensorRTEngine(Engine):
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             shape = tuple(int(d) for d in self._engine.get_tensor_shape(name))
-            info = TensorInfo(name, tuple(None if d < 0 else d for d in shape), np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))))
+            info = TensorInfo(name, tuple(None if d < 0 else d for d in shape),
+                              np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))))
             if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 inputs.append(info)
                 if None in info.shape:
@@ -211,7 +215,8 @@ class TensorRTEngine(Engine):
             if t in outputs:
                 self._host_out[t.name] = np.empty(shape, dtype=t.dtype)
 
-    def _build(self, trt: Any, cudart: Any, fp16: bool, int8: bool, calib: str | Path | None, workspace_mb: int, cache: Path) -> bytes:
+    def _build(self, trt: Any, cudart: Any, fp16: bool, int8: bool, calib: str | Path | None, workspace_mb: int,
+               cache: Path) -> bytes:
         builder = trt.Builder(self._logger)
         major = int(trt.__version__.split(".")[0])
         flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -258,11 +263,13 @@ class TensorRTEngine(Engine):
         for name, arr in feeds.items():
             a = np.ascontiguousarray(arr)
             keep.append(a)
-            _check(cudart, cudart.cudaMemcpyAsync(self._dev[name], a.ctypes.data, a.nbytes, h2d, self._stream), f"copy {name} to device")
+            _check(cudart, cudart.cudaMemcpyAsync(self._dev[name], a.ctypes.data, a.nbytes, h2d, self._stream),
+                   f"copy {name} to device")
         if not self._context.execute_async_v3(self._stream):
             raise EngineError(f"TensorRT execution failed for {self.onnx_path}")
         for name, buf in self._host_out.items():
-            _check(cudart, cudart.cudaMemcpyAsync(buf.ctypes.data, self._dev[name], buf.nbytes, d2h, self._stream), f"copy {name} to host")
+            _check(cudart, cudart.cudaMemcpyAsync(buf.ctypes.data, self._dev[name], buf.nbytes, d2h, self._stream),
+                   f"copy {name} to host")
         _check(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         del keep
         return {k: v.copy() for k, v in self._host_out.items()}
@@ -281,5 +288,5 @@ class TensorRTEngine(Engine):
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # interpreter shutdown: CUDA may already be gone
+        except Exception:  # noqa: BLE001 - interpreter shutdown: CUDA may already be gone
             pass

@@ -57,26 +57,31 @@ from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from vla_runtime.core.measured_state import POSE_KEYS, MeasuredState
-from vla_runtime.core.realtime import DEFAULT_SWITCH_INTERVAL_S
-from vla_runtime.nodes.common import (
+from vla_runtime.core.contract import (
     HOLD_BAD_OUTPUT,
     HOLD_NO_JOINT_STATE,
     HOLD_NO_LATENT,
     HOLD_OVERRUN,
+    HOLD_PLAN_ENDED,
     HOLD_PROPRIO_INCOMPLETE,
     HOLD_STALE_JOINT_STATE,
     HOLD_STALE_LATENT,
-    PolledTopic,
-    QOS_COMMAND,
-    QOS_DIAGNOSTICS,
-    QOS_SENSOR,
+    HOLD_STOPPED,
     TOPIC_ACTION_CHUNK,
     TOPIC_DIAGNOSTICS,
     TOPIC_EE_POSE,
     TOPIC_JOINT_STATES,
     TOPIC_POLICY_FEATURES,
     TOPIC_SYNC_REQUEST,
+    FeatureLayout,
+)
+from vla_runtime.core.measured_state import POSE_KEYS, MeasuredState
+from vla_runtime.core.realtime import DEFAULT_SWITCH_INTERVAL_S
+from vla_runtime.nodes.common import (
+    QOS_COMMAND,
+    QOS_DIAGNOSTICS,
+    QOS_SENSOR,
+    PolledTopic,
     diagnostic_status,
     latent_buffer_config,
     load_node_config,
@@ -84,6 +89,7 @@ from vla_runtime.nodes.common import (
     ns_to_stamp,
     run_node,
 )
+
 
 class ActionChunkNode(LifecycleNode):
     """Runs the fast graph at a fixed rate and streams a delay-compensated command plan."""
@@ -130,7 +136,8 @@ class ActionChunkNode(LifecycleNode):
                 self.engine = make_engine(self.package.fast_onnx, backend="null")
             self.feeds = FastFeeds(spec)
             self.space = self.package.action_space
-            self.reader = open_latent_reader(latent_buffer_config(cfg, (spec.latent.tokens, spec.latent.dim), spec.latent.dtype))
+            self.reader = open_latent_reader(latent_buffer_config(cfg, (spec.latent.tokens, spec.latent.dim),
+                                                                  spec.latent.dtype))
             self.engine.warmup(5)
         except Exception as e:  # noqa: BLE001 - any failure to load means: do not run
             self.get_logger().fatal(f"action_chunk_node cannot configure: {e}")
@@ -149,7 +156,8 @@ class ActionChunkNode(LifecycleNode):
             pose_keys={f"{g}/{k}": k for g in self._cartesian_groups for k in POSE_KEYS})
         self._proprio_idx = self.measured.index(proprio_names)
         self._needs_current = bool(delta_names)
-        self._current_idx = self.measured.index([n if d else None for n, d in zip(self.dim_names, self.space.delta_mask)])
+        self._current_idx = self.measured.index([n if d else None for n, d in zip(self.dim_names,
+                                                                                  self.space.delta_mask)])
         self.horizon = spec.chunk_horizon
         self.chunk_rate = spec.control_rate_hz
         rate = float(self.get_parameter("rate_hz").value) or cfg.rates.fast_hz
@@ -191,12 +199,10 @@ class ActionChunkNode(LifecycleNode):
             pt.time_from_start.nanosec = int(round((t - int(t)) * 1e9))
             self._points.append(pt)
         self.features_msg = Float32MultiArray()
-        k, d = spec.latent.tokens, spec.latent.dim
-        n_feat = d + self.horizon * len(self.dim_names) + 3
+        self.feature_layout = FeatureLayout(spec.latent.dim, self.horizon, len(self.dim_names))
+        n_feat = self.feature_layout.size
         self.features_msg.layout.dim = [
-            MultiArrayDimension(label=f"latent_mean:{d}|chunk_raw:{self.horizon}x{len(self.dim_names)}|"
-                                      "latent_age_s,infer_ms,hold", size=n_feat, stride=n_feat)
-        ]
+            MultiArrayDimension(label=self.feature_layout.label, size=n_feat, stride=n_feat)]
         self._features = np.zeros(n_feat, dtype=np.float32)
         self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
 
@@ -218,7 +224,8 @@ class ActionChunkNode(LifecycleNode):
             self._io_node = Node(f"{self.get_name()}_loop_io", context=self.context,
                                  start_parameter_services=False, enable_rosout=False)
             # Joint states arrive serialized and only their positions are read (nodes/cdr.py).
-            self._polled = [(PolledTopic(self._io_node, JointState, TOPIC_JOINT_STATES, raw=True), self._raw_joint_state)]
+            self._polled = [(PolledTopic(self._io_node, JointState, TOPIC_JOINT_STATES, raw=True),
+                             self._raw_joint_state)]
             self._polled += [(PolledTopic(self._io_node, t, topic), cb) for t, topic, cb in state_topics[1:]]
         else:
             for t, topic, cb in state_topics:
@@ -268,7 +275,7 @@ class ActionChunkNode(LifecycleNode):
         if self.loop is not None:
             self.loop.stop(timeout_s=2.0)
             if self.plan_pub is not None and rclpy.ok(context=self.context):
-                self._publish_hold("hold: fast path stopped", time.monotonic())
+                self._publish_hold(HOLD_STOPPED, time.monotonic())
 
     def _release(self) -> None:
         if self._io_node is not None:
@@ -404,7 +411,7 @@ class ActionChunkNode(LifecycleNode):
         times, values = self.scheduler.window(now, self.max_points, self.dt_cmd)
         n = len(times)
         if n == 0:
-            self._publish_hold("hold: plan ended", now)
+            self._publish_hold(HOLD_PLAN_ENDED, now)
             return False
         stamp_ns = int(times[0] * 1e9) + self.mono_to_wall_ns
         if self._plan_encoder is not None:
@@ -434,12 +441,7 @@ class ActionChunkNode(LifecycleNode):
         self.plan_pub.publish(msg)
 
     def _publish_features(self, latent: np.ndarray, raw: np.ndarray, age: float, infer_ms: float, hold: bool) -> None:
-        f = self._features
-        d = latent.shape[-1]
-        f[:d] = latent.mean(axis=0)
-        n = raw.size
-        f[d : d + n] = raw.reshape(-1)
-        f[d + n :] = (age, infer_ms, float(hold))
+        f = self.feature_layout.pack_into(self._features, latent, raw, age, infer_ms, hold)
         buf = array("f")
         buf.frombytes(f.tobytes())
         self.features_msg.data = buf

@@ -1,23 +1,8 @@
-"""What every node shares: topic names, QoS profiles as named constants, config loading.
+"""What every node shares: QoS profiles as named constants, config loading, spinning, polling.
 
-Topic contract between the runtime's own nodes (all under ``/vla``):
-
-* ``/vla/action_chunk`` (trajectory_msgs/JointTrajectory, reliable depth 1) — action_chunk_node →
-  controller_bridge. The scheduled command trajectory of the next few command periods, already
-  delay-compensated, blended and interpolated at the command rate. ``joint_names`` are the
-  action dimension names (joint names; ``<group>/x``… for Cartesian dims; ``<group>/gripper``),
-  ``header.stamp`` is the time of the first point, ``positions`` carry the values.
-  A message with **no points** is the policy asking for HOLD (stale latent, missing joint state,
-  engine overrun); ``header.frame_id`` then carries the reason.
-* ``/vla/policy_features`` (std_msgs/Float32MultiArray, best effort) — the fast path's features
-  for the failure detector.
-* ``/vla/safety_state`` (diagnostic_msgs/DiagnosticStatus, transient local) — the bridge's mode
-  (POLICY/TELEOP/HOLD/HALTED) and the reason of the last transition.
-* ``/vla/halt`` (std_msgs/String, reliable, transient local) — a halt request with its reason; an
-  EMPTY string says the cause has cleared (``/vla/reset`` is refused until then).
-* ``/vla/detector_heartbeat`` (std_msgs/Header, best effort) — failure detector liveness.
-* ``/vla/instruction`` (std_msgs/String, reliable, transient local) — the task instruction.
-* ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) — rates, latencies, ages per node.
+The names of topics and services, the HOLD reasons and the feature layout are the rclpy-free
+contract in :mod:`vla_runtime.core.contract`; the QoS profiles that go with them are rclpy objects
+and live here.
 """
 
 from __future__ import annotations
@@ -38,36 +23,6 @@ from rclpy.qos import (
 )
 
 from vla_runtime.core.config import ConfigError, RuntimeConfig, load_config
-
-TOPIC_ACTION_CHUNK = "/vla/action_chunk"
-TOPIC_POLICY_FEATURES = "/vla/policy_features"
-TOPIC_SAFETY_STATE = "/vla/safety_state"
-TOPIC_HALT = "/vla/halt"
-TOPIC_DETECTOR_HEARTBEAT = "/vla/detector_heartbeat"
-TOPIC_INSTRUCTION = "/vla/instruction"
-#: Stop-and-go (synchronous) baseline: the fast path asks the slow path for one step on a fresh frame.
-TOPIC_SYNC_REQUEST = "/vla/sync/request"
-TOPIC_JOINT_STATES = "/joint_states"
-TOPIC_EE_POSE = "/ee_pose"
-TOPIC_DIAGNOSTICS = "/diagnostics"
-SERVICE_SET_INSTRUCTION = "/vla/set_instruction"
-SERVICE_RESET = "/vla/reset"
-SERVICE_HOLD = "/vla/hold"
-SERVICE_RESUME = "/vla/resume"
-TOPIC_SIM_OBJECTS = "/sim/objects"
-TOPIC_SIM_MOVE_OBJECT = "/sim/move_object"
-SERVICE_SIM_RESET = "/sim/reset"
-SERVICE_LIST_CONTROLLERS = "/controller_manager/list_controllers"
-SERVICE_SWITCH_CONTROLLER = "/controller_manager/switch_controller"
-
-#: Why the fast path asks for HOLD (header.frame_id of an empty trajectory on /vla/action_chunk).
-HOLD_NO_JOINT_STATE = "hold: no joint state"
-HOLD_STALE_JOINT_STATE = "hold: stale joint state"
-HOLD_NO_LATENT = "hold: no latent yet"
-HOLD_STALE_LATENT = "hold: stale latent"
-HOLD_PROPRIO_INCOMPLETE = "hold: proprio incomplete"
-HOLD_OVERRUN = "hold: inference over budget"
-HOLD_BAD_OUTPUT = "hold: non-finite model output"
 
 #: Cameras, joint states, features: newest sample wins, a lost one is not resent.
 QOS_SENSOR = qos_profile_sensor_data
@@ -192,13 +147,13 @@ class PolledTopic:
         raw: Take the serialized bytes instead of a message object (see ``nodes/cdr.py``).
     """
 
-    def __init__(self, node: Node, msg_type, topic: str, qos: QoSProfile = QOS_NEWEST,  # noqa: ANN001
+    def __init__(self, node: Node, msg_type, topic: str, qos: QoSProfile = QOS_NEWEST,
                  raw: bool = False) -> None:
         self.sub = node.create_subscription(msg_type, topic, lambda _msg: None, qos, raw=raw)
         # A reader that keeps one sample holds at most one: a single take is the newest.
         self._one = qos.history == HistoryPolicy.KEEP_LAST and qos.depth == 1
 
-    def _take(self):  # noqa: ANN202
+    def _take(self):
         sub = self.sub
         got = sub.handle.take_message(sub.msg_type, sub.raw)
         if got is None:
@@ -207,7 +162,7 @@ class PolledTopic:
         recv = info.get("received_timestamp") if isinstance(info, dict) else None
         return msg, int(recv) if recv else time.time_ns()
 
-    def take_newest(self):  # noqa: ANN201
+    def take_newest(self):
         """The newest message not yet taken and its receive time (wall ns), or None."""
         with self.sub.handle:
             if self._one:

@@ -91,38 +91,36 @@ from vla_runtime.core.command_mapping import (
     rotvec_to_quaternion,
 )
 from vla_runtime.core.config import ControllerGroup, RuntimeConfig
-from vla_runtime.core.kinematics import kinematics_for
-from vla_runtime.core.safety_filter import SafetyFilter, SafetyResult
-from vla_runtime.core.teleop import (
-    SERVICE_TELEOP_RELEASE,
-    SERVICE_TELEOP_TAKE,
-    TOPIC_INTERVENTION,
-    TOPIC_TELEOP_ENGAGE,
-    TOPIC_TELEOP_GRIPPER,
-    TOPIC_TELEOP_JOINT_JOG,
-    TOPIC_TELEOP_POSE,
-    TOPIC_TELEOP_TWIST,
-    TeleopIntegrator,
-    TeleopLimits,
-    homogeneous,
-)
-from vla_runtime.nodes.common import (
-    QOS_COMMAND,
-    QOS_DIAGNOSTICS,
-    QOS_LATCHED,
-    QOS_SENSOR,
+from vla_runtime.core.contract import (
     SERVICE_HOLD,
     SERVICE_LIST_CONTROLLERS,
     SERVICE_RESET,
     SERVICE_RESUME,
     SERVICE_SWITCH_CONTROLLER,
+    SERVICE_TELEOP_RELEASE,
+    SERVICE_TELEOP_TAKE,
     TOPIC_ACTION_CHUNK,
     TOPIC_DETECTOR_HEARTBEAT,
     TOPIC_DIAGNOSTICS,
     TOPIC_EE_POSE,
     TOPIC_HALT,
+    TOPIC_INTERVENTION,
     TOPIC_JOINT_STATES,
     TOPIC_SAFETY_STATE,
+    TOPIC_TELEOP_ENGAGE,
+    TOPIC_TELEOP_GRIPPER,
+    TOPIC_TELEOP_JOINT_JOG,
+    TOPIC_TELEOP_POSE,
+    TOPIC_TELEOP_TWIST,
+)
+from vla_runtime.core.kinematics import kinematics_for
+from vla_runtime.core.safety_filter import SafetyFilter, SafetyResult
+from vla_runtime.core.teleop import TeleopIntegrator, TeleopLimits, homogeneous
+from vla_runtime.nodes.common import (
+    QOS_COMMAND,
+    QOS_DIAGNOSTICS,
+    QOS_LATCHED,
+    QOS_SENSOR,
     load_node_config,
     ns_to_stamp,
     run_node,
@@ -394,7 +392,8 @@ class ControllerBridgeNode(Node):
         self.create_service(Trigger, SERVICE_TELEOP_TAKE, self._srv_teleop_take, callback_group=io)
         self.create_service(Trigger, SERVICE_TELEOP_RELEASE, self._srv_teleop_release, callback_group=io)
         self._intervention_pub = self.create_publisher(String, TOPIC_INTERVENTION, QOS_EVENT)
-        self._list_client = self.create_client(ListControllers, SERVICE_LIST_CONTROLLERS, callback_group=self._client_cbg)
+        self._list_client = self.create_client(ListControllers, SERVICE_LIST_CONTROLLERS,
+                                               callback_group=self._client_cbg)
         self._switch_client = self.create_client(
             SwitchController, SERVICE_SWITCH_CONTROLLER, callback_group=self._client_cbg
         )
@@ -553,7 +552,7 @@ class ControllerBridgeNode(Node):
                 if len(cols) == 6:  # axis-angle layout → quaternions
                     quats = np.array([rotvec_to_quaternion(r) for r in vals[:, 3:6]])
                     vals = np.hstack([vals[:, :3], quats])
-                stiff_cols = chunk.mapper._plans[gname].stiffness_columns  # noqa: SLF001 - same package
+                stiff_cols = chunk.mapper._plans[gname].stiffness_columns
                 rt.policy_stiffness = chunk.values[:, list(stiff_cols)] if stiff_cols else None
             rt.policy = (chunk.times, vals)
             forwarded = True
@@ -914,7 +913,7 @@ class ControllerBridgeNode(Node):
                 resp = c.future.result()
                 ok = bool(resp is not None and resp.ok)
                 message = getattr(resp, "message", "") if resp is not None else "no response"
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - any failure of the call is a failed switch
                 ok, message = False, repr(e)
             verb = f"activate {list(c.activate)}, deactivate {list(c.deactivate)}"
             if ok:
@@ -1022,7 +1021,7 @@ class ControllerBridgeNode(Node):
             return Decision(False, "HALTED: teleop after a halt is disabled (teleop.teleop_only_after_halt)")
         if self._halt_teleop:
             return Decision(True, "already teleoperating under the halt")
-        if not self.arbiter._fresh(self.arbiter._last_joint_state, self.arbiter.joint_state_timeout_s, now):  # noqa: SLF001
+        if not self.arbiter._fresh(self.arbiter._last_joint_state, self.arbiter.joint_state_timeout_s, now):
             return Decision(False, "teleop refused: no fresh joint states")
         self._halt_teleop = True
         self._capture_hold(list(self._groups.values()))

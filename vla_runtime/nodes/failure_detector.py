@@ -54,8 +54,20 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
 
-from vla_runtime.core.failure_detection import (
+from vla_runtime.core.contract import (
+    HOLD_NO_JOINT_STATE,
+    HOLD_STALE_JOINT_STATE,
+    TOPIC_ACTION_CHUNK,
+    TOPIC_DETECTOR_HEARTBEAT,
+    TOPIC_DIAGNOSTICS,
+    TOPIC_HALT,
+    TOPIC_INSTRUCTION,
+    TOPIC_JOINT_STATES,
+    TOPIC_POLICY_FEATURES,
+    TOPIC_SAFETY_STATE,
     FeatureLayout,
+)
+from vla_runtime.core.failure_detection import (
     FiniteMonitor,
     HoldStreakMonitor,
     InterventionRateMonitor,
@@ -68,20 +80,10 @@ from vla_runtime.core.failure_detection import (
     step_features,
 )
 from vla_runtime.nodes.common import (
-    HOLD_NO_JOINT_STATE,
-    HOLD_STALE_JOINT_STATE,
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
     QOS_LATCHED,
     QOS_SENSOR,
-    TOPIC_ACTION_CHUNK,
-    TOPIC_DETECTOR_HEARTBEAT,
-    TOPIC_DIAGNOSTICS,
-    TOPIC_HALT,
-    TOPIC_INSTRUCTION,
-    TOPIC_JOINT_STATES,
-    TOPIC_POLICY_FEATURES,
-    TOPIC_SAFETY_STATE,
     diagnostic_status,
     load_node_config,
     run_node,
@@ -112,7 +114,10 @@ class FailureDetectorNode(Node):
         }
         for k, v in p.items():
             self.declare_parameter(k, v)
-        get = lambda k: self.get_parameter(k).value  # noqa: E731
+
+        def get(k: str):
+            return self.get_parameter(k).value
+
         js_timeout = float(get("joint_state_timeout_s")) or 2.0 * safety.joint_state_timeout_s
         plan_timeout = float(get("plan_timeout_periods")) / self.cfg.rates.fast_hz
         self.monitors = {
@@ -303,7 +308,8 @@ class FailureDetectorNode(Node):
             self._armed = False
         now = time.monotonic()
         try:
-            self._judge("interventions", self.monitors["interventions"].note_total(int(values.get("interventions", 0)), now))
+            self._judge("interventions", self.monitors["interventions"].note_total(int(values.get("interventions", 0)),
+                                                                                   now))
         except ValueError:
             pass
         if mode == "HALTED" and LEARNED in self._active:

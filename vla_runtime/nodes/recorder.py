@@ -1,7 +1,7 @@
 """recorder: every tick of the runtime into a crash-safe rosbag2 (MCAP) directory.
 
 Subscribes (serialised, never deserialised: ``raw=True``) to what it takes to replay and to learn
-from a run, and hands the bytes to a writer thread (:class:`~vla_runtime.recording.BagRecorder`):
+from a run, and hands the bytes to a writer thread (:class:`~vla_runtime.data.recording.BagRecorder`):
 
 * observations: ``/joint_states``, ``/ee_pose``, the config's camera topics (their header stamps
   are the observation references; ``record_images:=false`` keeps only joint states);
@@ -30,33 +30,33 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile
 
 from vla_runtime.core.config import PROJECT_ROOT, RuntimeConfig
-from vla_runtime.core.teleop import (
+from vla_runtime.core.contract import (
+    TOPIC_ACTION_CHUNK,
+    TOPIC_DIAGNOSTICS,
+    TOPIC_EE_POSE,
+    TOPIC_HALT,
+    TOPIC_INSTRUCTION,
     TOPIC_INTERVENTION,
+    TOPIC_JOINT_STATES,
     TOPIC_JOY,
+    TOPIC_POLICY_FEATURES,
+    TOPIC_SAFETY_STATE,
     TOPIC_TELEOP_ENGAGE,
     TOPIC_TELEOP_GRIPPER,
     TOPIC_TELEOP_JOINT_JOG,
     TOPIC_TELEOP_POSE,
     TOPIC_TELEOP_TWIST,
 )
+from vla_runtime.data.recording import BagRecorder, RecorderLimits, RecordingError, TopicSpec
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
     QOS_LATCHED,
     QOS_SENSOR,
-    TOPIC_ACTION_CHUNK,
-    TOPIC_DIAGNOSTICS,
-    TOPIC_EE_POSE,
-    TOPIC_HALT,
-    TOPIC_INSTRUCTION,
-    TOPIC_JOINT_STATES,
-    TOPIC_POLICY_FEATURES,
-    TOPIC_SAFETY_STATE,
     diagnostic_status,
     load_node_config,
     run_node,
 )
-from vla_runtime.recording import BagRecorder, RecorderLimits, RecordingError, TopicSpec
 
 _CONTROLLER_TYPES = {
     "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
@@ -160,7 +160,7 @@ class RecorderNode(Node):
         return cb
 
     def _write_loop(self) -> None:
-        from vla_runtime.recording import _typestore, deserialize
+        from vla_runtime.data.recording import _typestore, deserialize
 
         ts = _typestore()
         while True:

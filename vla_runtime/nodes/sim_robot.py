@@ -57,12 +57,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_runtime.core.config import CONTROLLER_TOPIC_SUFFIX, ControllerGroup
-from vla_runtime.nodes.common import (
-    QOS_COMMAND,
-    QOS_DIAGNOSTICS,
-    QOS_LATCHED,
-    QOS_SENSOR,
-    QOS_STATE,
+from vla_runtime.core.contract import (
     SERVICE_LIST_CONTROLLERS,
     SERVICE_SIM_RESET,
     SERVICE_SWITCH_CONTROLLER,
@@ -71,6 +66,13 @@ from vla_runtime.nodes.common import (
     TOPIC_JOINT_STATES,
     TOPIC_SIM_MOVE_OBJECT,
     TOPIC_SIM_OBJECTS,
+)
+from vla_runtime.nodes.common import (
+    QOS_COMMAND,
+    QOS_DIAGNOSTICS,
+    QOS_LATCHED,
+    QOS_SENSOR,
+    QOS_STATE,
     load_node_config,
     ns_to_stamp,
     run_node,
@@ -84,7 +86,6 @@ from vla_runtime.sim.controllers import (
     TwistCommand,
 )
 from vla_runtime.sim.robot import CameraRenderer, SimRobot
-
 
 #: A batch later than this behind its schedule is dropped from the schedule (re-anchored).
 MAX_LAG_S = 0.05

@@ -28,15 +28,13 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
+from vla_runtime.core.contract import TOPIC_DIAGNOSTICS, TOPIC_INSTRUCTION, TOPIC_SYNC_REQUEST
 from vla_runtime.engines.base import LatencyStats
 from vla_runtime.nodes.common import (
+    QOS_COMMAND,
     QOS_DIAGNOSTICS,
     QOS_LATCHED,
-    QOS_COMMAND,
     QOS_SENSOR,
-    TOPIC_DIAGNOSTICS,
-    TOPIC_SYNC_REQUEST,
-    TOPIC_INSTRUCTION,
     diagnostic_status,
     latent_buffer_config,
     load_node_config,
@@ -79,9 +77,9 @@ class SlowReasonerNode(LifecycleNode):
 
     # ----------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from vla_runtime.engines.model_package import load_model_package
         from vla_runtime.core.latent_buffer import open_latent_writer
         from vla_runtime.core.policy_io import SlowFeeds
+        from vla_runtime.engines.model_package import load_model_package
 
         try:
             self.package = load_model_package(

@@ -33,7 +33,8 @@ from sensor_msgs.msg import Joy
 from std_msgs.msg import Bool, Float64
 
 from vla_runtime.core.config import RuntimeConfig
-from vla_runtime.core.teleop import (
+from vla_runtime.core.contract import (
+    TOPIC_EE_POSE,
     TOPIC_JOY,
     TOPIC_TELEOP_ENGAGE,
     TOPIC_TELEOP_GRIPPER,
@@ -41,16 +42,12 @@ from vla_runtime.core.teleop import (
     TOPIC_TELEOP_IN_TWIST,
     TOPIC_TELEOP_POSE,
     TOPIC_TELEOP_TWIST,
-    JoyMapper,
-    PoseClutch,
-    homogeneous,
-    matrix_to_quat_xyzw,
 )
+from vla_runtime.core.teleop import JoyMapper, PoseClutch, homogeneous, matrix_to_quat_xyzw
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
     QOS_SENSOR,
-    TOPIC_EE_POSE,
     load_node_config,
     run_node,
 )

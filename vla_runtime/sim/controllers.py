@@ -156,17 +156,16 @@ class JointSet:
             dof.append(model.jnt_dofadr[jid])
             acts.append(a)
             if n in limits:
-                l, u, v, e = limits[n]
+                low, u, v, e = limits[n]
             else:
-                l, u = model.jnt_range[jid] if model.jnt_limited[jid] else (-math.inf, math.inf)
+                low, u = model.jnt_range[jid] if model.jnt_limited[jid] else (-math.inf, math.inf)
                 v, e = 2.0, float(max(abs(model.actuator_ctrlrange[a][0]), abs(model.actuator_ctrlrange[a][1])))
-            lo.append(l)
+            lo.append(low)
             hi.append(u)
             vel.append(v)
             eff.append(e)
-        f = lambda x: np.asarray(x, dtype=float)  # noqa: E731
-        i = lambda x: np.asarray(x, dtype=int)  # noqa: E731
-        return cls(tuple(names), i(qpos), i(dof), i(acts), f(lo), f(hi), f(vel), f(eff))
+        ints = [np.asarray(x, dtype=int) for x in (qpos, dof, acts)]
+        return cls(tuple(names), *ints, *(np.asarray(x, dtype=float) for x in (lo, hi, vel, eff)))
 
     def __len__(self) -> int:
         return len(self.names)

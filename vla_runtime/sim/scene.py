@@ -177,9 +177,11 @@ def _add_world(spec: mujoco.MjSpec, table_center: tuple[float, float], table_hal
         table.add_geom(name=f"table_leg{i}", type=mujoco.mjtGeom.mjGEOM_BOX,
                        pos=[sx * (table_half[0] - 0.05), sy * (table_half[1] - 0.05), -0.05 - leg_h],
                        size=[0.03, 0.03, leg_h], material="table_mat", contype=0, conaffinity=0)
-    wb.add_light(name="key_light", pos=[0.6, -0.8, 2.5], dir=[-0.2, 0.3, -1.0], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
+    wb.add_light(name="key_light", pos=[0.6, -0.8, 2.5], dir=[-0.2, 0.3, -1.0],
+                 type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
                  diffuse=[0.7, 0.7, 0.7], specular=[0.2, 0.2, 0.2], castshadow=False)
-    wb.add_light(name="fill_light", pos=[-0.5, 0.8, 2.0], dir=[0.3, -0.3, -1.0], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
+    wb.add_light(name="fill_light", pos=[-0.5, 0.8, 2.0], dir=[0.3, -0.3, -1.0],
+                 type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
                  diffuse=[0.35, 0.35, 0.35], specular=[0.0, 0.0, 0.0], castshadow=False)
     spec.visual.headlight.ambient = [0.35, 0.35, 0.35]
     spec.visual.headlight.diffuse = [0.3, 0.3, 0.3]

@@ -17,11 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_runtime.check import check_config
+from vla_runtime.commands.check import check_config
+from vla_runtime.commands.report import write_json, write_plot
 from vla_runtime.core.config import PROJECT_ROOT, load_config
-from vla_runtime.probe import Probe, wait_for
-from vla_runtime.report import write_json, write_plot
-from vla_runtime.supervisor import Supervisor, graph_for_config, ros_environment
+from vla_runtime.core.contract import (
+    DIAG_FAST_PATH,
+    DIAG_SLOW_PATH,
+    TOPIC_ACTION_CHUNK,
+    TOPIC_DIAGNOSTICS,
+    TOPIC_EE_POSE,
+    TOPIC_POLICY_FEATURES,
+    TOPIC_SAFETY_STATE,
+)
+from vla_runtime.graph.probe import Probe, wait_for
+from vla_runtime.graph.supervisor import Supervisor, graph_for_config, ros_environment
 
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "sim_panda_reach.yaml"  # the trained reference policy
 TIMING_CONFIG = PROJECT_ROOT / "config" / "sim_panda.yaml"  # untrained timing model: loop timing only
@@ -38,11 +47,11 @@ class GraphRecorder:
 
         from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
 
-        self.ee = probe.collect(PoseStamped, "/ee_pose", QOS_SENSOR)
-        self.plans = probe.collect(JointTrajectory, "/vla/action_chunk", QOS_COMMAND)
-        self.features = probe.collect(Float32MultiArray, "/vla/policy_features", QOS_SENSOR)
-        self.safety = probe.collect(DiagnosticStatus, "/vla/safety_state", QOS_LATCHED)
-        self.diags = probe.collect(DiagnosticArray, "/diagnostics", 50)
+        self.ee = probe.collect(PoseStamped, TOPIC_EE_POSE, QOS_SENSOR)
+        self.plans = probe.collect(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
+        self.features = probe.collect(Float32MultiArray, TOPIC_POLICY_FEATURES, QOS_SENSOR)
+        self.safety = probe.collect(DiagnosticStatus, TOPIC_SAFETY_STATE, QOS_LATCHED)
+        self.diags = probe.collect(DiagnosticArray, TOPIC_DIAGNOSTICS, 50)
 
     def diag(self, name: str) -> dict[str, str]:
         for _, arr in reversed(self.diags):
@@ -79,8 +88,8 @@ def run_graph_demo(config: Path, duration: float, out_root: Path) -> dict:
             if dead:
                 raise SystemExit(f"demo: node(s) died: {dead}; logs in {run_dir / 'logs'}")
             time.sleep(0.5)
-        fast = rec.diag("vla/action_chunk_node")
-        slow = rec.diag("vla/slow_reasoner")
+        fast = rec.diag(DIAG_FAST_PATH)
+        slow = rec.diag(DIAG_SLOW_PATH)
         how = sup.stop()
     t_end = t_start + duration
     ee = [(t, m.pose.position) for t, m in rec.ee if t_start <= t <= t_end]
@@ -139,7 +148,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg = load_config(config)
     out_root = Path(args.out)
     if cfg.sim is not None and cfg.sim.robot == "panda" and _has_trained_policy(cfg):
-        from vla_runtime.evaluation import run_demo_episodes
+        from vla_runtime.commands.evaluation import run_demo_episodes
 
         run_dir = out_root / time.strftime("demo-%Y%m%d-%H%M%S")
         result = run_demo_episodes(run_dir, config=config)

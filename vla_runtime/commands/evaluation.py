@@ -2,7 +2,7 @@
 
 :func:`run_eval` starts the config's graph (``sim_robot``, ``slow_reasoner``,
 ``action_chunk_node``, ``controller_bridge``) as separate processes on a private
-``ROS_DOMAIN_ID`` (101..200) and runs episodes of a task from :mod:`vla_runtime.tasks` against
+``ROS_DOMAIN_ID`` (101..200) and runs episodes of a task from :mod:`vla_runtime.sim.tasks` against
 it, observing it only through its public topics and services, as an operator would:
 
 1. **Reset**: with the bridge in POLICY, ``/sim/reset`` (std_srvs/Trigger) re-homes the arm, and
@@ -14,7 +14,7 @@ it, observing it only through its public topics and services, as an operator wou
    instruction were set (``/vla/policy_features`` carries the latent's age), so no episode starts
    on the previous episode's guidance.
 3. **Run**: ``/vla/resume``; the clock starts. For ``touch_dynamic`` the target slides at a steady
-   speed (``/sim/move_object`` at 30 Hz along :class:`~vla_runtime.tasks.TargetMotion`).
+   speed (``/sim/move_object`` at 30 Hz along :class:`~vla_runtime.sim.tasks.TargetMotion`).
    Success: the TCP (from ``/ee_pose``) within 3 cm of the target's centre before the time limit.
 
 Modes: ``async`` is the fast-slow design (the fast loop re-plans at 30 Hz on the newest latent);
@@ -43,14 +43,15 @@ from dataclasses import replace
 from pathlib import Path
 
 # The simulated-time path renders offscreen in this process; MuJoCo picks its GL backend when it is
-# first imported (vla_runtime.tasks imports it), so choose EGL here, as the sim node does.
+# first imported (vla_runtime.sim.tasks imports it), so choose EGL here, as the sim node does.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
 import yaml
 
 from vla_runtime.core.config import PROJECT_ROOT, RuntimeConfig, load_config
-from vla_runtime.tasks import (
+from vla_runtime.core.contract import DIAG_FAST_PATH, FeatureLayout
+from vla_runtime.sim.tasks import (
     ARM_JOINTS,
     CONTROL_HZ,
     SUCCESS_RADIUS_M,
@@ -107,17 +108,14 @@ def _summary(task: str, mode: str, slow_latency_ms: float | None, config: Path, 
 
 # ------------------------------------------------------------------------------ graph session
 class _GraphObserver:
-    """What the harness watches and pokes, on a :class:`~vla_runtime.probe.Probe` node."""
+    """What the harness watches and pokes, on a :class:`~vla_runtime.graph.probe.Probe` node."""
 
-    def __init__(self, probe) -> None:  # noqa: ANN001
+    def __init__(self, probe) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
         from geometry_msgs.msg import PoseStamped
         from std_msgs.msg import Float32MultiArray, String
 
-        from vla_runtime.nodes.common import (
-            QOS_COMMAND,
-            QOS_LATCHED,
-            QOS_SENSOR,
+        from vla_runtime.core.contract import (
             TOPIC_DIAGNOSTICS,
             TOPIC_EE_POSE,
             TOPIC_INSTRUCTION,
@@ -126,6 +124,7 @@ class _GraphObserver:
             TOPIC_SIM_MOVE_OBJECT,
             TOPIC_SIM_OBJECTS,
         )
+        from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
 
         self.probe = probe
         self.lock = threading.Lock()
@@ -163,7 +162,7 @@ class _GraphObserver:
         def on_features(msg: Float32MultiArray) -> None:
             if len(msg.data) < 3:
                 return
-            age, infer_ms, hold = (float(x) for x in msg.data[-3:])
+            age, infer_ms, hold = FeatureLayout.tail(msg.data)
             now_wall, now = time.time(), time.monotonic()
             with self.lock:
                 self.latent_obs_wall = now_wall - age
@@ -178,7 +177,7 @@ class _GraphObserver:
 
         def on_diag(msg: DiagnosticArray) -> None:
             for st in msg.status:
-                if st.name == "vla/action_chunk_node":
+                if st.name == DIAG_FAST_PATH:
                     kv = {v.key: v.value for v in st.values}
                     with self.lock:
                         self.fast_diag = kv
@@ -198,7 +197,7 @@ class _GraphObserver:
         """Call a std_srvs/Trigger service (clients are kept: no discovery delay per call)."""
         from std_srvs.srv import Trigger
 
-        from vla_runtime.probe import wait_for
+        from vla_runtime.graph.probe import wait_for
 
         client = self._clients.get(service)
         if client is None:
@@ -211,7 +210,7 @@ class _GraphObserver:
         resp = fut.result()
         return bool(resp.success), str(resp.message)
 
-    def move(self, name: str, position, orientation_wxyz=None) -> None:  # noqa: ANN001
+    def move(self, name: str, position, orientation_wxyz=None) -> None:
         req = {"name": name, "position": [float(v) for v in position]}
         if orientation_wxyz is not None:
             req["orientation_wxyz"] = [float(v) for v in orientation_wxyz]
@@ -250,8 +249,8 @@ class _GraphSession:
         return path
 
     def __enter__(self) -> _GraphSession:
-        from vla_runtime.probe import Probe
-        from vla_runtime.supervisor import Supervisor, graph_for_config, ros_environment
+        from vla_runtime.graph.probe import Probe
+        from vla_runtime.graph.supervisor import Supervisor, graph_for_config, ros_environment
 
         cfg_path = self._write_config()
         specs = [s for s in graph_for_config(self.cfg, str(cfg_path)) if s.name in GRAPH_NODES]
@@ -276,7 +275,7 @@ class _GraphSession:
                        STARTUP_TIMEOUT_S, "the graph to come up (fast-path features, /ee_pose, /sim/objects)")
             from std_srvs.srv import Trigger
 
-            from vla_runtime.nodes.common import SERVICE_HOLD, SERVICE_RESUME, SERVICE_SIM_RESET
+            from vla_runtime.core.contract import SERVICE_HOLD, SERVICE_RESUME, SERVICE_SIM_RESET
 
             for name in (SERVICE_SIM_RESET, SERVICE_HOLD, SERVICE_RESUME):  # discovered once, up front
                 client = self.obs._clients[name] = self.probe.node.create_client(Trigger, name)
@@ -316,7 +315,7 @@ class _GraphSession:
     # ---------------------------------------------------------------------------- one episode
     def episode(self, task: str, seed: int, record: bool = False) -> dict:
         """Reset, instruct, run one episode; its row (and traces when ``record``)."""
-        from vla_runtime.nodes.common import SERVICE_HOLD, SERVICE_RESUME, SERVICE_SIM_RESET
+        from vla_runtime.core.contract import SERVICE_HOLD, SERVICE_RESUME, SERVICE_SIM_RESET
         from vla_runtime.sim.scene import sample_cube_poses
 
         obs = self.obs
@@ -487,7 +486,7 @@ def run_eval(task: str, episodes: int, mode: str = "async", slow_latency_ms: flo
             row = g.episode(task, seed * EPISODE_SEED_STRIDE + i)
             rows.append(row)
             say(f"eval: {task} {mode} episode {i + 1}/{episodes} ({row['colour']}): "
-                f"{'success in %.2f s' % row['time_to_success_s'] if row['success'] else 'FAIL'}"
+                f"{'success in {:.2f} s'.format(row['time_to_success_s']) if row['success'] else 'FAIL'}"
                 f" (closest {row['min_distance_m'] if row['min_distance_m'] is not None else float('nan'):.3f} m)")
         timing = g.fast_timing()
     extra = {"achieved_hz": timing.get("achieved_hz"), "fast_path": timing, "realtime": True,
@@ -506,7 +505,7 @@ def run_demo_episodes(out_dir: str | os.PathLike, config: str | os.PathLike | No
         ``{"episodes": [row with "trace": {ee, target, latent_age_s, loop_timing}], "json": path,
         "png": path}``.
     """
-    from vla_runtime.report import write_json, write_plot
+    from vla_runtime.commands.report import write_json, write_plot
 
     say = log or (lambda _s: None)
     out = Path(out_dir)
@@ -517,7 +516,7 @@ def run_demo_episodes(out_dir: str | os.PathLike, config: str | os.PathLike | No
             row = g.episode(task, seed * EPISODE_SEED_STRIDE + i, record=True)
             rows.append(row)
             say(f"demo: {task} ({row['colour']}): "
-                f"{'success in %.2f s' % row['time_to_success_s'] if row['success'] else 'FAIL'}")
+                f"{'success in {:.2f} s'.format(row['time_to_success_s']) if row['success'] else 'FAIL'}")
         timing = g.fast_timing()
     result = {"episodes": rows, "fast_path": timing}
     panels = []
@@ -527,7 +526,8 @@ def run_demo_episodes(out_dir: str | os.PathLike, config: str | os.PathLike | No
         tg = np.array(tr["target"]["xyz"]).reshape(-1, 3)
         te, tt = np.array(tr["ee"]["t"]), np.array(tr["target"]["t"])
         name = f"{row['task']}: {row['instruction']} ({'ok' if row['success'] else 'missed'})"
-        panels.append({"title": name + " - top view", "series": {"tcp": (ee[:, 0], ee[:, 1]), "target": (tg[:, 0], tg[:, 1])},
+        panels.append({"title": name + " - top view", "series": {"tcp": (ee[:, 0], ee[:, 1]), "target": (tg[:, 0],
+                                                                                                         tg[:, 1])},
                        "xlabel": "x [m]", "ylabel": "y [m]", "equal_axes": True})
         dist = np.linalg.norm(ee - np.array([np.interp(te, tt, tg[:, k]) for k in range(3)]).T, axis=1) \
             if len(ee) and len(tg) else np.zeros(0)
@@ -552,7 +552,7 @@ def _run_eval_simtime(task: str, episodes: int, mode: str, slow_latency_ms: floa
             for i in range(episodes)]
     for i, r in enumerate(rows):
         say(f"eval(sim time): {task} {mode} episode {i + 1}/{episodes}: "
-            f"{'success in %.2f s' % r['time_to_success_s'] if r['success'] else 'FAIL'}")
+            f"{'success in {:.2f} s'.format(r['time_to_success_s']) if r['success'] else 'FAIL'}")
     return _summary(task, mode, slow_latency_ms, config, rows, {"achieved_hz": CONTROL_HZ, "realtime": False})
 
 
@@ -639,7 +639,7 @@ def simtime_episode(task: str, seed: int, mode: str = "async", slow_latency_ms: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vla_runtime.evaluation TASK [--episodes N] [--mode async|sync] [--slow-latency-ms L]``."""
+    """``python -m vla_runtime.commands.evaluation TASK [--episodes N] [--mode async|sync] [--slow-latency-ms L]``."""
     import argparse
 
     ap = argparse.ArgumentParser(description="Evaluate the reference policy through the node graph.")

@@ -130,9 +130,13 @@ def run_keyboard(config: RuntimeConfig, stdin=None, rate_hz: float = 50.0, domai
     from geometry_msgs.msg import TwistStamped
     from std_msgs.msg import Bool, Float64
 
-    from vla_runtime.core.teleop import TOPIC_TELEOP_ENGAGE, TOPIC_TELEOP_GRIPPER, TOPIC_TELEOP_TWIST
+    from vla_runtime.core.contract import (
+        TOPIC_TELEOP_ENGAGE,
+        TOPIC_TELEOP_GRIPPER,
+        TOPIC_TELEOP_TWIST,
+    )
+    from vla_runtime.graph.probe import Probe
     from vla_runtime.nodes.common import QOS_COMMAND, QOS_DIAGNOSTICS
-    from vla_runtime.probe import Probe
 
     fd = stream.fileno()
     mapper = KeyboardMapper(config.teleop)

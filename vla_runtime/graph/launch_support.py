@@ -1,8 +1,8 @@
 """Shared code of the ``launch/*.launch.py`` files: a config file → one launch Node per node process.
 
 The launch files and ``vla-runtime up`` must start the same graph from the same YAML, so the node
-list always comes from :func:`vla_runtime.supervisor.graph_for_config`; this module only
-translates its :class:`~vla_runtime.supervisor.NodeSpec` list into launch actions.
+list always comes from :func:`vla_runtime.graph.supervisor.graph_for_config`; this module only
+translates its :class:`~vla_runtime.graph.supervisor.NodeSpec` list into launch actions.
 
 ``launch`` and ``launch_ros`` are imported inside the functions that need them, so the pure part
 (:func:`launch_node_args`, :func:`select_config`) imports and is tested where ROS 2's launch
@@ -16,11 +16,12 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from vla_runtime.supervisor import NodeSpec, graph_for_config
+from vla_runtime.graph.supervisor import NodeSpec, graph_for_config
 
 if TYPE_CHECKING:  # pragma: no cover - type names only
-    from launch import LaunchContext, LaunchDescriptionEntity
     from launch.actions import OpaqueFunction
+
+    from launch import LaunchContext, LaunchDescriptionEntity
 
 PACKAGE = "vla_runtime"
 
@@ -114,9 +115,9 @@ def node_actions(config_file: str) -> list[Any]:
     Raises:
         vla_runtime.core.config.ConfigError: The config is invalid (every bad field listed).
     """
-    from launch_ros.actions import Node  # noqa: PLC0415 - launch_ros exists only on a ROS 2 install
+    from launch_ros.actions import Node
 
-    from vla_runtime.core.config import load_config  # noqa: PLC0415
+    from vla_runtime.core.config import load_config
 
     cfg = load_config(config_file)
     actions = []
@@ -149,12 +150,12 @@ def graph_from_arguments(profile_arg: str | None = None, profiles: Mapping[str, 
     Returns:
         The action to add to a LaunchDescription after the DeclareLaunchArgument actions.
     """
-    from launch.actions import OpaqueFunction as _OpaqueFunction  # noqa: PLC0415
+    from launch.actions import OpaqueFunction as _OpaqueFunction
 
     def _emit(context: LaunchContext) -> list[LaunchDescriptionEntity]:
-        from launch.actions import LogInfo  # noqa: PLC0415
-        from launch.substitutions import LaunchConfiguration  # noqa: PLC0415
-        from launch.utilities import perform_substitutions  # noqa: PLC0415
+        from launch.actions import LogInfo
+        from launch.substitutions import LaunchConfiguration
+        from launch.utilities import perform_substitutions
 
         def _perform(value: Any) -> str:
             if isinstance(value, str):

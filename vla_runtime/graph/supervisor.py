@@ -120,7 +120,7 @@ class Supervisor:
         logfile = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            logfile = open(self.log_dir / f"{spec.name}.log", "a", buffering=1)  # noqa: SIM115
+            logfile = open(self.log_dir / f"{spec.name}.log", "a", buffering=1)
         popen = subprocess.Popen(
             spec.argv(), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True,

@@ -20,11 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_runtime.recording import read_bag
-
-TOPIC_PLAN = "/vla/action_chunk"
-TOPIC_JS = "/joint_states"
-TOPIC_INSTRUCTION = "/vla/instruction"
+from vla_runtime.core.contract import TOPIC_ACTION_CHUNK, TOPIC_INSTRUCTION, TOPIC_JOINT_STATES, camera_topic
+from vla_runtime.data.recording import read_bag
 
 
 def _image_array(msg) -> np.ndarray:
@@ -77,7 +74,7 @@ def replay(
         ``max_abs_diff``, ``mean_max_abs_diff`` and ``per_dim_max``.
 
     Raises:
-        vla_runtime.recording.RecordingError: The bag has no closed part.
+        vla_runtime.data.recording.RecordingError: The bag has no closed part.
         vla_runtime.engines.model_package.ModelPackageError: The model package does not load.
     """
     from vla_runtime.core.policy_io import FastFeeds, SlowFeeds
@@ -87,17 +84,17 @@ def replay(
     try:
         spec = package.spec
         cams = [t.camera or "scene" for t in spec.slow.inputs if t.role == "image"]
-        topics_by_cam = {c: (camera_topics or {}).get(c, f"/camera/{c}/image_raw") for c in cams}
+        topics_by_cam = {c: (camera_topics or {}).get(c, camera_topic(c)) for c in cams}
         js: list[tuple[int, dict[str, float]]] = []
         images: dict[str, list[tuple[int, tuple[int, object]]]] = {c: [] for c in cams}
         instructions: list[tuple[int, str]] = []
         plans: list[tuple[int, object]] = []
-        wanted = [TOPIC_PLAN, TOPIC_JS, TOPIC_INSTRUCTION, *topics_by_cam.values()]
+        wanted = [TOPIC_ACTION_CHUNK, TOPIC_JOINT_STATES, TOPIC_INSTRUCTION, *topics_by_cam.values()]
         cam_of = {v: k for k, v in topics_by_cam.items()}
         for topic, t_ns, msg in read_bag(bag_dir, wanted):
-            if topic == TOPIC_JS:
+            if topic == TOPIC_JOINT_STATES:
                 js.append((t_ns, dict(zip(msg.name, (float(p) for p in msg.position)))))
-            elif topic == TOPIC_PLAN:
+            elif topic == TOPIC_ACTION_CHUNK:
                 if len(msg.points):
                     plans.append((t_ns, msg))
             elif topic == TOPIC_INSTRUCTION:

@@ -63,7 +63,7 @@ class Probe:
         while not self._stop.is_set() and self.context.ok():
             try:
                 self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 - the context is going down
+            except Exception:
                 if self._stop.is_set() or not self.context.ok():
                     return
                 raise

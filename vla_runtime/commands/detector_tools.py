@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from vla_runtime.core.contract import FeatureLayout
 from vla_runtime.core.failure_detection import (
     ConformalThreshold,
-    FeatureLayout,
     LearnedDetector,
     calibrate_threshold,
     episode_step_features,
@@ -67,7 +67,8 @@ def save_rollouts(rollouts: Sequence[Rollout], directory: str | os.PathLike) -> 
     index = []
     for i, r in enumerate(rollouts):
         name = f"{i:04d}.npz"
-        np.savez_compressed(d / name, times=np.asarray(r.times, np.float64), features=np.asarray(r.features, np.float32))
+        np.savez_compressed(d / name, times=np.asarray(r.times, np.float64), features=np.asarray(r.features,
+                                                                                                 np.float32))
         index.append({"file": name, "label": int(r.label), "scenario": r.scenario, "layout": r.layout,
                       "fault_t": None if r.fault_t is None else float(r.fault_t), "steps": int(len(r.times)),
                       "meta": {str(k): v for k, v in r.meta.items()}})
@@ -106,7 +107,7 @@ def synthetic_rollouts(n: int, fail_fraction: float = 0.5, layout: FeatureLayout
     task = rng.normal(0, 1, layout.latent_dim)
     drift_dir = rng.normal(0, 1, layout.latent_dim)
     drift_dir /= np.linalg.norm(drift_dir)
-    for i in range(n):
+    for _ in range(n):
         fail = rng.random() < fail_fraction
         T = int(rng.uniform(*duration_s) * rate_hz)
         times = np.arange(T) / rate_hz + rng.normal(0, 0.002, T).clip(-0.004, 0.004)
@@ -292,8 +293,10 @@ SCENARIOS = ("nominal", "target_moved", "arm_blocked", "wrong_object")
 
 
 def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episodes: int = 40,
-                    scenarios: Sequence[str] = SCENARIOS, episode_s: float = 8.0, fault_at_s: tuple[float, float] = (1.0, 3.0),
-                    target: str = "red_cube", success_radius_m: float = 0.03, wrong_instruction: str = "touch the blue cube",
+                    scenarios: Sequence[str] = SCENARIOS, episode_s: float = 8.0, fault_at_s: tuple[float,
+                                                                                                    float] = (1.0, 3.0),
+                    target: str = "red_cube", success_radius_m: float = 0.03,
+                    wrong_instruction: str = "touch the blue cube",
                     seed: int = 0, log=None, progress=None) -> list[Rollout]:
     """Run episodes through the config's graph and record features + outcome.
 
@@ -315,10 +318,7 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
 
     from vla_runtime.bench.graph import _private_domain
     from vla_runtime.core.config import load_config
-    from vla_runtime.nodes.common import (
-        QOS_COMMAND,
-        QOS_LATCHED,
-        QOS_SENSOR,
+    from vla_runtime.core.contract import (
         SERVICE_RESET,
         SERVICE_RESUME,
         SERVICE_SIM_RESET,
@@ -329,18 +329,19 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
         TOPIC_SIM_MOVE_OBJECT,
         TOPIC_SIM_OBJECTS,
     )
-    from vla_runtime.probe import Probe, wait_for
-    from vla_runtime.supervisor import Supervisor, graph_for_config, ros_environment
+    from vla_runtime.graph.probe import Probe, wait_for
+    from vla_runtime.graph.supervisor import Supervisor, graph_for_config, ros_environment
+    from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
 
     path = Path(config).resolve()
     cfg = load_config(path)
     rng = np.random.default_rng(seed)
 
-    def fingertips(pose) -> np.ndarray:  # noqa: ANN001
+    def fingertips(pose) -> np.ndarray:
         """The point that touches: /ee_pose is the hand flange; the sim Panda's TCP is 9.7 cm out."""
         p, o = pose.position, pose.orientation
         if cfg.sim is not None and cfg.sim.robot == "panda":
-            from vla_runtime.tasks import tcp_from_hand
+            from vla_runtime.sim.tasks import tcp_from_hand
 
             return tcp_from_hand((p.x, p.y, p.z), (o.w, o.x, o.y, o.z))
         return np.array([p.x, p.y, p.z])
@@ -378,7 +379,8 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
                     faulted = True
                     if scenario == "target_moved":
                         pos = json.loads(objects[-1][1].data)["objects"][target]["position"]
-                        move.publish(String(data=json.dumps({"name": target, "position": [pos[0], pos[1] + 0.25, pos[2]]})))
+                        move.publish(String(data=json.dumps({"name": target, "position": [pos[0], pos[1] + 0.25,
+                                                                                          pos[2]]})))
                     else:
                         req = SwitchController.Request(deactivate_controllers=[arm_controller],
                                                        strictness=SwitchController.Request.BEST_EFFORT)

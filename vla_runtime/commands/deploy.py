@@ -66,8 +66,8 @@ def build_engines(
             missing or invalid, the arguments do not fit together, or a build fails. The message
             says which and what to do.
     """
-    from vla_runtime.core.model_spec import load_model_spec  # noqa: PLC0415 - keep the CLI import light
-    from vla_runtime.engines.model_package import ModelPackageError, resolve_onnx  # noqa: PLC0415
+    from vla_runtime.core.model_spec import load_model_spec
+    from vla_runtime.engines.model_package import ModelPackageError, resolve_onnx
 
     wanted = tuple(parts)
     bad = [p for p in wanted if p not in PARTS]
@@ -95,7 +95,7 @@ def build_engines(
         if not path.is_file():
             raise EngineError(f"ONNX file not found: {path} (declared as {part}.onnx in {pkg / 'model.yaml'})")
 
-    from vla_runtime.engines.tensorrt_engine import TensorRTEngine  # noqa: PLC0415 - imports tensorrt lazily
+    from vla_runtime.engines.tensorrt_engine import TensorRTEngine
 
     precision = _precision(fp16, int8)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
@@ -213,7 +213,7 @@ def write_keys(directory: str | os.PathLike, names: Sequence[str], force: bool =
         ValueError: A name is empty, repeated or has other characters.
         KeyExistsError: A key file exists and ``force`` is False (all such files named).
     """
-    from vla_runtime.core.latent_buffer import generate_curve_keypair  # noqa: PLC0415 - imports zmq
+    from vla_runtime.core.latent_buffer import generate_curve_keypair
 
     names = list(names)
     if not names:
