@@ -38,8 +38,28 @@ def test_plan_bytes_decode_to_rclpys_message_for_every_point_count() -> None:
         stamp = 1_795_418_025_079_227_947 + n
         got = enc.encode(stamp, values)
         want = serialize_message(_expected(stamp, values, 0.01))
-        assert len(got) == len(want), n  # bytes differ only in padding, which the serializer leaves as it finds it
         assert deserialize_message(got, JointTrajectory) == deserialize_message(want, JointTrajectory), n
+
+
+def test_plan_bytes_are_exactly_the_message_with_zeroed_padding() -> None:
+    """A plan carries its message and nothing else: a strict CDR reader (rosbags) decodes it and
+    re-serializes it to the same bytes, so no padding or trailing byte holds process memory.
+    rclpy's serialize_message does not pass this (its buffer runs past the message)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_HUMBLE)
+    enc = PlanEncoder(NAMES, "plan", max_points=6, dt=1 / 30)
+    rng = np.random.default_rng(3)
+    for n in range(1, 7):
+        got = enc.encode(1_795_418_025_079_227_947 + n, rng.normal(0, 1.5, (n, len(NAMES))))
+        msg = ts.deserialize_cdr(got, "trajectory_msgs/msg/JointTrajectory")  # strict: refuses trailing bytes
+        assert bytes(ts.serialize_cdr(msg, "trajectory_msgs/msg/JointTrajectory")) == got, n
+    # What the encoder avoids: rclpy's serializer hands back more than the message.
+    ours = enc.encode(0, np.zeros((1, len(NAMES))))
+    leaky = serialize_message(_expected(0, np.zeros((1, len(NAMES))), 1 / 30))
+    assert len(leaky) > len(ours)
+    with pytest.raises(Exception, match="size mismatch"):
+        ts.deserialize_cdr(leaky, "trajectory_msgs/msg/JointTrajectory")
 
 
 def test_plan_encoder_refuses_wrong_shapes_by_name() -> None:

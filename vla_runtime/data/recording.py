@@ -358,8 +358,10 @@ def recover(path: str | os.PathLike) -> list[str]:
 def deserialize(typestore, raw: bytes | memoryview, msgtype: str):
     """CDR bytes → a rosbags message object, tolerating trailing bytes.
 
-    Fast DDS 3 (ROS 2 Kilted) hands out serialised payloads with up to 8 bytes after the message
-    (rmw and Foxglove ignore them); ``rosbags``' strict size check would refuse them.
+    Bags this runtime records now hold exact messages (every one decodes with ``rosbags``' strict
+    reader and with ``mcap``; ``test_recording`` checks it). Older recordings carry ~170 bytes of
+    the fast path's heap after every plan (rclpy's ``serialize_message`` template, see
+    ``nodes/cdr.py``); reading tolerates them so those bags still replay.
     """
     if len(raw) < 4 or bytes(raw[:2]) not in (b"\x00\x00", b"\x00\x01"):
         raise RecordingError(f"{msgtype}: not a CDR payload")

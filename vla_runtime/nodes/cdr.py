@@ -5,11 +5,15 @@ positions) and takes the newest JointState. Through rclpy's message classes that
 object per point and per field, converted element by element; measured in the running graph it
 was about a third of the loop's own overhead (take 0.3 ms, fill + publish 0.25 ms at p50). Here:
 
-* :class:`PlanEncoder` serializes the plan with rclpy's own serializer once per point count, at
-  start-up, with a distinct sentinel in every position slot, and records where each sentinel
-  landed. A tick then writes the stamp and the positions into those offsets of a preallocated
-  buffer (one strided NumPy assignment) and publishes the bytes. Nothing about the CDR layout is
-  hand-coded, so alignment and encapsulation are whatever the installed middleware produces.
+* :class:`PlanEncoder` serializes the plan once per point count, at start-up, with a distinct
+  sentinel in every position slot, and records where each sentinel landed. A tick then writes the
+  stamp and the positions into those offsets of a preallocated buffer (one strided NumPy
+  assignment) and publishes the bytes. Nothing about the CDR layout is hand-coded. The template
+  comes from ``rosbags``' CDR serializer, not from ``rclpy.serialization.serialize_message``: the
+  latter (rclpy 9.1 / Fast DDS 3) returns its whole buffer — uninitialised padding and, after the
+  message, bytes of the process's heap (pointers) — which then went out on the wire in every plan
+  and made strict CDR readers refuse recorded bags ("CDR message size mismatch"). rosbags writes
+  exactly the message, padding zeroed; a start-up check deserializes each template with rclpy.
 * :class:`JointStateDecoder` reads the positions of a serialized JointState at the offset its
   layout (frame_id, names, counts) puts them. The offset is found once per layout by
   deserializing the message normally and locating the position array; later messages with
@@ -46,8 +50,8 @@ class PlanEncoder:
     """
 
     def __init__(self, joint_names: list[str], frame_id: str, max_points: int, dt: float) -> None:
-        from rclpy.serialization import serialize_message
-        from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+        from rclpy.serialization import deserialize_message
+        from trajectory_msgs.msg import JointTrajectory
 
         if max_points < 1:
             raise ValueError(f"max_points must be ≥ 1, got {max_points}")
@@ -58,19 +62,11 @@ class PlanEncoder:
         self._buffers: list[bytearray | None] = [None]
         self._views: list[np.ndarray | None] = [None]
         for n in range(1, self.max_points + 1):
-            msg = JointTrajectory()
-            msg.header.frame_id = frame_id
-            msg.header.stamp.sec, msg.header.stamp.nanosec = 0x5A5A5A5A, 0x3C3C3C3C
-            msg.joint_names = list(joint_names)
             sentinel = self._sentinels(n)
-            for k in range(n):
-                pt = JointTrajectoryPoint()
-                t = k * dt
-                pt.time_from_start.sec = int(t)
-                pt.time_from_start.nanosec = int(round((t - int(t)) * 1e9))
-                pt.positions = [float(v) for v in sentinel[k]]
-                msg.points.append(pt)
-            buf = bytearray(serialize_message(msg))
+            buf = bytearray(_serialize_plan(list(joint_names), frame_id, sentinel, dt))
+            msg = deserialize_message(bytes(buf), JointTrajectory)  # the middleware reads it as we wrote it
+            if len(msg.points) != n or list(msg.joint_names) != list(joint_names) or msg.header.frame_id != frame_id:
+                raise RuntimeError(f"unexpected CDR layout: a {n}-point plan template does not read back")
             self._buffers.append(buf)
             self._views.append(self._locate(buf, sentinel))
         stamp = bytes(self._buffers[1])
@@ -114,6 +110,25 @@ class PlanEncoder:
         sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
         struct.pack_into("<iI", buf, self._stamp_at, sec, nsec)
         return bytes(buf)
+
+
+def _serialize_plan(joint_names: list[str], frame_id: str, positions: np.ndarray, dt: float) -> bytes:
+    """A JointTrajectory (stamp 0x5A5A5A5A.0x3C3C3C3C, point k at ``k * dt``) as exact CDR bytes."""
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_HUMBLE)  # JointTrajectory is the same message in every distro
+    time, duration = ts.types["builtin_interfaces/msg/Time"], ts.types["builtin_interfaces/msg/Duration"]
+    point = ts.types["trajectory_msgs/msg/JointTrajectoryPoint"]
+    empty = np.zeros(0, dtype=np.float64)
+    points = []
+    for k, row in enumerate(positions):
+        t = k * dt
+        points.append(point(positions=np.asarray(row, dtype=np.float64), velocities=empty, accelerations=empty,
+                            effort=empty, time_from_start=duration(sec=int(t), nanosec=int(round((t - int(t)) * 1e9)))))
+    msg = ts.types["trajectory_msgs/msg/JointTrajectory"](
+        header=ts.types["std_msgs/msg/Header"](stamp=time(sec=0x5A5A5A5A, nanosec=0x3C3C3C3C), frame_id=frame_id),
+        joint_names=joint_names, points=points)
+    return bytes(ts.serialize_cdr(msg, "trajectory_msgs/msg/JointTrajectory"))
 
 
 class JointStateDecoder:
