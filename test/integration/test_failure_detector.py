@@ -242,3 +242,28 @@ def test_hold_streak_escalates_fast_path_holds_not_joint_state_hiccups(superviso
     plans.publish(plan())
     wait_for(lambda: any(not m.data for _, m in halts[n:]), 2.0, what="the detector clearing its halt")
     assert HOLD_STALE_LATENT in hold_until_halt(HOLD_STALE_LATENT, since=len(halts))
+
+
+def test_a_detector_head_that_does_not_load_stops_the_node_instead_of_running_without_it(supervisor, write_config,
+                                                                                          tmp_path):
+    """A broken learned head is not silently replaced by the hard monitors: the node refuses to
+    start and says why (it used to log INFO and run on); `detector.learned: off` runs without it."""
+    import shutil
+
+    from test.conftest import ROOT, node_logs
+    from vla_runtime.graph.supervisor import NodeSpec
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(ROOT / "models" / "reference_reach", pkg)
+    (pkg / "detector" / "weights.npz").write_bytes(b"PK\x03\x04 truncated")
+    broken = write_config("sim_panda_reach_detector.yaml", {"model": {"package": str(pkg)}}, name="broken.yaml")
+    proc = supervisor.start(NodeSpec("failure_detector", "vla_runtime.nodes.failure_detector", str(broken)))
+    assert proc.wait(timeout=30) == 2
+    log = node_logs(tmp_path)
+    assert "failure_detector cannot start" in log and "weights do not load" in log, log
+    supervisor.stop_node("failure_detector")
+    off = write_config("sim_panda_reach_detector.yaml", {"model": {"package": str(pkg)},
+                                                         "detector": {"learned": "off"}}, name="off.yaml")
+    proc = supervisor.start(NodeSpec("failure_detector", "vla_runtime.nodes.failure_detector", str(off)))
+    wait_for(lambda: "learned head off" in node_logs(tmp_path), 30, what="the detector running on hard monitors")
+    assert proc.poll() is None

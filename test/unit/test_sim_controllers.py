@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("mujoco")
 
 from vla_runtime.core.config import _merge, _read_yaml, config_from_dict
+from vla_runtime.core.robot_ceilings import DATASHEETS
 from vla_runtime.sim.controllers import (
     JointTargetCommand,
     PoseCommand,
@@ -246,7 +247,7 @@ def test_gr1_loads_with_expected_joint_groups():
         "robot": {
             "name": "gr1", "base_frame": "base",
             "joints": [{"name": j, "position": [float(m.joint(j).range[0]) - 1e-3, float(m.joint(j).range[1]) + 1e-3],
-                        "velocity": 2.0, "acceleration": 10.0, "effort": 60.0}
+                        "velocity": 2.0, "acceleration": 10.0, "effort": DATASHEETS["gr1"][j].effort}
                        for g in ("left_arm", "right_arm", "waist") for j in GR1_GROUPS[g]],
             "groups": {
                 "left_arm": {"controller": "joint_trajectory", "controller_name": "left_arm_controller",

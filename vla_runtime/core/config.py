@@ -25,6 +25,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vla_runtime.core.robot_ceilings import limit_problems
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 ControllerType = Literal[
@@ -176,6 +178,19 @@ def joint_reference_problems(joint_names: list[str], group_joints: dict[str, lis
     return problems
 
 
+def _raw_margin_problems(data: dict[str, Any]) -> list[str]:
+    """The margin check on unvalidated data, so it is reported beside other field errors."""
+    try:
+        margin = float(data["safety"]["position_margin_rad"])
+        joints = [(str(j["name"]), float(j["position"][0]), float(j["position"][1])) for j in data["robot"]["joints"]]
+        groups = data["robot"]["groups"].values()
+        ranged = {str(j) for g in groups if g.get("controller") == "gripper" and g.get("gripper_range")
+                  for j in g.get("joints", [])}
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return []
+    return margin_problems(margin, [j for j in joints if j[0] not in ranged])
+
+
 def _raw_joint_reference_problems(data: dict[str, Any]) -> list[str]:
     """The same check on unvalidated data, so it is reported beside other field errors."""
     robot = data.get("robot")
@@ -231,6 +246,7 @@ class RobotProfile(_Frozen):
         if dupes:
             raise ValueError(f"joint names listed twice: {dupes}")
         problems = joint_reference_problems(names, {g: grp.joints for g, grp in self.groups.items()})
+        problems += limit_problems(self.name, self.joints)
         for gname, group in self.groups.items():
             if group.stiffness is not None and group.controller == "joint_impedance":
                 if len(group.stiffness) != len(group.joints):
@@ -299,6 +315,14 @@ class ModelConfig(_Frozen):
     fast_engine: EngineConfig = EngineConfig()
 
 
+#: Highest rates a config may ask for. The fast loop's own maximum here is 400–500 Hz with the null
+#: engine (``bench max-rate``); ros2_control updates controllers at ≤ 1 kHz, so commands streamed
+#: faster are never executed; a VLM step faster than 100 Hz is not a slow path.
+MAX_FAST_HZ = 1000.0
+MAX_COMMAND_HZ = 1000.0
+MAX_SLOW_HZ = 100.0
+
+
 class RatesConfig(_Frozen):
     """Loop rates in Hz."""
 
@@ -308,10 +332,12 @@ class RatesConfig(_Frozen):
 
     @model_validator(mode="after")
     def _order(self) -> RatesConfig:
-        for name in ("fast_hz", "command_hz", "slow_hz"):
+        for name, ceiling in (("fast_hz", MAX_FAST_HZ), ("command_hz", MAX_COMMAND_HZ), ("slow_hz", MAX_SLOW_HZ)):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v}")
+            if v > ceiling:
+                raise ValueError(f"{name} = {v} is not a physically plausible rate (at most {ceiling:g} Hz)")
         if self.command_hz < self.fast_hz:
             raise ValueError(f"command_hz ({self.command_hz}) must be >= fast_hz ({self.fast_hz})")
         if self.slow_hz > self.fast_hz:
@@ -362,19 +388,32 @@ class SafetyConfig(_Frozen):
 
     velocity_scale: float = Field(default=1.0, gt=0, le=1, description="fraction of the joint velocity limits")
     acceleration_scale: float = Field(default=1.0, gt=0, le=1)
-    max_joint_step_rad: float = Field(default=0.05, gt=0, description="largest change per command")
-    max_cartesian_step_m: float = Field(default=0.01, gt=0)
+    max_joint_step_rad: float = Field(default=0.05, gt=0, le=0.5, description="largest change per command")
+    max_cartesian_step_m: float = Field(default=0.01, gt=0, le=0.1)
     position_margin_rad: float = Field(default=0.0, ge=0, description="kept clear of the position limits")
-    watchdog_s: float = Field(default=0.2, gt=0, description="no fresh policy command → HOLD")
-    joint_state_timeout_s: float = Field(default=0.1, gt=0, description="stale /joint_states → HOLD")
+    watchdog_s: float = Field(default=0.2, gt=0, le=2.0, description="no fresh policy command → HOLD")
+    joint_state_timeout_s: float = Field(default=0.1, gt=0, le=1.0, description="stale /joint_states → HOLD")
     max_deadline_miss_streak: int = Field(default=3, ge=1)
-    max_tracking_error_rad: float = Field(default=0.3, gt=0)
+    max_tracking_error_rad: float = Field(default=0.3, gt=0, le=math.pi)
     max_interventions_per_s: float = Field(
         default=20.0, gt=0, description="safety-filter interventions per second above which the detector halts"
     )
-    detector_heartbeat_s: float = Field(default=0.5, gt=0, description="silent detector → HOLD")
+    detector_heartbeat_s: float = Field(default=0.5, gt=0, le=5.0, description="silent detector → HOLD")
     halt_switches_to_hold_controller: bool = True
-    controller_check_timeout_s: float = Field(default=2.0, gt=0)
+    controller_check_timeout_s: float = Field(default=2.0, gt=0, le=30.0)
+
+
+class DetectorConfig(_Frozen):
+    """The failure detector's learned head (the hard monitors always run).
+
+    ``learned``: ``if_present`` (default) — the model package's ``detector/`` head is loaded when the
+    package has one, and a head that is there but does not load refuses the start; a package
+    without one runs the hard monitors only (said in the log and the diagnostics).
+    ``required`` — a head must load. ``off`` — hard monitors only, a head is never loaded.
+    """
+
+    learned: Literal["required", "if_present", "off"] = "if_present"
+    dir: str | None = Field(default=None, description="head directory (default: <model package>/detector)")
 
 
 class TeleopConfig(_Frozen):
@@ -443,6 +482,23 @@ class ProcessConfig(_Frozen):
         return self
 
 
+#: The fraction of each joint's range a position margin must leave commandable.
+MIN_RANGE_LEFT = 0.25
+
+
+def margin_problems(margin: float, joints: list[tuple[str, float, float]]) -> list[str]:
+    """A position margin must leave every position-limited joint (name, lower, upper) at least
+    ``MIN_RANGE_LEFT`` of its range: a wider one pins the joint to mid-range, so the policy could
+    not move it. (Gripper joints with a ``gripper_range`` are limited by that range instead.)"""
+    out = []
+    for name, lo, hi in joints:
+        left = (hi - lo) - 2 * margin
+        if margin > 0 and left < MIN_RANGE_LEFT * (hi - lo):
+            out.append(f"safety.position_margin_rad = {margin} leaves joint {name!r} {max(0.0, left):.4g} of its "
+                       f"range [{lo}, {hi}] (at least {MIN_RANGE_LEFT:.0%} must stay commandable)")
+    return out
+
+
 class RuntimeConfig(_Frozen):
     """A whole deployment."""
 
@@ -452,6 +508,7 @@ class RuntimeConfig(_Frozen):
     latent: LatentConfig = LatentConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     safety: SafetyConfig = SafetyConfig()
+    detector: DetectorConfig = DetectorConfig()
     teleop: TeleopConfig = TeleopConfig()
     cameras: list[CameraConfig] = Field(default_factory=list)
     instruction: str = Field(default="", description="initial instruction")
@@ -462,8 +519,20 @@ class RuntimeConfig(_Frozen):
     )
     source: str = Field(default="", description="file this config was loaded from (set by the loader)")
 
+    @field_validator("nodes")
+    @classmethod
+    def _unique_nodes(cls, v: list[str]) -> list[str]:
+        dupes = sorted({n for n in v if v.count(n) > 1})
+        if dupes:
+            raise ValueError(f"nodes listed twice: {dupes} (two controller_bridge processes would both "
+                             "command the robot)")
+        return v
+
     @model_validator(mode="after")
     def _cross(self) -> RuntimeConfig:
+        problems = self._margin_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
         if "sim_robot" in self.nodes and self.sim is None:
             raise ValueError("nodes include sim_robot but there is no sim: section")
         if self.teleop.group is not None and self.teleop.group not in self.robot.groups:
@@ -487,6 +556,12 @@ class RuntimeConfig(_Frozen):
                 )
         return self
 
+    def _margin_problems(self) -> list[str]:
+        by_range = {j for g in self.robot.groups.values() if g.controller == "gripper" and g.gripper_range
+                    for j in g.joints}
+        return margin_problems(self.safety.position_margin_rad,
+                               [(j.name, *j.position) for j in self.robot.joints if j.name not in by_range])
+
     def resolve_path(self, p: str) -> Path:
         """Resolve a path from the config.
 
@@ -509,6 +584,11 @@ class RuntimeConfig(_Frozen):
         """Directory of the model package."""
         return self.resolve_path(self.model.package)
 
+    @property
+    def detector_path(self) -> Path:
+        """Directory of the learned failure detector's head."""
+        return self.resolve_path(self.detector.dir) if self.detector.dir else self.model_package_path / "detector"
+
 
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
@@ -522,9 +602,16 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise ConfigError(str(path), [f"include cycle: {' -> '.join(str(p) for p in (*seen, path))}"])
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(str(path), [f"cannot read file: {e.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), [f"not a text file: byte {e.start} is {raw[e.start:e.start + 1]!r}, "
+                                      "not UTF-8 (a YAML config is text)"]) from None
+    if "\x00" in text:
+        raise ConfigError(str(path), [f"not a text file: NUL byte at offset {text.index(chr(0))}"])
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -561,7 +648,11 @@ def format_validation_error(err: ValidationError, data: dict[str, Any]) -> list[
             lines.append(f"{where}: unknown field (misspelled?), value {e.get('input')!r}")
         else:
             value = _lookup(data, loc)
-            lines.append(f"{where} = {value!r}: {msg}")
+            if isinstance(value, (dict, list)) or not loc:
+                # A rule over a whole section: its own message names the fields and values, one per "; ".
+                lines.extend(f"{where}: {part}" if loc else part for part in msg.split("; "))
+            else:
+                lines.append(f"{where} = {value!r}: {msg}")
     return lines
 
 
@@ -572,7 +663,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RuntimeCon
     except ValidationError as err:
         problems = format_validation_error(err, data)
         # Cross-reference checks run only once every field is valid; report them anyway.
-        for p in _raw_joint_reference_problems(data):
+        for p in _raw_joint_reference_problems(data) + _raw_margin_problems(data):
             if not any(p in line for line in problems):
                 problems.append(p)
         raise ConfigError(source, problems) from None

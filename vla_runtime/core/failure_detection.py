@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zipfile
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -398,12 +399,20 @@ class LearnedDetector:
         meta_path, w_path = d / META_FILE, d / WEIGHTS_FILE
         if not meta_path.exists() or not w_path.exists():
             raise FileNotFoundError(f"no detector in {d} (need {META_FILE} and {WEIGHTS_FILE})")
-        meta = yaml.safe_load(meta_path.read_text()) or {}
+        try:
+            meta = yaml.safe_load(meta_path.read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ValueError(f"{meta_path}: does not read as YAML ({type(e).__name__})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path}: expected a mapping, got {type(meta).__name__}")
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: format must be {FORMAT!r}, got {meta.get('format')!r}")
         layout = FeatureLayout.parse(str(meta.get("feature_layout", "")))
-        with np.load(w_path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
+        try:
+            with np.load(w_path, allow_pickle=False) as z:
+                a = {k: z[k] for k in z.files}
+        except (OSError, EOFError, zipfile.BadZipFile, ValueError) as e:
+            raise ValueError(f"{w_path}: weights do not load ({type(e).__name__}: {e})") from None
         need = ("mean", "std", "w1", "b1", "w2", "b2")
         missing = [k for k in need if k not in a]
         if missing:
@@ -662,3 +671,32 @@ class TrackingErrorMonitor:
             return OK
         return MonitorResult(False, f"tracking error {self.error:.3f} rad on {self.joint} for "
                                     f"{1e3 * (now - self._over_since):.0f} ms (limit {self.max_error_rad} rad)")
+
+
+def load_for_config(learned: str, directory: str | Path) -> tuple[LearnedDetector | None, str]:
+    """The learned head a config asks for (``detector.learned``), or why it runs without one.
+
+    Args:
+        learned: ``required``, ``if_present`` or ``off`` (see ``core.config.DetectorConfig``).
+        directory: The head's directory.
+
+    Returns:
+        (the loaded, calibrated detector or None, a one-line status for logs and diagnostics).
+
+    Raises:
+        ValueError: A head that is there but does not load, or is not calibrated; or no head where
+            ``learned`` is ``required``. The failure detector refuses to start on it and ``vla-runtime
+            check`` refuses the config.
+    """
+    if learned == "off":
+        return None, "learned head off (detector.learned: off): hard monitors only"
+    try:
+        det = LearnedDetector.load(directory)
+    except FileNotFoundError as e:
+        if learned == "required":
+            raise ValueError(f"detector.learned is 'required' but {e}") from None
+        return None, f"no learned head in {directory}: hard monitors only"
+    if det.threshold is None:
+        raise ValueError(f"learned head in {directory} is not calibrated (run vla-runtime calibrate-detector)")
+    th = det.threshold
+    return det, f"loaded {directory} (alpha {th.alpha}, {th.method}, {len(th.thresholds)} bins)"

@@ -218,6 +218,12 @@ class Normalization(_Frozen):
 
     @model_validator(mode="after")
     def _check_stats(self) -> Normalization:
+        for field_name in ("mean", "std", "min", "max"):
+            values = getattr(self, field_name)
+            bad = [(i, v) for i, v in enumerate(values or ()) if not math.isfinite(v)]
+            if bad:
+                raise ValueError(f"normalization {field_name} must be finite, got {field_name}[{bad[0][0]}] = "
+                                 f"{bad[0][1]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
         if self.kind == "mean_std":
             if self.mean is None or self.std is None:
                 raise ValueError("normalization kind 'mean_std' needs 'mean' and 'std'")

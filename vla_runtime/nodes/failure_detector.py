@@ -5,7 +5,9 @@ Two kinds of judgement, both from :mod:`vla_runtime.core.failure_detection`:
 * the **learned failure score** (SAFE-style MLP head on the fast path's own features, accumulated
   over the episode) against its conformal threshold δ(t), loaded from the model package's
   ``detector/`` directory (or the ``detector_dir`` parameter). Without one the node runs the hard
-  monitors only and says so at start-up and in its diagnostics;
+  monitors only and says so at start-up and in its diagnostics; a head that is there but does not
+  load (or is not calibrated) stops the node at start-up, unless the config's ``detector.learned``
+  is ``off``;
 * **hard monitors**: stale ``/joint_states``, fast path silent, stale latent (age carried in the
   features), a streak of HOLD plans (deadline misses, non-finite output, stale latent; not
   joint-state holds: the stale ``/joint_states`` monitor escalates those at its own timeout),
@@ -33,7 +35,8 @@ command topic of every ``joint_trajectory`` group.
 Publications: ``/vla/halt`` (QOS_LATCHED), ``/vla/detector_heartbeat`` (Header, ``heartbeat_hz``),
 ``/diagnostics`` (2 Hz: score, threshold, every monitor's state).
 
-Parameters: ``config_file``; ``detector_dir`` ("" = ``<model package>/detector``); ``heartbeat_hz``
+Parameters: ``config_file``; ``detector_dir`` ("" = the config's ``detector.dir``, else
+``<model package>/detector``; ``detector.learned`` says whether the head must load); ``heartbeat_hz``
 (20); ``check_hz`` (100: timeout monitors); ``joint_state_timeout_s`` (0 = 2 × the config's
 ``safety.joint_state_timeout_s``: the bridge already HOLDs at 1×, the detector escalates to HALTED);
 ``plan_timeout_periods`` (4: fast path silent for this many fast-loop periods); ``hold_streak`` (0
@@ -77,6 +80,7 @@ from vla_runtime.core.failure_detection import (
     ScoreAccumulator,
     StalenessMonitor,
     TrackingErrorMonitor,
+    load_for_config,
     step_features,
 )
 from vla_runtime.nodes.common import (
@@ -149,19 +153,12 @@ class FailureDetectorNode(Node):
         # Learned part.
         self.learned: LearnedDetector | None = None
         self.learned_status = ""
-        d = str(get("detector_dir")) or str(self.cfg.model_package_path / "detector")
+        d = str(get("detector_dir")) or str(self.cfg.detector_path)
         try:
-            self.learned = LearnedDetector.load(d)
-            if self.learned.threshold is None:
-                raise ValueError("not calibrated (run vla-runtime calibrate-detector)")
-            th = self.learned.threshold
-            self.learned_status = f"loaded {d} (alpha {th.alpha}, {th.method}, {len(th.thresholds)} bins)"
-        except FileNotFoundError:
-            self.learned = None
-            self.learned_status = f"no learned detector in {d}: running hard monitors only"
-        except (ValueError, KeyError) as e:
-            self.learned = None
-            self.learned_status = f"learned detector in {d} unusable ({e}): running hard monitors only"
+            self.learned, self.learned_status = load_for_config(self.cfg.detector.learned, d)
+        except ValueError as e:  # a broken head never silently becomes "hard monitors only"
+            self.get_logger().fatal(f"failure_detector cannot start: {e}")
+            raise SystemExit(2) from None
         self._acc: ScoreAccumulator | None = None
         self._episode_t0 = 0.0
         self._last_feature_t = -1e9
