@@ -401,6 +401,25 @@ class SafetyConfig(_Frozen):
     detector_heartbeat_s: float = Field(default=0.5, gt=0, le=5.0, description="silent detector → HOLD")
     halt_switches_to_hold_controller: bool = True
     controller_check_timeout_s: float = Field(default=2.0, gt=0, le=30.0)
+    state_limit_tolerance: float = Field(
+        default=0.05, ge=0, le=0.5,
+        description="a measured joint position this far outside its limits (rad or m) is still accepted; "
+        "farther, the joint state is refused")
+    plan_limit_tolerance: float = Field(
+        default=0.2, ge=0, le=1.0,
+        description="plan values this far outside the range their dim can mean are still accepted (the safety "
+        "filter limits them); farther, the plan is refused, not clipped")
+    max_stamp_lead_s: float = Field(
+        default=0.5, gt=0, le=5.0, description="a header stamp this far ahead of the receiver's clock is refused")
+    plan_window_s: tuple[float, float] = Field(
+        default=(1.0, 0.5), description="[past, future]: a plan stamped outside now - past .. now + future is refused")
+
+    @field_validator("plan_window_s")
+    @classmethod
+    def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= 10 and 0 < v[1] <= 5):
+            raise ValueError(f"plan_window_s must be [past in (0, 10], future in (0, 5]] seconds, got {list(v)}")
+        return v
 
 
 class DetectorConfig(_Frozen):
