@@ -196,6 +196,7 @@ def test_hold_streak_escalates_fast_path_holds_not_joint_state_hiccups(superviso
 
     def plan() -> JointTrajectory:
         m = JointTrajectory(joint_names=joints)
+        m.header.stamp = node.get_clock().now().to_msg()  # a plan starts now, as the fast path's do
         m.points = [JointTrajectoryPoint(positions=[0.0] * len(joints))]
         return m
 

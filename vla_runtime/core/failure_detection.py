@@ -554,7 +554,8 @@ class HoldStreakMonitor:
 
 
 class FiniteMonitor:
-    """NaN/inf in a stream (features, action plans). Clears after ``clear_after`` finite samples."""
+    """NaN/inf (or any refused sample) in a stream: features, action plans. Clears after
+    ``clear_after`` good samples in a row."""
 
     def __init__(self, name: str, clear_after: int = 3) -> None:
         self.name = name
@@ -571,6 +572,17 @@ class FiniteMonitor:
             i = int(np.flatnonzero(~finite.reshape(-1))[0])
             self.bad, self.good_run = True, 0
             self.detail = f"{self.name}: non-finite value {arr.reshape(-1)[i]} at index {i}"
+        elif self.bad:
+            self.good_run += 1
+            if self.good_run >= self.clear_after:
+                self.bad = False
+        return self.check()
+
+    def note_verdict(self, refused: str | None) -> MonitorResult:
+        """One sample judged elsewhere (``core.validation``): the reason it was refused, or None."""
+        if refused is not None:
+            self.bad, self.good_run = True, 0
+            self.detail = f"{self.name}: {refused}"
         elif self.bad:
             self.good_run += 1
             if self.good_run >= self.clear_after:

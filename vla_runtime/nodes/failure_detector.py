@@ -11,7 +11,8 @@ Two kinds of judgement, both from :mod:`vla_runtime.core.failure_detection`:
 * **hard monitors**: stale ``/joint_states``, fast path silent, stale latent (age carried in the
   features), a streak of HOLD plans (deadline misses, non-finite output, stale latent; not
   joint-state holds: the stale ``/joint_states`` monitor escalates those at its own timeout),
-  non-finite features or plans, plans naming dims the robot does not have, the safety filter's intervention rate (from
+  non-finite features, plans the bridge would refuse (non-finite or out-of-range values, a stamp outside the plan
+  window: ``core/validation``), plans naming dims the robot does not have, the safety filter's intervention rate (from
   ``/vla/safety_state``), joint tracking error (commands on the joint-trajectory controllers'
   topics vs ``/joint_states``).
 
@@ -28,6 +29,11 @@ decision appended as ``[t=<CLOCK_MONOTONIC ns>]`` so the halt latency can be mea
 once every cause it raised has cleared (hard monitors: the condition is gone; the learned score:
 the bridge has latched HALTED, which ends the failed episode — the score restarts with the next
 episode). It never clears a halt it did not raise.
+
+Joint states are judged as the bridge and the fast path judge them (``core/validation``): a refused
+one (NaN, out of limits, names and positions of different lengths, a future stamp) is counted in
+the diagnostics and is no sign of life, so a sensor that only sends bad values escalates to HALTED
+at the joint-state timeout.
 
 Subscriptions: ``/vla/policy_features``, ``/vla/action_chunk``, ``/joint_states``,
 ``/vla/safety_state``, ``/vla/instruction`` (a new instruction starts a new episode) and the
@@ -83,6 +89,7 @@ from vla_runtime.core.failure_detection import (
     load_for_config,
     step_features,
 )
+from vla_runtime.core.validation import LENGTH_MISMATCH, JointStateCheck, PlanCheck, Rejections
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
@@ -134,7 +141,7 @@ class FailureDetectorNode(Node):
             "hold_streak": HoldStreakMonitor(int(get("hold_streak")) or safety.max_deadline_miss_streak,
                                              ignore=(HOLD_NO_JOINT_STATE, HOLD_STALE_JOINT_STATE)),
             "features_finite": FiniteMonitor("policy features"),
-            "plan_finite": FiniteMonitor("action plan"),
+            "plan_valid": FiniteMonitor("action plan"),
             "interventions": InterventionRateMonitor(
                 float(get("max_interventions_per_s")) or safety.max_interventions_per_s),
             "tracking": TrackingErrorMonitor(safety.max_tracking_error_rad, float(get("tracking_persist_s"))),
@@ -142,6 +149,11 @@ class FailureDetectorNode(Node):
         # Plan dims the runtime can command: joints and "<group>/<dim>" names.
         self._known_joints = set(self.cfg.robot.joint_names)
         self._groups = set(self.cfg.robot.groups)
+        # Inputs are judged as their consumers judge them (core/validation): a refused joint state is
+        # no sign of life (the joint-state monitor escalates), a refused plan is a fault.
+        self._js_check = JointStateCheck(self.cfg.robot, self.cfg.safety)
+        self._plan_checks: dict[tuple[str, ...], PlanCheck] = {}
+        self.plan_rejections = Rejections()
         self._active: dict[str, str] = {}  # cause → reason, for every cause currently present
         self._halt_out = False  # a halt of ours is standing on /vla/halt
         self.halts_published = 0
@@ -270,14 +282,32 @@ class FailureDetectorNode(Node):
             unknown = [n for n in msg.joint_names
                        if n not in self._known_joints and n.split("/", 1)[0] not in self._groups]
             self._judge("plan_layout", MonitorResult(not unknown, f"plan names unknown dims {unknown[:3]}"))
-            flat = np.concatenate([np.asarray(p.positions, dtype=np.float64) for p in msg.points])
-            r = self.monitors["plan_finite"].note(flat)
-            self._judge("plan_finite", r)
+            r = self.monitors["plan_valid"].note_verdict(self._plan_verdict(msg))
+            self._judge("plan_valid", r)
             if r.ok:
                 streak.note_plan()
         self._judge("hold_streak", streak.check())
 
+    def _plan_verdict(self, msg: JointTrajectory) -> str | None:
+        """Why a plan is refused (its values and stamp, as the bridge judges them), or None."""
+        names = tuple(msg.joint_names)
+        n = len(names)
+        if any(len(p.positions) != n for p in msg.points):
+            return self.plan_rejections(LENGTH_MISMATCH, f"plan points without {n} values")
+        check = self._plan_checks.get(names)
+        if check is None:
+            if len(self._plan_checks) > 16:
+                self._plan_checks.clear()
+            check = self._plan_checks[names] = PlanCheck(self.cfg.robot, self.cfg.safety, names)
+        values = np.array([p.positions for p in msg.points], dtype=np.float64).reshape(len(msg.points), n)
+        return check.check(values, stamp_to_ns(msg.header.stamp) * 1e-9, self.get_clock().now().nanoseconds * 1e-9,
+                           self.plan_rejections)
+
     def _on_joint_state(self, msg: JointState) -> None:
+        now_ns = self.get_clock().now().nanoseconds
+        if self._js_check.check(tuple(msg.name), np.asarray(msg.position, dtype=np.float64),
+                                stamp_to_ns(msg.header.stamp), now_ns) is not None:
+            return  # refused and counted: it is no sign of life for the joint-state monitor
         self.monitors["joint_states"].note(time.monotonic())
         for n, q in zip(msg.name, msg.position):
             self._measured[n] = q
@@ -352,6 +382,8 @@ class FailureDetectorNode(Node):
         for name, m in self.monitors.items():
             r = m.check(now) if name not in ("tracking",) else m.check(self.get_clock().now().nanoseconds * 1e-9)
             values[f"monitor.{name}"] = "ok" if r.ok else r.reason
+        values.update(self._js_check.rejections.as_diagnostics("joint_states_rejected"))
+        values.update(self.plan_rejections.as_diagnostics("plans_rejected"))
         level = 2 if self._active else 0
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
