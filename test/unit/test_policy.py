@@ -42,9 +42,10 @@ class ScriptedEngine(Engine):
 
     def __init__(self, graph: GraphSpec, raw: np.ndarray) -> None:
         super().__init__()
-        info = [[TensorInfo(t.name, tuple(t.shape), np.dtype(t.dtype)) for t in ts] for ts in (graph.inputs,
-                                                                                              graph.outputs)]
-        self._set_io(info[0], info[1])
+        def info(ts):
+            return [TensorInfo(t.name, tuple(t.shape), np.dtype(t.dtype)) for t in ts]
+
+        self._set_io(info(graph.inputs), info(graph.outputs))
         self.raw = raw
         self.seen: list[dict[str, np.ndarray]] = []
 
@@ -187,8 +188,8 @@ def test_measured_state_for_robot_takes_aliases_from_the_groups():
     st = MeasuredState.for_robot(["fr3_joint1", "gripper/gripper", "arm/qw"], cfg.robot)
     st.update_joints(("fr3_joint1", "fr3_finger_joint1"), np.array([0.5, 0.02]))
     st.update_pose((0.1, 0.2, 0.3, 0.0, 0.0, 0.0, 1.0))
-    assert st.complete and st.values[st.index(["fr3_joint1", "gripper/gripper", "arm/qw"])].tolist() == [0.5, 0.02,
-                                                                                                        1.0]
+    assert st.complete
+    assert st.values[st.index(["fr3_joint1", "gripper/gripper", "arm/qw"])].tolist() == [0.5, 0.02, 1.0]
     panda = load_config(ROOT / "config" / "sim_panda.yaml").robot
     assert not MeasuredState.for_robot(["gripper/gripper"], panda).needs_pose
 
