@@ -124,7 +124,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     model = args.model or str(PROJECT_ROOT / "models" / "timing_reference")
     try:
-        result = replay(args.bag, model, tolerance=args.tolerance)
+        result = replay(args.bag, model, tolerance=args.tolerance, config=args.config)
     except (FileNotFoundError, ValueError) as e:
         print(f"vla-runtime replay: {e}", file=sys.stderr)
         return 1
@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bag", help="rosbag2 directory written by the recorder node")
     p.add_argument("--model", default=None, help="model package (default: timing_reference)")
     p.add_argument("--tolerance", type=float, default=0.05, help="per-dim difference that counts as a deviation")
+    p.add_argument("--config", default=None,
+                   help="runtime config of the robot the bag was recorded on (default: config/sim_panda.yaml)")
     p.add_argument("--per-tick", action="store_true", help="include every tick in the JSON")
     p.set_defaults(func=cmd_replay)
 

@@ -568,6 +568,7 @@ def simtime_episode(task: str, seed: int, mode: str = "async", slow_latency_ms: 
     tick with the newest usable latent, ``sync`` only on a new latent and runs that chunk open-loop
     (pipelined: here the slow path keeps stepping meanwhile, unlike the graph's stop-and-go sync).
     """
+    from vla_runtime.core.policy import FastStep, SlowStep
     from vla_runtime.engines.model_package import load_model_package
     from vla_runtime.sim.controllers import TrajectoryCommand
     from vla_runtime.sim.robot import SimRobot
@@ -576,11 +577,14 @@ def simtime_episode(task: str, seed: int, mode: str = "async", slow_latency_ms: 
     cfg = load_config(config or DEFAULT_CONFIG)
     key = str(cfg.source)
     if key not in _SIM_CACHE:
-        _SIM_CACHE[key] = (SimRobot(cfg), load_model_package(cfg.model_package_path))
-    robot, pkg = _SIM_CACHE[key]
+        pkg = load_model_package(cfg.model_package_path)
+        # The policy's own slow and fast steps (core/policy), as the nodes run them; chunks are
+        # executed whole here, so there is no executing prefix to condition on.
+        _SIM_CACHE[key] = (SimRobot(cfg), pkg, SlowStep.from_package(pkg, [c.name for c in cfg.cameras]),
+                           FastStep.from_package(pkg, use_prefix=False))
+    robot, pkg, slow, fast = _SIM_CACHE[key]
     cam = cfg.cameras[0]
-    space = pkg.action_space
-    arm_cols = [space.dim_names.index(j) for j in ARM_JOINTS]
+    arm_cols = [pkg.action_space.dim_names.index(j) for j in ARM_JOINTS]
     dt = 1.0 / pkg.spec.control_rate_hz
     horizon = pkg.spec.chunk_horizon
     slow_every = max(1, int(round(CONTROL_HZ / cfg.rates.slow_hz)))
@@ -590,12 +594,10 @@ def simtime_episode(task: str, seed: int, mode: str = "async", slow_latency_ms: 
     for n, (p, q) in poses.items():
         robot.move_object(n, p, q)
     spec: EpisodeSpec = make_episode(task, seed, poses)
-    enc = pkg.tokenizer.encode(spec.instruction)
-    names = list(robot.joint_names)
-    finger = names.index("panda_finger_joint1")
-    from vla_runtime.core.policy_io import SlowFeeds
-
-    feeds = SlowFeeds(pkg.spec.slow, [c.name for c in cfg.cameras])
+    # The robot state as the fast node measures it (a gripper dim through the config's gripper joint).
+    measured = fast.measured_state(cfg.robot)
+    state_idx = measured.index(fast.state_layout)
+    joint_names = tuple(robot.joint_names)
     pending: list[tuple[float, np.ndarray]] = []
     latent = None
     version = used = 0
@@ -614,8 +616,7 @@ def simtime_episode(task: str, seed: int, mode: str = "async", slow_latency_ms: 
             break
         if k % slow_every == 0 and (not pending or latency <= 0):
             img = robot.render(cam.name, cam.width, cam.height)
-            out = pkg.slow_engine.infer(feeds.build({cam.name: img}, enc.ids, enc.mask))
-            pending.append((t + latency, next(iter(out.values()))))
+            pending.append((t + latency, slow.run({cam.name: img}, spec.instruction).latent))
         while pending and pending[0][0] <= t + 1e-9:
             latent = pending.pop(0)[1]
             version += 1
@@ -623,13 +624,11 @@ def simtime_episode(task: str, seed: int, mode: str = "async", slow_latency_ms: 
             robot.step(max(1, int(round((t0 + (k + 1) * dt - robot.time) / robot.model.opt.timestep))))
             continue
         used = version
-        js = robot.joint_state()
-        state = {n: float(js.positions[i]) for i, n in enumerate(names)}
-        state["gripper/gripper"] = float(js.positions[finger])
-        prop = pkg.proprio(state).reshape(1, -1).astype(np.float32)
-        fast_in = {t_.name: (latent.reshape(t_.shape) if t_.role == "latent" else prop) for t_ in pkg.spec.fast.inputs}
-        raw = next(iter(pkg.fast_engine.infer(fast_in).values()))
-        chunk = space.to_absolute(space.decode(raw), state)[:, arm_cols]
+        measured.update_joints(joint_names, robot.joint_state().positions)
+        if not measured.complete:
+            raise ValueError(f"{cfg.source}: the simulated robot does not measure {measured.missing()} "
+                             f"(the proprio of {pkg.spec.name})")
+        chunk = fast.run(measured.values[state_idx], latent=latent).chunk[:, arm_cols]
         robot.accept("arm_controller", TrajectoryCommand(list(ARM_JOINTS), [i * dt for i in range(horizon)],
                                                          chunk.tolist()))
         robot.step(max(1, int(round((t0 + (k + 1) * dt - robot.time) / robot.model.opt.timestep))))

@@ -16,13 +16,33 @@ Pure and not thread-safe: the caller serialises updates and reads (the node's st
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["MeasuredState", "POSE_KEYS"]
+if TYPE_CHECKING:
+    from vla_runtime.core.config import RobotProfile
+
+__all__ = ["MeasuredState", "POSE_KEYS", "robot_aliases"]
 
 #: The pose fields a Cartesian group's measured state has, in PoseStamped order.
 POSE_KEYS = ("x", "y", "z", "qx", "qy", "qz", "qw")
+
+
+def robot_aliases(robot: RobotProfile) -> tuple[dict[str, str], dict[str, str]]:
+    """What measures the non-joint names of a robot's action and proprio layouts.
+
+    A gripper group's ``<group>/gripper`` is measured by the group's first joint; a Cartesian
+    (``cartesian_impedance``) group's ``<group>/x`` … ``<group>/qw`` by the measured hand pose.
+
+    Returns:
+        ``(joint_aliases, pose_keys)``, the keyword arguments of :class:`MeasuredState`.
+    """
+    aliases = {f"{g}/gripper": grp.joints[0] for g, grp in robot.groups.items()
+               if grp.controller == "gripper" and grp.joints}
+    pose_keys = {f"{g}/{k}": k for g, grp in robot.groups.items() if grp.controller == "cartesian_impedance"
+                 for k in POSE_KEYS}
+    return aliases, pose_keys
 
 
 class MeasuredState:
@@ -67,6 +87,17 @@ class MeasuredState:
         self._maps: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._last_names: tuple[str, ...] | None = None
         self._last_map: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.intp), np.zeros(0, np.intp))
+
+    @classmethod
+    def for_robot(cls, names: Sequence[str], robot: RobotProfile) -> MeasuredState:
+        """The measured state of ``names`` on ``robot`` (aliases from its groups, :func:`robot_aliases`)."""
+        aliases, pose_keys = robot_aliases(robot)
+        return cls(names, joint_aliases=aliases, pose_keys=pose_keys)
+
+    @property
+    def needs_pose(self) -> bool:
+        """Some name is a field of the measured hand pose (:meth:`update_pose` must be fed)."""
+        return bool(self._pose_dst.size)
 
     @property
     def complete(self) -> bool:

@@ -1,7 +1,8 @@
 """action_chunk_node: the 30 Hz fast path.
 
 Every tick of a deadline loop (its own thread, absolute-time scheduling): newest joint state +
-newest latent (with its version and age) → fast engine → H×A chunk → ChunkScheduler (drops what
+newest latent (with its version and age) → the policy step (core/policy.FastStep: fast engine,
+decode to absolute actions) → H×A chunk → ChunkScheduler (drops what
 is already past, cross-fades with the executing chunk, interpolates to the command rate) → the
 scheduled command trajectory on ``/vla/action_chunk`` for the controller bridge, the policy
 features on ``/vla/policy_features`` for the failure detector, and timing in diagnostics.
@@ -73,9 +74,8 @@ from vla_runtime.core.contract import (
     TOPIC_JOINT_STATES,
     TOPIC_POLICY_FEATURES,
     TOPIC_SYNC_REQUEST,
-    FeatureLayout,
 )
-from vla_runtime.core.measured_state import POSE_KEYS, MeasuredState
+from vla_runtime.core.measured_state import MeasuredState
 from vla_runtime.core.realtime import DEFAULT_SWITCH_INTERVAL_S
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
@@ -109,6 +109,7 @@ class ActionChunkNode(LifecycleNode):
         self._polled: list[tuple[PolledTopic, object]] = []
         self._state_lock = threading.Lock()
         self.measured: MeasuredState | None = None  # built in on_configure (needs the package)
+        self.step = None  # the policy step (core/policy.FastStep), built in on_configure
         self._joint_recv_mono = 0.0
         self.loop = None
         self.package = None
@@ -123,7 +124,7 @@ class ActionChunkNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from vla_runtime.core.chunk_scheduler import ChunkScheduler, ChunkSchedulerConfig
         from vla_runtime.core.latent_buffer import open_latent_reader
-        from vla_runtime.core.policy_io import FastFeeds
+        from vla_runtime.core.policy import FastStep
         from vla_runtime.engines import make_engine
         from vla_runtime.engines.model_package import load_model_package
 
@@ -134,30 +135,20 @@ class ActionChunkNode(LifecycleNode):
             self.engine = self.package.fast_engine
             if self.get_parameter("engine").value == "null":
                 self.engine = make_engine(self.package.fast_onnx, backend="null")
-            self.feeds = FastFeeds(spec)
-            self.space = self.package.action_space
+            self.step = FastStep.from_package(self.package, self.engine, use_prefix=cfg.scheduler.rtc_prefix)
             self.reader = open_latent_reader(latent_buffer_config(cfg, (spec.latent.tokens, spec.latent.dim),
                                                                   spec.latent.dtype))
             self.engine.warmup(5)
         except Exception as e:  # noqa: BLE001 - any failure to load means: do not run
             self.get_logger().fatal(f"action_chunk_node cannot configure: {e}")
             return TransitionCallbackReturn.FAILURE
-        self.dim_names = list(self.space.dim_names)
-        groups = cfg.robot.groups
-        self._gripper_joints = [(g, grp.joints[0]) for g, grp in groups.items() if grp.controller == "gripper"]
-        self._cartesian_groups = [g for g, grp in groups.items() if grp.controller == "cartesian_impedance"]
-        # What the tick reads of the measured state: the proprio names, then the delta dims' current
-        # values (gripper dims and Cartesian poses through their aliases); see core/measured_state.
-        proprio_names = list(self.package.proprio.names)
-        delta_names = [n for n, d in zip(self.dim_names, self.space.delta_mask) if d]
-        self.measured = MeasuredState(
-            proprio_names + [n for n in delta_names if n not in proprio_names],
-            joint_aliases={f"{g}/gripper": joint for g, joint in self._gripper_joints},
-            pose_keys={f"{g}/{k}": k for g in self._cartesian_groups for k in POSE_KEYS})
-        self._proprio_idx = self.measured.index(proprio_names)
-        self._needs_current = bool(delta_names)
-        self._current_idx = self.measured.index([n if d else None for n, d in zip(self.dim_names,
-                                                                                  self.space.delta_mask)])
+        self.dim_names = list(self.step.space.dim_names)
+        # What the tick reads of the measured state, in one gather: the step's state vector (proprio,
+        # then the delta dims' current values; gripper dims and Cartesian poses measured as the
+        # robot config says, see core/measured_state and core/policy).
+        self.measured = self.step.measured_state(cfg.robot)
+        self._state_idx = self.measured.index(self.step.state_layout)
+        self._latent_view = self.step.latent_view  # the latent feed: the reader copies into it
         self.horizon = spec.chunk_horizon
         self.chunk_rate = spec.control_rate_hz
         rate = float(self.get_parameter("rate_hz").value) or cfg.rates.fast_hz
@@ -186,8 +177,7 @@ class ActionChunkNode(LifecycleNode):
             ),
             action_dim=len(self.dim_names),
         )
-        self.use_prefix = cfg.scheduler.rtc_prefix and self.feeds.supports_prefix
-        self.actions_name = self.feeds.actions_spec.name
+        self.use_prefix = self.step.uses_prefix
         # Preallocated outgoing messages: the loop fills them in place.
         self.plan_msg = JointTrajectory()
         self.plan_msg.joint_names = self.dim_names
@@ -199,10 +189,9 @@ class ActionChunkNode(LifecycleNode):
             pt.time_from_start.nanosec = int(round((t - int(t)) * 1e9))
             self._points.append(pt)
         self.features_msg = Float32MultiArray()
-        self.feature_layout = FeatureLayout(spec.latent.dim, self.horizon, len(self.dim_names))
-        n_feat = self.feature_layout.size
-        self.features_msg.layout.dim = [
-            MultiArrayDimension(label=self.feature_layout.label, size=n_feat, stride=n_feat)]
+        feature_layout = self.step.feature_layout
+        n_feat = feature_layout.size
+        self.features_msg.layout.dim = [MultiArrayDimension(label=feature_layout.label, size=n_feat, stride=n_feat)]
         self._features = np.zeros(n_feat, dtype=np.float32)
         self.mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
 
@@ -218,7 +207,7 @@ class ActionChunkNode(LifecycleNode):
             self.get_logger().warning(f"plans go out as messages: {e}")
         self._js_decoder = JointStateDecoder()
         state_topics = [(JointState, TOPIC_JOINT_STATES, self._joint_state_cb)]
-        if self._cartesian_groups:  # only Cartesian layouts need the measured pose (saves ~125 msgs/s)
+        if self.measured.needs_pose:  # only Cartesian layouts need the measured pose (saves ~125 msgs/s)
             state_topics.append((PoseStamped, TOPIC_EE_POSE, self._ee_cb))
         if bool(self.get_parameter("poll_state").value):
             self._io_node = Node(f"{self.get_name()}_loop_io", context=self.context,
@@ -340,7 +329,7 @@ class ActionChunkNode(LifecycleNode):
             return self._publish_hold(HOLD_NO_JOINT_STATE, now)
         if now - recv > self.cfg.safety.joint_state_timeout_s:
             return self._publish_hold(HOLD_STALE_JOINT_STATE, now)
-        sample = self.reader.read_into(self.feeds.latent_view)
+        sample = self.reader.read_into(self._latent_view)
         if sample is None:
             if self.lockstep:
                 self._request_latent(now, -1)
@@ -361,28 +350,17 @@ class ActionChunkNode(LifecycleNode):
             self._lockstep_version = sample.version
         with self._state_lock:
             complete = self.measured.complete
-            proprio = self.measured.values[self._proprio_idx]
-            current = self.measured.values[self._current_idx] if self._needs_current else None
+            state = self.measured.values[self._state_idx]
         if not complete:
             return self._publish_hold(HOLD_PROPRIO_INCOMPLETE, now)
-        self.feeds.set_proprio(self.package.proprio(proprio))
-        if self.use_prefix:
-            prefix, mask = self.scheduler.prefix(now, None, self.horizon)
-            if mask.any():
-                rel = self.space.to_relative(prefix, current)
-                self.feeds.set_prefix(self.space.encode(rel), mask.astype(np.float32))
-            else:
-                self.feeds.set_prefix(None, None)
-        t0 = time.perf_counter_ns()
-        out = self.engine.infer(self.feeds.feeds)
-        infer_ns = time.perf_counter_ns() - t0
+        step = self.step
+        raw, infer_ns = step.infer(state, self.scheduler.prefix(now, None, self.horizon) if self.use_prefix else None)
         self.loop.stats.report_inference_ns(infer_ns)
-        raw = out[self.actions_name]
         if infer_ns / 1e9 > self.infer_budget_s:
             self.counters["overruns"] += 1
             return self._publish_hold(HOLD_OVERRUN, time.monotonic())
         try:  # decode refuses non-finite values and a wrong shape (ValueError)
-            chunk = self.space.to_absolute(self.space.decode(raw), current)
+            chunk = step.decode(raw, state)
         except ValueError:
             return self._publish_hold(HOLD_BAD_OUTPUT, time.monotonic())
         after = time.monotonic()
@@ -441,7 +419,7 @@ class ActionChunkNode(LifecycleNode):
         self.plan_pub.publish(msg)
 
     def _publish_features(self, latent: np.ndarray, raw: np.ndarray, age: float, infer_ms: float, hold: bool) -> None:
-        f = self.feature_layout.pack_into(self._features, latent, raw, age, infer_ms, hold)
+        f = self.step.features_into(self._features, latent, raw, age, infer_ms, hold)
         buf = array("f")
         buf.frombytes(f.tobytes())
         self.features_msg.data = buf

@@ -1,9 +1,10 @@
 """slow_reasoner: camera image(s) + instruction → latent guidance, at its own pace.
 
-The VLM (the model package's slow graph) runs on its own thread on the newest frame of each
-camera; old frames are never queued. Each result goes into the latent buffer with the stamp of
-the observation it came from, so the fast path knows how old its guidance is. A new instruction
-(topic ``/vla/instruction`` or the ``instruction`` parameter) takes effect on the next slow step.
+The VLM (the model package's slow graph, through core/policy.SlowStep) runs on its own thread on
+the newest frame of each camera; old frames are never queued. Each result goes into the latent
+buffer with the stamp of the observation it came from, so the fast path knows how old its guidance
+is. A new instruction (topic ``/vla/instruction`` or the ``instruction`` parameter) takes effect
+on the next slow step.
 
 Parameters: ``config_file`` (the runtime YAML), ``instruction`` (overrides the config's),
 ``extra_latency_ms`` (adds latency to each slow step: emulates a heavier VLM or a remote link),
@@ -63,10 +64,10 @@ class SlowReasonerNode(LifecycleNode):
         self._frames: dict[str, tuple[np.ndarray, int]] = {}  # camera → (image, stamp_ns)
         self._new_frame = threading.Event()
         self._instruction = str(self.get_parameter("instruction").value)
-        self._instruction_dirty = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.package = None
+        self.step = None  # the policy step (core/policy.SlowStep), built in on_configure
         self.writer = None
         self.rejected_images = 0
         self.steps = 0
@@ -78,7 +79,7 @@ class SlowReasonerNode(LifecycleNode):
     # ----------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from vla_runtime.core.latent_buffer import open_latent_writer
-        from vla_runtime.core.policy_io import SlowFeeds
+        from vla_runtime.core.policy import SlowStep
         from vla_runtime.engines.model_package import load_model_package
 
         try:
@@ -86,8 +87,7 @@ class SlowReasonerNode(LifecycleNode):
                 self.cfg.model_package_path, slow=self.cfg.model.slow_engine, parts=("slow",)
             )
             spec = self.package.spec
-            self.feeds = SlowFeeds(spec.slow, [c.name for c in self.cfg.cameras])
-            self.latent_out = spec.slow.output_by_role("latent") or spec.slow.outputs[0]
+            self.step = SlowStep.from_package(self.package, [c.name for c in self.cfg.cameras])
             shape = (spec.latent.tokens, spec.latent.dim)
             self.writer = open_latent_writer(latent_buffer_config(self.cfg, shape, spec.latent.dtype))
             self.package.slow_engine.warmup(2)
@@ -97,7 +97,7 @@ class SlowReasonerNode(LifecycleNode):
         cams = {c.name: c for c in self.cfg.cameras}
         self._subs = [
             self.create_subscription(Image, cams[name].topic, self._image_cb(name), QOS_SENSOR)
-            for name in self.feeds.cameras
+            for name in self.step.cameras
         ]
         self.create_subscription(String, TOPIC_INSTRUCTION, self._instruction_cb, QOS_LATCHED)
         if self.step_on_request:
@@ -106,7 +106,7 @@ class SlowReasonerNode(LifecycleNode):
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
             f"slow path ready: {self.package.spec.name} on {self.package.slow_engine.provider}, "
-            f"cameras {self.feeds.cameras}, latent {self.cfg.latent.transport}:{self.cfg.latent.name}"
+            f"cameras {self.step.cameras}, latent {self.cfg.latent.transport}:{self.cfg.latent.name}"
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -177,14 +177,12 @@ class SlowReasonerNode(LifecycleNode):
     def _instruction_cb(self, msg: String) -> None:
         with self._lock:
             self._instruction = msg.data
-            self._instruction_dirty = True
 
     def _on_params(self, params) -> SetParametersResult:
         for p in params:
             if p.name == "instruction":
                 with self._lock:
                     self._instruction = str(p.value)
-                    self._instruction_dirty = True
             elif p.name == "extra_latency_ms" and float(p.value) < 0:
                 return SetParametersResult(successful=False, reason=f"extra_latency_ms must be >= 0, got {p.value}")
         return SetParametersResult(successful=True)
@@ -192,9 +190,6 @@ class SlowReasonerNode(LifecycleNode):
     # ----------------------------------------------------------------- slow loop
     def _run(self) -> None:
         min_period = 1.0 / self.cfg.rates.slow_hz
-        tokenizer = self.package.tokenizer
-        engine = self.package.slow_engine
-        tokens = None
         last_stamps: dict[str, int] = {}
         next_start = time.monotonic()
         while not self._stop.is_set():
@@ -220,23 +215,19 @@ class SlowReasonerNode(LifecycleNode):
             with self._lock:
                 frames = dict(self._frames)
             fresh = not after_ns or all(s >= after_ns for _, s in frames.values())
-            if len(frames) < len(self.feeds.cameras) or not fresh \
+            if len(frames) < len(self.step.cameras) or not fresh \
                     or all(last_stamps.get(c) == s for c, (_, s) in frames.items()):
                 if self.step_on_request:
                     self._request.set()  # same request, next frame
                 continue  # incomplete, or nothing new since the last step (or the request)
             with self._lock:
-                if self._instruction_dirty or tokens is None:
-                    tokens = tokenizer.encode(self._instruction)
-                    self._instruction_dirty = False
+                instruction = self._instruction
             t0 = time.monotonic()
             obs_ns = min(s for _, s in frames.values())
-            feeds = self.feeds.build({c: img for c, (img, _) in frames.items()}, tokens.ids, tokens.mask)
-            out = engine.infer(feeds)
+            latent = self.step.run({c: img for c, (img, _) in frames.items()}, instruction).latent
             extra = float(self.get_parameter("extra_latency_ms").value) / 1000.0
             if extra > 0 and self._stop.wait(extra):
                 return
-            latent = out[self.latent_out.name].reshape(self.package.spec.latent.tokens, self.package.spec.latent.dim)
             self.writer.write(latent, obs_ns)
             t1 = time.monotonic()
             self.latency.record((t1 - t0) * 1e3)
