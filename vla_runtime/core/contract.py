@@ -112,6 +112,9 @@ HOLD_STALE_LATENT = "hold: stale latent"
 HOLD_PROPRIO_INCOMPLETE = "hold: proprio incomplete"
 HOLD_OVERRUN = "hold: inference over budget"
 HOLD_BAD_OUTPUT = "hold: non-finite model output"
+#: The newest latent's observation stamp lies ahead of the fast path's clock (refused, not trusted:
+#: its age would read as fresh forever).
+HOLD_FUTURE_LATENT = "hold: latent stamped in the future"
 HOLD_PLAN_ENDED = "hold: plan ended"
 HOLD_STOPPED = "hold: fast path stopped"
 #: Holds the bridge makes on its own (``safety.joint_state_timeout_s``) and the detector's

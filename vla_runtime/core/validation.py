@@ -44,6 +44,7 @@ STALE_STAMP = "stale_stamp"
 EMPTY = "empty"
 UNKNOWN_NAME = "unknown_name"
 OVER_LIMIT = "over_limit"
+MALFORMED = "malformed"
 
 #: How far a teleop velocity may exceed its configured limit before it is refused instead of clipped.
 TELEOP_REFUSE_FACTOR = 2.0
@@ -103,9 +104,13 @@ class JointStateCheck:
         self._limits = {j.name: (j.position[0] - tol, j.position[1] + tol) for j in robot.joints}
         self.max_stamp_lead_s = safety.max_stamp_lead_s
         self._cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, str | None]] = {}
+        self._last_names: tuple[str, ...] | None = None
+        self._last_bounds: tuple[np.ndarray, np.ndarray, str | None] = (np.zeros(0), np.zeros(0), None)
         self.rejections = Rejections()
 
     def _bounds(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, str | None]:
+        if names is self._last_names:  # the same layout object as last time: no hashing
+            return self._last_bounds
         got = self._cache.get(names)
         if got is None:
             lo = np.array([self._limits.get(n, (-np.inf, np.inf))[0] for n in names], dtype=np.float64)
@@ -115,6 +120,7 @@ class JointStateCheck:
             if len(self._cache) > 64:  # a publisher that changes names every message: bounded memory
                 self._cache.clear()
             self._cache[names] = got
+        self._last_names, self._last_bounds = names, got
         return got
 
     def check(self, names: tuple[str, ...], positions: np.ndarray, stamp_ns: int | None = None,

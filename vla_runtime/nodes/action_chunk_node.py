@@ -42,6 +42,7 @@ import gc
 import json
 import math
 import os
+import struct
 import sys
 import threading
 import time
@@ -59,7 +60,9 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_runtime.core.contract import (
+    DIAG_FAST_PATH,
     HOLD_BAD_OUTPUT,
+    HOLD_FUTURE_LATENT,
     HOLD_NO_JOINT_STATE,
     HOLD_NO_LATENT,
     HOLD_OVERRUN,
@@ -77,6 +80,7 @@ from vla_runtime.core.contract import (
 )
 from vla_runtime.core.measured_state import MeasuredState
 from vla_runtime.core.realtime import DEFAULT_SWITCH_INTERVAL_S
+from vla_runtime.core.validation import LENGTH_MISMATCH, JointStateCheck
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
@@ -88,7 +92,11 @@ from vla_runtime.nodes.common import (
     make_realtime_here,
     ns_to_stamp,
     run_node,
+    stamp_to_ns,
 )
+
+#: ``builtin_interfaces/Time`` (int32 sec, uint32 nanosec), little-endian CDR.
+_STAMP = struct.Struct("<iI")
 
 
 class ActionChunkNode(LifecycleNode):
@@ -206,6 +214,9 @@ class ActionChunkNode(LifecycleNode):
             self._plan_encoder = None
             self.get_logger().warning(f"plans go out as messages: {e}")
         self._js_decoder = JointStateDecoder()
+        # Every joint state is judged before it becomes proprio (core/validation): NaN, 1e30, names
+        # twice or a stamp from the future are counted per reason and change nothing.
+        self._js_check = JointStateCheck(cfg.robot, cfg.safety)
         state_topics = [(JointState, TOPIC_JOINT_STATES, self._joint_state_cb)]
         if self.measured.needs_pose:  # only Cartesian layouts need the measured pose (saves ~125 msgs/s)
             state_topics.append((PoseStamped, TOPIC_EE_POSE, self._ee_cb))
@@ -283,11 +294,10 @@ class ActionChunkNode(LifecycleNode):
     # ----------------------------------------------------------------- callbacks (copy only)
     def _joint_state_cb(self, msg: JointState, recv_mono: float | None = None) -> None:
         names = tuple(msg.name)
-        n = len(names)
-        if n == 0 or len(msg.position) != n or not all(math.isfinite(p) for p in msg.position):
+        pos = np.array(msg.position, dtype=np.float64)
+        if self._js_check.check(names, pos, stamp_to_ns(msg.header.stamp), time.time_ns()) is not None:
             self.counters["bad_joint_states"] += 1
             return
-        pos = np.array(msg.position, dtype=np.float64)
         with self._state_lock:
             self.measured.update_joints(names, pos)
             self._joint_recv_mono = time.monotonic() if recv_mono is None else recv_mono
@@ -295,10 +305,12 @@ class ActionChunkNode(LifecycleNode):
     def _raw_joint_state(self, raw: bytes, recv_mono: float) -> None:
         try:
             names, pos = self._js_decoder.decode(raw)
-        except ValueError:
+        except ValueError as e:
+            self._js_check.rejections(LENGTH_MISMATCH, str(e))
             self.counters["bad_joint_states"] += 1
             return
-        if not names or not np.isfinite(pos).all():
+        sec, nsec = _STAMP.unpack_from(raw, 4)  # header.stamp, right after the CDR encapsulation
+        if self._js_check.check(names, pos, sec * 1_000_000_000 + nsec, time.time_ns()) is not None:
             self.counters["bad_joint_states"] += 1
             return
         with self._state_lock:
@@ -337,6 +349,8 @@ class ActionChunkNode(LifecycleNode):
         age = sample.age_s(time.time_ns())
         self.last_latent_version = sample.version
         self.last_latent_age_s = age
+        if age < -self.cfg.safety.max_stamp_lead_s:
+            return self._publish_hold(HOLD_FUTURE_LATENT, now)
         if age > self.cfg.latent.max_age_s:
             if self.lockstep:
                 self._request_latent(now, sample.version)
@@ -453,12 +467,13 @@ class ActionChunkNode(LifecycleNode):
             "last_hold_reason": self.last_hold_reason,
             "provider": self.engine.provider,
             **self.counters,
+            **self._js_check.rejections.as_diagnostics("joint_states_rejected"),
             "timing_json": json.dumps(s),
         }
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         level = 0 if self.scheduler.status.name == "RUNNING" else 1
-        arr.status = [diagnostic_status("vla/action_chunk_node", level, self.scheduler.status.name, values)]
+        arr.status = [diagnostic_status(DIAG_FAST_PATH, level, self.scheduler.status.name, values)]
         self.diag_pub.publish(arr)
 
 

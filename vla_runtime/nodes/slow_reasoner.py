@@ -29,7 +29,8 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
-from vla_runtime.core.contract import TOPIC_DIAGNOSTICS, TOPIC_INSTRUCTION, TOPIC_SYNC_REQUEST
+from vla_runtime.core.contract import DIAG_SLOW_PATH, TOPIC_DIAGNOSTICS, TOPIC_INSTRUCTION, TOPIC_SYNC_REQUEST
+from vla_runtime.core.validation import FUTURE_STAMP, MALFORMED, Rejections, stamp_lead
 from vla_runtime.engines.base import LatencyStats
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
@@ -70,6 +71,7 @@ class SlowReasonerNode(LifecycleNode):
         self.step = None  # the policy step (core/policy.SlowStep), built in on_configure
         self.writer = None
         self.rejected_images = 0
+        self.rejections = Rejections()
         self.steps = 0
         self.latency = LatencyStats(256)
         self.step_times = LatencyStats(256)
@@ -157,13 +159,21 @@ class SlowReasonerNode(LifecycleNode):
             if enc is None or msg.height == 0 or msg.width == 0 or len(msg.data) != msg.height * msg.step \
                     or msg.step < msg.width * 3:
                 self.rejected_images += 1
+                self.rejections(MALFORMED, f"camera {camera}: {msg.encoding} {msg.width}x{msg.height} step "
+                                           f"{msg.step} with {len(msg.data)} bytes")
+                return
+            stamp = stamp_to_ns(msg.header.stamp)
+            why = stamp_lead(stamp, time.time_ns(), self.cfg.safety.max_stamp_lead_s)
+            if why is not None:  # its latent would look fresh for as long as the lead lasts
+                self.rejected_images += 1
+                self.rejections(FUTURE_STAMP, f"camera {camera}: {why}")
                 return
             buf = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
             img = buf[:, : msg.width * 3].reshape(msg.height, msg.width, 3)
             if enc[1]:
                 img = img[..., ::-1]
             with self._lock:
-                self._frames[camera] = (img, stamp_to_ns(msg.header.stamp))
+                self._frames[camera] = (img, stamp)
             self._new_frame.set()
 
         return cb
@@ -253,11 +263,12 @@ class SlowReasonerNode(LifecycleNode):
             "steps": self.steps,
             "sync_requests": self.requests,
             "rejected_images": self.rejected_images,
+            **self.rejections.as_diagnostics("images_rejected"),
             "provider": self.package.slow_engine.provider if self.package else "",
         }
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [diagnostic_status("vla/slow_reasoner", 0, "running", values)]
+        arr.status = [diagnostic_status(DIAG_SLOW_PATH, 0, "running", values)]
         self.diag_pub.publish(arr)
 
 
