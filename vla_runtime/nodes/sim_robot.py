@@ -16,13 +16,13 @@ Topics (``<c>`` = a group's ``controller_name``; topics follow the config's ``re
   with several such groups, ``/ee_pose/<group>`` each (the first also on ``/ee_pose``)
 * pub ``cameras[i].topic`` (sensor_msgs/Image rgb8, sensor-data QoS) at ``cameras[i].rate_hz``
 * pub ``/sim/objects`` (std_msgs/String, JSON ``{"frame_id", "stamp", "objects": {name:
-  {"position", "orientation_wxyz"}}}``, transient local) at ``objects_hz``
+  {"position", "orientation"}}}``, base frame, orientation (x, y, z, w), transient local) at ``objects_hz``
 * pub ``/diagnostics`` (real-time factor, step overruns, render time, per-controller counts)
 * pub ``/clock`` (rosgraph_msgs/Clock) only when ``sim.realtime`` is false (free-running mode)
 * sub ``/<c>/joint_trajectory`` (JointTrajectory), ``/<c>/commands`` (Float64MultiArray),
   ``/<c>/target_pose`` (PoseStamped) + ``/<c>/target_stiffness`` (Float64MultiArray),
   ``/<c>/target_joint`` (JointState) + ``/<c>/target_stiffness``, ``/<c>/cmd_vel`` (Twist)
-* sub ``/sim/move_object`` (std_msgs/String JSON ``{"name", "position", ["orientation_wxyz"]}``)
+* sub ``/sim/move_object`` (std_msgs/String JSON ``{"name", "position", ["orientation"]}``, as ``/sim/objects``)
 * srv ``/controller_manager/list_controllers``, ``/controller_manager/switch_controller``
   (controller_manager_msgs), ``/sim/reset`` (std_srvs/Trigger: home the robot, re-place cubes)
 
@@ -232,7 +232,7 @@ class SimRobotNode(Node):
             self._reject(controller, f"target_pose frame_id {frame!r} is not one of {sorted(allowed - {''})}")
             return
         p, o = msg.pose.position, msg.pose.orientation
-        self._hand(controller, PoseCommand((p.x, p.y, p.z), (o.w, o.x, o.y, o.z)))
+        self._hand(controller, PoseCommand((p.x, p.y, p.z), (o.x, o.y, o.z, o.w)))
 
     def _on_target_joint(self, controller: str, msg: JointState) -> None:
         self._hand(controller, JointTargetCommand(list(msg.name), list(msg.position), list(msg.velocity) or None))
@@ -241,7 +241,7 @@ class SimRobotNode(Node):
         try:
             req = json.loads(msg.data)
             with self._lock:
-                self.robot.move_object(req["name"], req["position"], req.get("orientation_wxyz"))
+                self.robot.move_object(req["name"], req["position"], req.get("orientation"))
         except (ValueError, KeyError, TypeError) as e:
             self.get_logger().warning(f"bad {TOPIC_SIM_MOVE_OBJECT} request {msg.data!r}: {e}")
 
@@ -334,7 +334,7 @@ class SimRobotNode(Node):
             pm.header.frame_id = self.cfg.robot.base_frame
             pm.pose.position.x, pm.pose.position.y, pm.pose.position.z = (float(v) for v in p)
             o = pm.pose.orientation
-            o.w, o.x, o.y, o.z = (float(v) for v in q)
+            o.x, o.y, o.z, o.w = (float(v) for v in q)
             for pub in pubs:
                 pub.publish(pm)
         if self._clock_pub is not None:
@@ -387,7 +387,7 @@ class SimRobotNode(Node):
             stamp_ns = self._now_ns()
         payload = {"frame_id": self.cfg.robot.base_frame, "stamp": stamp_ns * 1e-9,
                    "objects": {n: {"position": [round(float(v), 5) for v in p],
-                                   "orientation_wxyz": [round(float(v), 5) for v in q]}
+                                   "orientation": [round(float(v), 5) for v in q]}
                                for n, (p, q) in poses.items()}}
         self._obj_pub.publish(String(data=json.dumps(payload)))
 
