@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla_runtime.core.action_space import (
-    ActionSpace,
-    ProprioNormalizer,
-    axis_angle_to_quat,
-    dim_names,
-    quat_mul,
-    quat_to_axis_angle,
-)
+from vla_runtime.core.action_space import ActionSpace, ProprioNormalizer, dim_names
 from vla_runtime.core.model_spec import ActionGroup, ActionSpec, DiscreteHead, Normalization, ProprioSpec
+from vla_runtime.core.rotation import quaternion_multiply, quaternion_to_rotvec, rotvec_to_quaternion
 
 JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 H = 4
@@ -153,11 +147,11 @@ def test_quaternion_output_is_normalised() -> None:
 
 def test_axis_angle_quaternion_conversions() -> None:
     rv = np.array([[0.0, 0.0, np.pi / 2], [0.3, -0.2, 0.1], [0.0, 0.0, 0.0]])
-    q = axis_angle_to_quat(rv)
+    q = rotvec_to_quaternion(rv)
     np.testing.assert_allclose(q[0], [0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)])
     np.testing.assert_allclose(q[2], [0, 0, 0, 1])
-    np.testing.assert_allclose(quat_to_axis_angle(q), rv, atol=1e-12)
-    np.testing.assert_allclose(quat_to_axis_angle(-q), rv, atol=1e-12)  # q and -q: same rotation
+    np.testing.assert_allclose(quaternion_to_rotvec(q), rv, atol=1e-12)
+    np.testing.assert_allclose(quaternion_to_rotvec(-q), rv, atol=1e-12)  # q and -q: same rotation
 
 
 def test_joint_delta_to_absolute_and_back() -> None:
@@ -184,7 +178,7 @@ def test_joint_delta_to_absolute_and_back() -> None:
 def test_cartesian_delta_to_absolute(rotation: str, cumulative: bool) -> None:
     s = space([ActionGroup(name="ee", kind="cartesian_delta", rotation=rotation, gripper=True, cumulative=cumulative)])
     quat = rotation == "quaternion"
-    rot90z = axis_angle_to_quat(np.array([0, 0, np.pi / 2]))
+    rot90z = rotvec_to_quaternion(np.array([0, 0, np.pi / 2]))
     d_rot = rot90z if quat else np.array([0, 0, np.pi / 2])
     cur_rot = np.array([0, 0, 0, 1.0]) if quat else np.zeros(3)
     chunk = np.tile(np.concatenate([[0.1, 0.0, 0.0], d_rot, [0.7]]), (H, 1))
@@ -193,16 +187,16 @@ def test_cartesian_delta_to_absolute(rotation: str, cumulative: bool) -> None:
     steps = np.arange(1, H + 1) if cumulative else np.ones(H)
     np.testing.assert_allclose(out[:, 0], 1.0 + 0.1 * steps)
     np.testing.assert_allclose(out[:, -1], 0.7)
-    q_out = out[:, 3:7] if quat else axis_angle_to_quat(out[:, 3:6])
+    q_out = out[:, 3:7] if quat else rotvec_to_quaternion(out[:, 3:6])
     # step 1 is always a 90° turn about z from identity
     assert abs(abs(np.dot(q_out[0], rot90z)) - 1.0) < 1e-9
     if cumulative:  # step 2 is 180°
-        r180 = quat_mul(rot90z, rot90z)
+        r180 = quaternion_multiply(rot90z, rot90z)
         assert abs(abs(np.dot(q_out[1], r180)) - 1.0) < 1e-9
     np.testing.assert_allclose(s.to_relative(out, cur)[:, :3], chunk[:, :3], atol=1e-9)
     back = s.to_relative(out, cur)
-    q_back = back[:, 3:7] if quat else axis_angle_to_quat(back[:, 3:6])
-    q_in = chunk[:, 3:7] if quat else axis_angle_to_quat(chunk[:, 3:6])
+    q_back = back[:, 3:7] if quat else rotvec_to_quaternion(back[:, 3:6])
+    q_in = chunk[:, 3:7] if quat else rotvec_to_quaternion(chunk[:, 3:6])
     np.testing.assert_allclose(np.abs(np.sum(q_back * q_in, axis=1)), 1.0, atol=1e-9)
 
 

@@ -17,9 +17,9 @@ from vla_runtime.core.command_mapping import (
     TwistCommand,
     hold_commands,
     map_action,
-    rotvec_to_quaternion,
 )
 from vla_runtime.core.config import config_from_dict, load_config
+from vla_runtime.core.rotation import rotvec_to_quaternion
 
 ARM = [f"panda_joint{i}" for i in range(1, 8)]
 

@@ -82,6 +82,73 @@ def test_overrun_counted_and_skipped_ahead_not_burst() -> None:
     assert clock.sleeps[-1] == start + 12 * PERIOD
 
 
+def test_max_lag_catches_up_back_to_back_then_skips_beyond_it() -> None:
+    """A simulator keeps simulated time on the wall clock: after a hiccup shorter than max_lag_ns
+    it runs the missed ticks at once (late, each counted as a miss) instead of skipping them."""
+    clock = FakeClock()
+    ticks: list[int] = []
+    starts: list[int] = []
+    scheduled: list[float] = []
+
+    def step(k: int, t_s: float) -> None:
+        ticks.append(k)
+        starts.append(clock.now)
+        scheduled.append(t_s)
+        if k == 3:
+            clock.advance(int(3.5 * PERIOD))  # 2.5 periods behind: within the lag, caught up
+        elif k == 12:
+            clock.advance(7 * PERIOD)  # 6 periods behind: beyond the lag, skipped
+        else:
+            clock.advance(PERIOD // 10)
+
+    loop = DeadlineLoop(step, 100.0, clock_ns=clock, sleep_until_ns=clock.sleep_until, max_lag_ns=5 * PERIOD)
+    start = clock.now
+    loop.run(max_ticks=16)
+    assert ticks == [*range(13), 19, 20, 21]
+    y = loop.overrun_yield_ns
+    # ticks 4 and 5 run at once after 3 (each after its overrun yield), 6 ends before its deadline
+    assert starts[4:7] == [start + int(6.5 * PERIOD) + y, start + int(6.6 * PERIOD) + 2 * y,
+                           start + int(6.7 * PERIOD) + 3 * y]
+    assert starts[7] == start + 7 * PERIOD  # back on the grid
+    np.testing.assert_allclose(scheduled[:13], (start + PERIOD * np.arange(13)) / 1e9, rtol=0, atol=1e-12)
+    s = loop.stats.summary()
+    assert s["misses"] == 4 and s["skipped"] == 6  # 3, 4, 5 (catching up) and 12; 13..18 skipped
+    with pytest.raises(ValueError, match="max_lag_ns must be ≥ 0, got -1"):
+        DeadlineLoop(step, 100.0, max_lag_ns=-1)
+
+
+def test_default_max_lag_is_one_period() -> None:
+    assert DeadlineLoop(lambda k, t: None, 100.0).max_lag_ns == PERIOD
+
+
+def test_unpaced_loop_runs_ticks_back_to_back_without_deadlines() -> None:
+    clock = FakeClock()
+    seen: list[tuple[int, float, int]] = []
+
+    def step(k: int, t_s: float) -> None:
+        seen.append((k, t_s, clock.now))
+        clock.advance(PERIOD * (3 if k % 2 else 1))  # slower than the rate: still no miss
+
+    loop = DeadlineLoop(step, 100.0, clock_ns=clock, sleep_until_ns=clock.sleep_until, paced=False)
+    loop.run(max_ticks=6)
+    assert [k for k, _, _ in seen] == list(range(6))
+    assert all(t_s == now / 1e9 for _, t_s, now in seen)  # scheduled = its own start
+    assert clock.sleeps == []
+    s = loop.stats.summary()
+    assert s["ticks"] == 6 and s["misses"] == 0 and s["period_jitter_ms"]["max"] == 0.0
+
+    count = [0]
+
+    def count_step(k: int, t_s: float) -> None:
+        count[0] += 1
+
+    free = DeadlineLoop(count_step, 1.0, paced=False)  # 1 Hz if it were paced
+    free.start()
+    time.sleep(0.2)
+    assert free.stop(timeout_s=1.0)
+    assert count[0] > 100
+
+
 def test_permanently_late_loop_still_sleeps_after_every_miss() -> None:
     """A step that always overruns must not keep the thread busy (at SCHED_FIFO that would starve
     its CPU): after each miss the loop sleeps its overrun yield before the next tick."""

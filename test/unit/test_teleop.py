@@ -9,16 +9,13 @@ import pytest
 
 from vla_runtime.core.config import TeleopConfig
 from vla_runtime.core.kinematics import dls_step, kinematics_for, pose_error
+from vla_runtime.core.rotation import homogeneous, matrix_to_quaternion, quaternion_to_matrix, rotvec_to_matrix
 from vla_runtime.core.teleop import (
     JoyMapper,
     PoseClutch,
     TeleopIntegrator,
     TeleopLimits,
     apply_deadzone,
-    homogeneous,
-    matrix_to_quat_xyzw,
-    quat_xyzw_to_matrix,
-    rotvec_to_matrix,
 )
 
 HOME = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 1.9, 0.785])
@@ -85,7 +82,7 @@ def test_quaternion_helpers_round_trip():
     rng = np.random.default_rng(1)
     for _ in range(20):
         r = rotvec_to_matrix(rng.normal(size=3))
-        np.testing.assert_allclose(quat_xyzw_to_matrix(matrix_to_quat_xyzw(r)), r, atol=1e-9)
+        np.testing.assert_allclose(quaternion_to_matrix(matrix_to_quaternion(r)), r, atol=1e-9)
 
 
 def limits():

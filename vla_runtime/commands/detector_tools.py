@@ -343,7 +343,7 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
         if cfg.sim is not None and cfg.sim.robot == "panda":
             from vla_runtime.sim.tasks import tcp_from_hand
 
-            return tcp_from_hand((p.x, p.y, p.z), (o.w, o.x, o.y, o.z))
+            return tcp_from_hand((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))
         return np.array([p.x, p.y, p.z])
 
     arm_controller = next(g.controller_name for g in cfg.robot.groups.values() if g.controller != "gripper")

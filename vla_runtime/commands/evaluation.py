@@ -143,7 +143,7 @@ class _GraphObserver:
 
         def on_ee(msg: PoseStamped) -> None:
             p, o = msg.pose.position, msg.pose.orientation
-            tcp = tcp_from_hand((p.x, p.y, p.z), (o.w, o.x, o.y, o.z))
+            tcp = tcp_from_hand((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))
             now = time.monotonic()
             with self.lock:
                 self.tcp, self.tcp_mono = tcp, now
@@ -210,10 +210,10 @@ class _GraphObserver:
         resp = fut.result()
         return bool(resp.success), str(resp.message)
 
-    def move(self, name: str, position, orientation_wxyz=None) -> None:
+    def move(self, name: str, position, orientation=None) -> None:
         req = {"name": name, "position": [float(v) for v in position]}
-        if orientation_wxyz is not None:
-            req["orientation_wxyz"] = [float(v) for v in orientation_wxyz]
+        if orientation is not None:
+            req["orientation"] = [float(v) for v in orientation]
         self.move_pub.publish(self._String(data=json.dumps(req)))
 
     def instruct(self, text: str) -> None:

@@ -30,13 +30,18 @@ from typing import Literal
 import numpy as np
 
 from vla_runtime.core.model_spec import ActionGroup, ActionSpec, ModelSpec, Normalization, ProprioSpec
+from vla_runtime.core.rotation import (
+    normalize_quaternion,
+    quaternion_conjugate,
+    quaternion_multiply,
+    quaternion_to_rotvec,
+    rotvec_to_quaternion,
+)
 
 ActionChunk = np.ndarray
 """``(H, A)`` float64 chunk of physical actions, columns as in ``ActionSpace.dim_names``."""
 
 Reference = Literal["absolute", "delta", "velocity"]
-
-_QUAT_EPS = 1e-12
 
 
 class Normalizer:
@@ -261,7 +266,7 @@ class ActionSpace:
             raise ValueError("raw actions contain NaN or inf")
         out = self._norm.denormalize(norm)
         for s in self._quat_slices:
-            out[:, s] = _unit_quat(out[:, s])
+            out[:, s] = normalize_quaternion(out[:, s], degenerate_to_identity=True)
         return out
 
     def encode(self, chunk: ActionChunk) -> np.ndarray:
@@ -364,74 +369,24 @@ def _joint_convert(d: np.ndarray, cur: np.ndarray, cumulative: bool, to_abs: boo
 
 def _pose_convert(p: np.ndarray, cur: np.ndarray, quat: bool, cumulative: bool, to_abs: bool) -> np.ndarray:
     pos, rot = p[:, :3], p[:, 3:]
-    q = _unit_quat(rot) if quat else axis_angle_to_quat(rot)
-    q_cur = _unit_quat(cur[3:]) if quat else axis_angle_to_quat(cur[3:])
+    q = normalize_quaternion(rot, degenerate_to_identity=True) if quat else rotvec_to_quaternion(rot)
+    q_cur = normalize_quaternion(cur[3:], degenerate_to_identity=True) if quat else rotvec_to_quaternion(cur[3:])
     out_pos = np.empty_like(pos)
     out_q = np.empty_like(q)
     ref_p, ref_q = cur[:3], q_cur
     for h in range(p.shape[0]):
         if to_abs:
             out_pos[h] = ref_p + pos[h]
-            out_q[h] = quat_mul(q[h], ref_q)
+            out_q[h] = quaternion_multiply(q[h], ref_q)
             if cumulative:
                 ref_p, ref_q = out_pos[h], out_q[h]
         else:
             out_pos[h] = pos[h] - ref_p
-            out_q[h] = quat_mul(q[h], quat_conj(ref_q))
+            out_q[h] = quaternion_multiply(q[h], quaternion_conjugate(ref_q))
             if cumulative:
                 ref_p, ref_q = pos[h], q[h]
-    out_rot = out_q if quat else quat_to_axis_angle(out_q)
+    out_rot = out_q if quat else quaternion_to_rotvec(normalize_quaternion(out_q, degenerate_to_identity=True))
     return np.concatenate([out_pos, out_rot], axis=1)
-
-
-def _unit_quat(q: np.ndarray) -> np.ndarray:
-    q = np.asarray(q, dtype=np.float64)
-    n = np.linalg.norm(q, axis=-1, keepdims=True)
-    ident = np.zeros_like(q)
-    ident[..., 3] = 1.0
-    return np.where(n > _QUAT_EPS, q / np.maximum(n, _QUAT_EPS), ident)
-
-
-def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (x, y, z, w) quaternions (broadcasts over leading dims)."""
-    ax, ay, az, aw = np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0)
-    bx, by, bz, bw = np.moveaxis(np.asarray(b, dtype=np.float64), -1, 0)
-    return np.stack(
-        [
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz,
-        ],
-        axis=-1,
-    )
-
-
-def quat_conj(q: np.ndarray) -> np.ndarray:
-    """Conjugate (= inverse for unit quaternions) of (x, y, z, w)."""
-    q = np.asarray(q, dtype=np.float64)
-    return q * np.array([-1.0, -1.0, -1.0, 1.0])
-
-
-def axis_angle_to_quat(rv: np.ndarray) -> np.ndarray:
-    """Rotation vector(s) ``(..., 3)`` → unit quaternion(s) ``(..., 4)`` (x, y, z, w)."""
-    rv = np.asarray(rv, dtype=np.float64)
-    angle = np.linalg.norm(rv, axis=-1, keepdims=True)
-    half = angle / 2.0
-    # sin(a/2)/a, with its Taylor expansion near 0.
-    k = np.where(angle > 1e-8, np.sin(half) / np.maximum(angle, 1e-300), 0.5 - angle**2 / 48.0)
-    return np.concatenate([rv * k, np.cos(half)], axis=-1)
-
-
-def quat_to_axis_angle(q: np.ndarray) -> np.ndarray:
-    """Quaternion(s) ``(..., 4)`` (x, y, z, w) → rotation vector(s) ``(..., 3)``, angle in [0, π]."""
-    q = _unit_quat(q)
-    q = np.where(q[..., 3:4] < 0, -q, q)  # shortest rotation
-    v = q[..., :3]
-    s = np.linalg.norm(v, axis=-1, keepdims=True)
-    angle = 2.0 * np.arctan2(s, q[..., 3:4])
-    k = np.where(s > 1e-12, angle / np.maximum(s, 1e-300), 2.0)
-    return v * k
 
 
 def dim_names(spec: ActionSpec | Sequence[ActionGroup]) -> tuple[str, ...]:

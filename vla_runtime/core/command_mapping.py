@@ -15,13 +15,13 @@ where it is measured to be.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from vla_runtime.core.config import ControllerGroup, RobotProfile
+from vla_runtime.core.rotation import rotvec_to_quaternion
 
 POSE_DIMS = ("x", "y", "z", "qx", "qy", "qz", "qw")
 ROTVEC_POSE_DIMS = ("x", "y", "z", "rx", "ry", "rz")
@@ -76,17 +76,6 @@ class TwistCommand:
 
 
 GroupCommand = JointCommand | PoseCommand | GripperCommand | TwistCommand
-
-
-def rotvec_to_quaternion(rv: Sequence[float]) -> np.ndarray:
-    """Axis-angle (rotation vector) → unit quaternion (x, y, z, w)."""
-    v = np.asarray(rv, dtype=np.float64).reshape(3)
-    angle = float(np.linalg.norm(v))
-    if angle < 1e-12:
-        return np.array([0.5 * v[0], 0.5 * v[1], 0.5 * v[2], 1.0]) / math.sqrt(1 + 0.25 * angle * angle)
-    axis = v / angle
-    s = math.sin(angle / 2)
-    return np.array([axis[0] * s, axis[1] * s, axis[2] * s, math.cos(angle / 2)])
 
 
 @dataclass(frozen=True)

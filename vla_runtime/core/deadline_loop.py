@@ -15,16 +15,24 @@ Sleeping
 
 Overruns
     A step's deadline is the next tick's scheduled start. A step that ends after
-    it counts a miss and calls ``on_overrun(tick_index, late_ns)``. If less than
-    one further period was lost, the next tick runs immediately (late). If more
-    was lost, the loop skips ahead to the next deadline still in the future
-    instead of bursting through the missed ticks; the skipped ticks are counted
-    and the tick indices passed to ``step`` jump accordingly.
+    it counts a miss and calls ``on_overrun(tick_index, late_ns)``. If the loop is
+    less than ``max_lag_ns`` (default: one period) behind its schedule, the next
+    tick runs immediately (late), and so do the ones after it until the loop is
+    back on schedule: a larger ``max_lag_ns`` lets a loop that must keep up with
+    the wall clock (a simulator) catch up after a hiccup. If it is further behind,
+    the loop skips ahead to the next deadline still in the future instead of
+    bursting through the missed ticks; the skipped ticks are counted and the tick
+    indices passed to ``step`` jump accordingly.
 
     After every miss the thread really sleeps ``overrun_yield_ns`` (default: 2 % of the period, at
     least 200 µs; no spinning) before it goes on. A loop that is permanently late would otherwise
     never block; at SCHED_FIFO (``process.rt_priority``) that starves every thread of equal or
     lower priority on its CPU, its own node's executor (diagnostics, lifecycle services) first.
+
+Free running
+    ``paced=False`` runs the ticks back to back with no schedule (a simulator in
+    simulated time): each step gets its own start as ``scheduled_time_s``, nothing
+    is ever late, and between ticks the thread only yields (``time.sleep(0)``).
 
 Determinism
     ``clock_ns`` and ``sleep_until_ns`` are injectable, so tests drive the loop
@@ -66,13 +74,17 @@ class DeadlineLoop:
             tests. Default: event wait + spin (see module docstring).
         spin_ns: Spin margin of the default sleeper, ≥ 0.
         overrun_yield_ns: Sleep after a missed deadline (None: 2 % of the period, ≥ 200 µs), ≥ 0.
+        max_lag_ns: How far behind its schedule the loop may be and still run the next ticks at once
+            to catch up (None: one period); further behind, it skips ahead. ≥ 0.
+        paced: False: no schedule, ticks back to back (see the module docstring); ``rate_hz`` is
+            then only validated.
         thread_init: Called once in the thread started by `start`, before the first tick (to set
             that thread's scheduling, say). An exception there ends the thread like one in ``step``.
         stats: Where timings go; a new `TimingStats` if omitted.
         name: Thread name.
 
     Raises:
-        ValueError: On a non-positive rate or negative spin margin.
+        ValueError: On a non-positive rate, or a negative spin margin, overrun yield or lag.
     """
 
     def __init__(
@@ -85,6 +97,8 @@ class DeadlineLoop:
         sleep_until_ns: Callable[[int], None] | None = None,
         spin_ns: int = DEFAULT_SPIN_NS,
         overrun_yield_ns: int | None = None,
+        max_lag_ns: int | None = None,
+        paced: bool = True,
         stats: TimingStats | None = None,
         name: str = "deadline_loop",
         thread_init: Callable[[], None] | None = None,
@@ -95,6 +109,8 @@ class DeadlineLoop:
             raise ValueError(f"spin_ns must be ≥ 0, got {spin_ns}")
         if overrun_yield_ns is not None and overrun_yield_ns < 0:
             raise ValueError(f"overrun_yield_ns must be ≥ 0, got {overrun_yield_ns}")
+        if max_lag_ns is not None and max_lag_ns < 0:
+            raise ValueError(f"max_lag_ns must be ≥ 0, got {max_lag_ns}")
         self._step = step
         self.rate_hz = float(rate_hz)
         self.period_ns = int(round(1e9 / rate_hz))
@@ -106,6 +122,8 @@ class DeadlineLoop:
         self.overrun_yield_ns = (
             max(200_000, self.period_ns // 50) if overrun_yield_ns is None else int(overrun_yield_ns)
         )
+        self.max_lag_ns = self.period_ns if max_lag_ns is None else int(max_lag_ns)
+        self.paced = bool(paced)
         self.stats = stats if stats is not None else TimingStats()
         self._name = name
         self._thread_init = thread_init
@@ -142,8 +160,11 @@ class DeadlineLoop:
 
         Args:
             max_ticks: Number of steps to execute (``None``: until stopped).
-            start_ns: Scheduled time of tick 0 (default: now).
+            start_ns: Scheduled time of tick 0 (default: now; unused when not paced).
         """
+        if not self.paced:
+            self._run_free(max_ticks)
+            return
         clock = self._clock_ns
         period = self.period_ns
         stats = self.stats
@@ -166,8 +187,8 @@ class DeadlineLoop:
             if t1 > next_deadline:
                 late = t1 - next_deadline
                 overran = k
-                if late >= period:
-                    # More than one period lost: resume at the next future deadline.
+                if late >= self.max_lag_ns:
+                    # Too far behind to catch up: resume at the next future deadline.
                     k_next = -(-(t1 - start) // period)  # ceil
                     stats.record_miss(skipped_ticks=k_next - (k + 1))
                     k = k_next
@@ -179,6 +200,19 @@ class DeadlineLoop:
                 self._yield_after_overrun()
             else:
                 k += 1
+
+    def _run_free(self, max_ticks: int | None) -> None:
+        clock = self._clock_ns
+        stats = self.stats
+        stop = self._stop
+        k = 0
+        while not stop.is_set() and (max_ticks is None or k < max_ticks):
+            t0 = clock()
+            self._step(k, t0 / 1e9)
+            stats.record_tick(t0, t0, clock())
+            k += 1
+            if self._default_sleeper:
+                time.sleep(0)  # let other threads in
 
     def _thread_main(self) -> None:
         try:

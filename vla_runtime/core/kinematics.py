@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vla_runtime.core.rotation import rotation_error, rotvec_to_matrix
+
 
 @dataclass(frozen=True)
 class DHLink:
@@ -43,11 +45,6 @@ def _link_transform(a: float, d: float, alpha: float, theta: float) -> np.ndarra
         [st * sa, ct * sa, ca, d * ca],
         [0.0, 0.0, 0.0, 1.0],
     ])
-
-
-def _rotz(theta: float) -> np.ndarray:
-    c, s = math.cos(theta), math.sin(theta)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 @dataclass(frozen=True)
@@ -116,17 +113,7 @@ def dls_step(jacobian: np.ndarray, twist: Sequence[float], damping: float = 0.05
 
 def pose_error(current: np.ndarray, target: np.ndarray) -> np.ndarray:
     """6-vector ``[Δp; Δθ]`` from pose ``current`` to ``target`` (4×4, base frame; rotation vector)."""
-    dp = target[:3, 3] - current[:3, 3]
-    r = target[:3, :3] @ current[:3, :3].T
-    cos = max(-1.0, min(1.0, (float(np.trace(r)) - 1.0) / 2.0))
-    angle = math.acos(cos)
-    w = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
-    if angle < 1e-9:
-        return np.concatenate([dp, 0.5 * w])
-    if math.pi - angle < 1e-6:  # 180°: axis from the symmetric part
-        axis = np.sqrt(np.maximum((np.diag(r) + 1.0) / 2.0, 0.0))
-        return np.concatenate([dp, axis * angle])
-    return np.concatenate([dp, w * (angle / (2.0 * math.sin(angle)))])
+    return np.concatenate([target[:3, 3] - current[:3, 3], rotation_error(current[:3, :3], target[:3, :3])])
 
 
 def _panda() -> SerialChain:
@@ -142,7 +129,7 @@ def _panda() -> SerialChain:
     )
     # Flange: 0.107 m along z of link 7; the hand is mounted turned -45° about z.
     tool = np.eye(4)
-    tool[:3, :3] = _rotz(-math.pi / 4)
+    tool[:3, :3] = rotvec_to_matrix([0.0, 0.0, -math.pi / 4])
     tool[2, 3] = 0.107
     return SerialChain("panda", tuple(f"panda_joint{i}" for i in range(1, 8)), links, tool)
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla_runtime.core.config import RobotProfile, SafetyConfig
+from vla_runtime.core.rotation import normalize_quaternion, quaternion_angle, quaternion_slerp
 
 #: Intervention kinds (keys of :attr:`SafetyFilter.counters`).
 NON_FINITE = "non_finite"
@@ -100,23 +101,6 @@ class _JointRef:
 class _VelocityRef:
     velocity: float = 0.0  # last sent velocity command (forward_velocity groups)
     t: float | None = None
-
-
-def _unit_quaternion(q: np.ndarray) -> np.ndarray | None:
-    n = float(np.linalg.norm(q))
-    if not math.isfinite(n) or n < 1e-6:
-        return None
-    return q / n
-
-
-def _slerp(q0: np.ndarray, q1: np.ndarray, frac: float) -> np.ndarray:
-    dot = float(np.clip(np.dot(q0, q1), -1.0, 1.0))
-    if dot > 0.9995:
-        q = q0 + frac * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = math.acos(dot)
-    s = math.sin(theta)
-    return (math.sin((1 - frac) * theta) * q0 + math.sin(frac * theta) * q1) / s
 
 
 class SafetyFilter:
@@ -236,7 +220,10 @@ class SafetyFilter:
             ValueError: Non-finite values or a zero quaternion.
         """
         p = np.asarray(position, dtype=np.float64).reshape(3)
-        q = _unit_quaternion(np.asarray(quaternion, dtype=np.float64).reshape(4))
+        try:
+            q = normalize_quaternion(np.asarray(quaternion, dtype=np.float64).reshape(4))
+        except ValueError:
+            q = None
         if q is None or not np.all(np.isfinite(p)):
             raise ValueError(f"reference pose of {group!r} must be finite with a non-zero quaternion, "
                              f"got position={p.tolist()}, quaternion={list(quaternion)}")
@@ -410,8 +397,9 @@ class SafetyFilter:
         reason = self.check_finite(names, np.concatenate([p, qr]))
         if reason is not None:
             return SafetyResult(names, np.full(7, np.nan), True, reason, (NON_FINITE,))
-        q = _unit_quaternion(qr)
-        if q is None:
+        try:
+            q = normalize_quaternion(qr)
+        except ValueError:
             return self._reject(names, 7, INVALID_QUATERNION, group,
                                 f"zero-norm quaternion for {group}: {qr.tolist()}")
         ref = self._pose_ref.get(group)
@@ -435,9 +423,9 @@ class SafetyFilter:
                 p = np.clip(p, box.min, box.max)
         if float(np.dot(q, ref.quaternion)) < 0:
             q = -q
-        angle = 2.0 * math.acos(min(1.0, abs(float(np.dot(q, ref.quaternion)))))
+        angle = quaternion_angle(ref.quaternion, q)
         if angle > self.max_rotation_step_rad + 1e-9:
-            q = _slerp(ref.quaternion, q, self.max_rotation_step_rad / angle)
+            q = quaternion_slerp(ref.quaternion, q, self.max_rotation_step_rad / angle)
             self._count(ROTATION_STEP, group, hits)
         ref.position, ref.quaternion, ref.t = p.copy(), q.copy(), float(now_s)
         return SafetyResult(names, np.concatenate([p, q]), False, "", tuple(hits))

@@ -29,6 +29,7 @@ import numpy as np
 
 from vla_runtime.core.config import TeleopConfig
 from vla_runtime.core.kinematics import SerialChain, dls_step, pose_error
+from vla_runtime.core.rotation import homogeneous, matrix_to_quaternion, rotvec_to_matrix
 
 
 def apply_deadzone(value: float, deadzone: float) -> float:
@@ -114,59 +115,6 @@ class JoyMapper:
         if not engaged:
             twist = np.zeros(6)
         return JoyCommand(engaged, twist, toggled)
-
-
-def quat_xyzw_to_matrix(q: Sequence[float]) -> np.ndarray:
-    """Unit quaternion (x, y, z, w) → 3×3 rotation matrix (normalised first)."""
-    x, y, z, w = (float(v) for v in q)
-    n = math.sqrt(x * x + y * y + z * z + w * w)
-    if not math.isfinite(n) or n < 1e-9:
-        raise ValueError(f"quaternion must be finite and non-zero, got {list(q)}")
-    x, y, z, w = x / n, y / n, z / n, w / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def matrix_to_quat_xyzw(r: np.ndarray) -> np.ndarray:
-    """3×3 rotation matrix → unit quaternion (x, y, z, w) with w ≥ 0."""
-    m = np.asarray(r, dtype=np.float64)
-    tr = float(np.trace(m))
-    if tr > 0:
-        s = 2.0 * math.sqrt(tr + 1.0)
-        q = np.array([(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s])
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(max(1.0 + m[i, i] - m[j, j] - m[k, k], 1e-12))
-        q = np.empty(4)
-        q[i] = 0.25 * s
-        q[j] = (m[j, i] + m[i, j]) / s
-        q[k] = (m[k, i] + m[i, k]) / s
-        q[3] = (m[k, j] - m[j, k]) / s
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
-
-
-def rotvec_to_matrix(rv: Sequence[float]) -> np.ndarray:
-    """Rotation vector → 3×3 rotation matrix (Rodrigues)."""
-    v = np.asarray(rv, dtype=np.float64).reshape(3)
-    angle = float(np.linalg.norm(v))
-    if angle < 1e-12:
-        return np.eye(3)
-    k = v / angle
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(angle) * kx + (1 - math.cos(angle)) * (kx @ kx)
-
-
-def homogeneous(position: Sequence[float], quaternion_xyzw: Sequence[float]) -> np.ndarray:
-    """Position + quaternion (x, y, z, w) → 4×4 transform."""
-    t = np.eye(4)
-    t[:3, :3] = quat_xyzw_to_matrix(quaternion_xyzw)
-    t[:3, 3] = np.asarray(position, dtype=np.float64).reshape(3)
-    return t
 
 
 class PoseClutch:
@@ -328,7 +276,7 @@ class TeleopIntegrator:
                 t = self.limit_twist(twist)
                 self.pose[:3, 3] += t[:3] * dt
                 self.pose[:3, :3] = rotvec_to_matrix(t[3:] * dt) @ self.pose[:3, :3]
-            return np.concatenate([self.pose[:3, 3], matrix_to_quat_xyzw(self.pose[:3, :3])])
+            return np.concatenate([self.pose[:3, 3], matrix_to_quaternion(self.pose[:3, :3])])
         if self.q is None:
             raise RuntimeError("TeleopIntegrator.step() before start_joints()/start_pose()")
         qdot = np.zeros(len(self.joints))

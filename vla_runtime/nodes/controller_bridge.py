@@ -88,7 +88,6 @@ from vla_runtime.core.command_mapping import (
     PoseCommand,
     TwistCommand,
     hold_commands,
-    rotvec_to_quaternion,
 )
 from vla_runtime.core.config import ControllerGroup, RuntimeConfig
 from vla_runtime.core.contract import (
@@ -114,8 +113,9 @@ from vla_runtime.core.contract import (
     TOPIC_TELEOP_TWIST,
 )
 from vla_runtime.core.kinematics import kinematics_for
+from vla_runtime.core.rotation import homogeneous, rotvec_to_quaternion
 from vla_runtime.core.safety_filter import SafetyFilter, SafetyResult
-from vla_runtime.core.teleop import TeleopIntegrator, TeleopLimits, homogeneous
+from vla_runtime.core.teleop import TeleopIntegrator, TeleopLimits
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
     QOS_DIAGNOSTICS,

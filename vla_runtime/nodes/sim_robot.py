@@ -4,8 +4,9 @@ The runtime cannot tell it from hardware: it publishes ``/joint_states``, ``/ee_
 images, listens on every configured controller's command topic, and serves controller_manager's
 ``list_controllers`` / ``switch_controller`` (only active controllers move the robot).
 
-Threads: the physics runs on its own thread, paced to the wall clock with absolute-time
-scheduling (small batches of physics steps, joint states published after each batch); cameras
+Threads: the physics runs on its own thread, a :class:`~vla_runtime.core.deadline_loop.DeadlineLoop`
+at the joint-state rate (each tick one small batch of physics steps, joint states published after
+it): paced to the wall clock in realtime mode, back to back in free-running mode; cameras
 render on another thread from a snapshot of the configuration, so the physics never waits for a
 frame; the executor thread only converts messages and hands them to the robot under a short lock.
 
@@ -16,13 +17,13 @@ Topics (``<c>`` = a group's ``controller_name``; topics follow the config's ``re
   with several such groups, ``/ee_pose/<group>`` each (the first also on ``/ee_pose``)
 * pub ``cameras[i].topic`` (sensor_msgs/Image rgb8, sensor-data QoS) at ``cameras[i].rate_hz``
 * pub ``/sim/objects`` (std_msgs/String, JSON ``{"frame_id", "stamp", "objects": {name:
-  {"position", "orientation_wxyz"}}}``, transient local) at ``objects_hz``
+  {"position", "orientation"}}}``, base frame, orientation (x, y, z, w), transient local) at ``objects_hz``
 * pub ``/diagnostics`` (real-time factor, step overruns, render time, per-controller counts)
 * pub ``/clock`` (rosgraph_msgs/Clock) only when ``sim.realtime`` is false (free-running mode)
 * sub ``/<c>/joint_trajectory`` (JointTrajectory), ``/<c>/commands`` (Float64MultiArray),
   ``/<c>/target_pose`` (PoseStamped) + ``/<c>/target_stiffness`` (Float64MultiArray),
   ``/<c>/target_joint`` (JointState) + ``/<c>/target_stiffness``, ``/<c>/cmd_vel`` (Twist)
-* sub ``/sim/move_object`` (std_msgs/String JSON ``{"name", "position", ["orientation_wxyz"]}``)
+* sub ``/sim/move_object`` (std_msgs/String JSON ``{"name", "position", ["orientation"]}``, as ``/sim/objects``)
 * srv ``/controller_manager/list_controllers``, ``/controller_manager/switch_controller``
   (controller_manager_msgs), ``/sim/reset`` (std_srvs/Trigger: home the robot, re-place cubes)
 
@@ -67,6 +68,7 @@ from vla_runtime.core.contract import (
     TOPIC_SIM_MOVE_OBJECT,
     TOPIC_SIM_OBJECTS,
 )
+from vla_runtime.core.deadline_loop import DeadlineLoop
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
@@ -87,7 +89,8 @@ from vla_runtime.sim.controllers import (
 )
 from vla_runtime.sim.robot import CameraRenderer, SimRobot
 
-#: A batch later than this behind its schedule is dropped from the schedule (re-anchored).
+#: The physics catches up (runs late batches back to back) while at most this far behind the wall
+#: clock; further behind, the missed batches are skipped and simulated time falls behind.
 MAX_LAG_S = 0.05
 
 
@@ -149,14 +152,15 @@ class SimRobotNode(Node):
         self.create_service(Trigger, SERVICE_SIM_RESET, self._on_reset)
 
         # -- statistics (written by the physics / render threads, read by the diagnostics timer)
-        self._stats = {"overruns": 0, "reanchors": 0, "batches": 0, "busy_s": 0.0, "max_busy_s": 0.0,
-                       "frames": 0, "render_s": 0.0, "frames_skipped": 0, "js_published": 0}
+        self._stats = {"frames": 0, "render_s": 0.0, "frames_skipped": 0, "js_published": 0}
+        self._physics_error_logged = False
         self._diag_prev = (time.monotonic(), self.robot.time, 0)
         self.create_timer(1.0 / self.get_parameter("objects_hz").value, self._publish_objects)
         self.create_timer(1.0 / self.get_parameter("diagnostics_hz").value, self._publish_diagnostics)
 
-        self.context.on_shutdown(self._stop.set)  # threads stop before the context goes away
-        self._physics = threading.Thread(target=self._physics_loop, name="sim_physics", daemon=True)
+        self.context.on_shutdown(self._request_stop)  # threads stop before the context goes away
+        self._physics = DeadlineLoop(self._physics_tick, 1.0 / (self._batch * self._dt), name="sim_physics",
+                                     paced=self.realtime, max_lag_ns=int(MAX_LAG_S * 1e9), spin_ns=0)
         self._render = threading.Thread(target=self._render_loop, name="sim_render", daemon=True)
         self._physics.start()
         if self.cfg.cameras:
@@ -232,7 +236,7 @@ class SimRobotNode(Node):
             self._reject(controller, f"target_pose frame_id {frame!r} is not one of {sorted(allowed - {''})}")
             return
         p, o = msg.pose.position, msg.pose.orientation
-        self._hand(controller, PoseCommand((p.x, p.y, p.z), (o.w, o.x, o.y, o.z)))
+        self._hand(controller, PoseCommand((p.x, p.y, p.z), (o.x, o.y, o.z, o.w)))
 
     def _on_target_joint(self, controller: str, msg: JointState) -> None:
         self._hand(controller, JointTargetCommand(list(msg.name), list(msg.position), list(msg.velocity) or None))
@@ -241,7 +245,7 @@ class SimRobotNode(Node):
         try:
             req = json.loads(msg.data)
             with self._lock:
-                self.robot.move_object(req["name"], req["position"], req.get("orientation_wxyz"))
+                self.robot.move_object(req["name"], req["position"], req.get("orientation"))
         except (ValueError, KeyError, TypeError) as e:
             self.get_logger().warning(f"bad {TOPIC_SIM_MOVE_OBJECT} request {msg.data!r}: {e}")
 
@@ -282,43 +286,24 @@ class SimRobotNode(Node):
         return response
 
     # --------------------------------------------------------------------------------- physics
-    def _physics_loop(self) -> None:
-        period = self._batch * self._dt
-        anchor = time.monotonic()
-        k = 0
-        while not self._stop.is_set():
-            if self.realtime:
-                due = anchor + (k + 1) * period
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                elif delay < -MAX_LAG_S:
-                    self._stats["reanchors"] += 1
-                    anchor = time.monotonic() - (k + 1) * period
-                if delay < -period:
-                    self._stats["overruns"] += 1
-            t0 = time.perf_counter()
-            with self._lock:
-                self.robot.step(self._batch)
-                js = self.robot.joint_state()
-                poses = ([(g, pubs, self.robot.ee_pose(g)) for g, pubs in self._ee_pubs]
-                         if k % self._ee_every == 0 else [])
-                stamp = ns_to_stamp(self._now_ns())
-            if self._stop.is_set():
-                break
-            try:
-                self._publish_state(js, poses, stamp)
-            except RCLError:
-                if self._stop.is_set() or not self.context.ok():
-                    break
-                raise
-            busy = time.perf_counter() - t0
-            self._stats["busy_s"] += busy
-            self._stats["max_busy_s"] = max(self._stats["max_busy_s"], busy)
-            self._stats["batches"] += 1
-            k += 1
-            if not self.realtime:
-                time.sleep(0)  # let the executor in
+    def _physics_tick(self, k: int, _scheduled_s: float) -> None:
+        """One batch of physics steps, then joint states (and every ``_ee_every`` batches the poses)."""
+        with self._lock:
+            self.robot.step(self._batch)
+            js = self.robot.joint_state()
+            poses = ([(g, pubs, self.robot.ee_pose(g)) for g, pubs in self._ee_pubs]
+                     if k % self._ee_every == 0 else [])
+            stamp = ns_to_stamp(self._now_ns())
+        if self._stop.is_set():
+            self._physics.stop(0.0)
+            return
+        try:
+            self._publish_state(js, poses, stamp)
+        except RCLError:
+            if self._stop.is_set() or not self.context.ok():
+                self._physics.stop(0.0)
+                return
+            raise
 
     def _publish_state(self, js, poses, stamp) -> None:
         msg = self._js_msg
@@ -334,7 +319,7 @@ class SimRobotNode(Node):
             pm.header.frame_id = self.cfg.robot.base_frame
             pm.pose.position.x, pm.pose.position.y, pm.pose.position.z = (float(v) for v in p)
             o = pm.pose.orientation
-            o.w, o.x, o.y, o.z = (float(v) for v in q)
+            o.x, o.y, o.z, o.w = (float(v) for v in q)
             for pub in pubs:
                 pub.publish(pm)
         if self._clock_pub is not None:
@@ -387,7 +372,7 @@ class SimRobotNode(Node):
             stamp_ns = self._now_ns()
         payload = {"frame_id": self.cfg.robot.base_frame, "stamp": stamp_ns * 1e-9,
                    "objects": {n: {"position": [round(float(v), 5) for v in p],
-                                   "orientation_wxyz": [round(float(v), 5) for v in q]}
+                                   "orientation": [round(float(v), 5) for v in q]}
                                for n, (p, q) in poses.items()}}
         self._obj_pub.publish(String(data=json.dumps(payload)))
 
@@ -398,22 +383,35 @@ class SimRobotNode(Node):
             ctrl = [(c.name, c.active, c.accepted, c.rejected, c.last_rejection)
                     for c in self.robot.controllers.values()]
         s = dict(self._stats)
+        timing = self._physics.stats.summary()
+        error = self._physics.error
         t_prev, sim_prev, js_prev = self._diag_prev
         self._diag_prev = (now, sim_t, s["js_published"])
         wall = max(now - t_prev, 1e-9)
         rtf = (sim_t - sim_prev) / wall
         js_rate = (s["js_published"] - js_prev) / wall
-        batches = max(s["batches"], 1)
         physics = DiagnosticStatus(name="sim_robot: physics", hardware_id=self.cfg.robot.name)
         slow = self.realtime and rtf < 0.95
-        physics.level = DiagnosticStatus.WARN if slow else DiagnosticStatus.OK
-        physics.message = f"real-time factor {rtf:.3f}" + (" (falling behind)" if slow else "")
+        if error is not None:
+            physics.level = DiagnosticStatus.ERROR
+            physics.message = f"physics loop stopped: {error!r}"
+            if not self._physics_error_logged:
+                self._physics_error_logged = True
+                self.get_logger().error(f"physics loop stopped: {error!r}")
+        else:
+            physics.level = DiagnosticStatus.WARN if slow else DiagnosticStatus.OK
+            physics.message = f"real-time factor {rtf:.3f}" + (" (falling behind)" if slow else "")
+
+        def ms(key: str, stat: str) -> str:
+            v = (timing.get(key) or {}).get(stat)
+            return "" if v is None else f"{v:.3f}"
+
         physics.values = [KeyValue(key=k, value=v) for k, v in (
             ("real_time_factor", f"{rtf:.4f}"), ("sim_time_s", f"{sim_t:.3f}"),
-            ("joint_state_rate_hz", f"{js_rate:.1f}"), ("step_overruns", str(s["overruns"])),
-            ("schedule_reanchors", str(s["reanchors"])),
-            ("batch_compute_mean_ms", f"{1e3 * s['busy_s'] / batches:.3f}"),
-            ("batch_compute_max_ms", f"{1e3 * s['max_busy_s']:.3f}"),
+            ("joint_state_rate_hz", f"{js_rate:.1f}"), ("batch_deadline_misses", str(timing["misses"])),
+            ("batches_skipped", str(timing["skipped"])),
+            ("batch_start_jitter_p99_ms", ms("period_jitter_ms", "p99")),
+            ("batch_compute_p50_ms", ms("step_ms", "p50")), ("batch_compute_max_ms", ms("step_ms", "max")),
             ("steps_per_batch", str(self._batch)))]
         frames = max(s["frames"], 1)
         cams = DiagnosticStatus(name="sim_robot: cameras", hardware_id=self.cfg.robot.name,
@@ -434,10 +432,15 @@ class SimRobotNode(Node):
         """Stop physics and rendering (the console script calls this on the way out)."""
         self.shutdown()
 
+    def _request_stop(self) -> None:
+        """Tell the physics and render threads to stop (no wait)."""
+        self._stop.set()
+        self._physics.stop(0.0)
+
     def shutdown(self) -> None:
         """Stop the physics and render threads (bounded waits)."""
         self._stop.set()
-        self._physics.join(timeout=2.0)
+        self._physics.stop(timeout_s=2.0)
         if self._render.is_alive():
             self._render.join(timeout=2.0)
 

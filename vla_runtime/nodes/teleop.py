@@ -43,7 +43,8 @@ from vla_runtime.core.contract import (
     TOPIC_TELEOP_POSE,
     TOPIC_TELEOP_TWIST,
 )
-from vla_runtime.core.teleop import JoyMapper, PoseClutch, homogeneous, matrix_to_quat_xyzw
+from vla_runtime.core.rotation import homogeneous, matrix_to_quaternion
+from vla_runtime.core.teleop import JoyMapper, PoseClutch
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
@@ -138,7 +139,7 @@ class TeleopNode(Node):
             msg.header.stamp, msg.header.frame_id = stamp, self.frame_id
             msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in t[:3, 3])
             o = msg.pose.orientation
-            o.x, o.y, o.z, o.w = (float(v) for v in matrix_to_quat_xyzw(t[:3, :3]))
+            o.x, o.y, o.z, o.w = (float(v) for v in matrix_to_quaternion(t[:3, :3]))
             self.pose_pub.publish(msg)
         else:
             if self._fresh(self._twist_in, now):

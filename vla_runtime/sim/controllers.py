@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
+from vla_runtime.core.rotation import quaternion_to_matrix, rotation_error
+
 #: ros2_control type strings reported by list_controllers.
 CONTROLLER_TYPES: dict[str, str] = {
     "joint_trajectory": "joint_trajectory_controller/JointTrajectoryController",
@@ -74,10 +76,10 @@ class JointTargetCommand:
 
 @dataclass(frozen=True)
 class PoseCommand:
-    """A Cartesian target in the robot base frame: position xyz and quaternion (w, x, y, z)."""
+    """A Cartesian target in the robot base frame: position xyz and quaternion (x, y, z, w)."""
 
     position: Sequence[float]
-    quaternion_wxyz: Sequence[float]
+    quaternion: Sequence[float]
 
 
 @dataclass(frozen=True)
@@ -667,7 +669,7 @@ class CartesianImpedanceController(Controller):
         self.max_position_error = max_position_error
         self.max_rotation_error = max_rotation_error
         self.target_pos = np.zeros(3)  # base frame
-        self.target_quat = np.array([1.0, 0.0, 0.0, 0.0])
+        self.target_rot = np.eye(3)  # base frame
         nv = 0
         self._jacp = self._jacr = np.zeros((3, nv))
 
@@ -698,17 +700,10 @@ class CartesianImpedanceController(Controller):
             return np.zeros(3), np.eye(3)
         return data.xpos[self.base_body].copy(), data.xmat[self.base_body].reshape(3, 3).copy()
 
-    def pose(self, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:
-        """Current end-effector pose in the base frame: (position, quaternion wxyz)."""
-        pb, rb = self._base(data)
-        p = rb.T @ (data.xpos[self.ee_body] - pb)
-        r = rb.T @ data.xmat[self.ee_body].reshape(3, 3)
-        q = np.zeros(4)
-        mujoco.mju_mat2Quat(q, r.flatten())
-        return p, q
-
     def _on_activate(self, model, data, now) -> None:
-        self.target_pos, self.target_quat = self.pose(data)
+        pb, rb = self._base(data)
+        self.target_pos = rb.T @ (data.xpos[self.ee_body] - pb)
+        self.target_rot = rb.T @ data.xmat[self.ee_body].reshape(3, 3)
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
 
@@ -719,11 +714,11 @@ class CartesianImpedanceController(Controller):
         if not isinstance(command, PoseCommand):
             raise CommandError(f"expected a PoseCommand, got {type(command).__name__}")
         p = _finite_array(command.position, 3, "target_pose.position")
-        q = _finite_array(command.quaternion_wxyz, 4, "target_pose.orientation")
-        norm = float(np.linalg.norm(q))
-        if norm < 1e-6:
-            raise CommandError(f"target_pose.orientation {q.tolist()} has zero norm")
-        self.target_pos, self.target_quat = p, q / norm
+        q = _finite_array(command.quaternion, 4, "target_pose.orientation")
+        try:
+            self.target_pos, self.target_rot = p, quaternion_to_matrix(q)
+        except ValueError:
+            raise CommandError(f"target_pose.orientation {q.tolist()} has zero norm") from None
 
     def update(self, model, data, now) -> np.ndarray:
         dof = self.joints.dof
@@ -731,14 +726,12 @@ class CartesianImpedanceController(Controller):
         x = data.xpos[self.ee_body]
         r = data.xmat[self.ee_body].reshape(3, 3)
         x_d = pb + rb @ self.target_pos
-        r_t = np.zeros(9)
-        mujoco.mju_quat2Mat(r_t, self.target_quat)
-        r_d = rb @ r_t.reshape(3, 3)
+        r_d = rb @ self.target_rot
         e_p = x_d - x
         n = np.linalg.norm(e_p)
         if n > self.max_position_error:
             e_p *= self.max_position_error / n
-        e_r = _rotvec(r_d @ r.T)
+        e_r = rotation_error(r, r_d)
         n = np.linalg.norm(e_r)
         if n > self.max_rotation_error:
             e_r *= self.max_rotation_error / n
@@ -763,18 +756,6 @@ class CartesianImpedanceController(Controller):
 def _sqrtm(a: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh(0.5 * (a + a.T))
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
-def _rotvec(r: np.ndarray) -> np.ndarray:
-    """Rotation vector (axis * angle) of a rotation matrix."""
-    q = np.zeros(4)
-    mujoco.mju_mat2Quat(q, r.flatten())
-    if q[0] < 0:
-        q = -q
-    s = np.linalg.norm(q[1:])
-    if s < 1e-12:
-        return np.zeros(3)
-    return 2.0 * math.atan2(s, q[0]) * q[1:] / s
 
 
 class BaseTwistController(Controller):

@@ -19,6 +19,7 @@ import mujoco
 import numpy as np
 
 from vla_runtime.core.config import ControllerGroup, RuntimeConfig
+from vla_runtime.core.rotation import matrix_to_quaternion, normalize_quaternion, quaternion_multiply, to_mujoco_wxyz
 from vla_runtime.sim.controllers import (
     BaseTwistController,
     CartesianImpedanceController,
@@ -206,6 +207,7 @@ class SimRobot:
         self._update_brake_mask()
 
     def _set_free(self, body: str, pos, quat=None) -> None:
+        """Place a free body at world ``pos`` with world orientation ``quat`` (x, y, z, w) and stop it."""
         m, d = self.model, self.data
         bid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, body)
         if bid < 0 or m.body_jntnum[bid] != 1 or m.jnt_type[m.body_jntadr[bid]] != mujoco.mjtJoint.mjJNT_FREE:
@@ -214,26 +216,29 @@ class SimRobot:
         a, v = m.jnt_qposadr[j], m.jnt_dofadr[j]
         d.qpos[a:a + 3] = pos
         if quat is not None:
-            d.qpos[a + 3:a + 7] = quat
+            d.qpos[a + 3:a + 7] = to_mujoco_wxyz(quat)
         d.qvel[v:v + 6] = 0.0
 
-    def move_object(self, name: str, pos: Sequence[float], quat_wxyz: Sequence[float] | None = None) -> None:
-        """Teleport a scene object (cube) to ``pos`` (base frame) and stop it."""
+    def move_object(self, name: str, pos: Sequence[float], quaternion: Sequence[float] | None = None) -> None:
+        """Teleport a scene object (cube) to ``pos`` and orientation ``quaternion`` (x, y, z, w; None: keep
+        it), both in the base frame, and stop it.
+
+        Raises:
+            ValueError: A position that is not 3 finite numbers, or a quaternion that cannot be normalised.
+            KeyError: ``name`` is not a free object of the scene.
+        """
         p = np.asarray(pos, float)
         if p.shape != (3,) or not np.all(np.isfinite(p)):
             raise ValueError(f"object position must be 3 finite numbers, got {pos!r}")
         pb, rb = self._base_pose()
         q = None
-        if quat_wxyz is not None:
-            qb = np.zeros(4)
-            mujoco.mju_mat2Quat(qb, rb.flatten())
-            q = np.zeros(4)
-            mujoco.mju_mulQuat(q, qb, np.asarray(quat_wxyz, float))
+        if quaternion is not None:
+            q = quaternion_multiply(matrix_to_quaternion(rb), normalize_quaternion(quaternion))
         self._set_free(name, pb + rb @ p, q)
         mujoco.mj_forward(self.model, self.data)
 
     def object_poses(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Scene objects' poses in the base frame: name → (position, quaternion wxyz)."""
+        """Scene objects' poses in the base frame: name → (position, quaternion (x, y, z, w))."""
         return {n: self._body_pose(mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, n))
                 for n in self.scene.cubes}
 
@@ -245,10 +250,7 @@ class SimRobot:
     def _body_pose(self, body: int) -> tuple[np.ndarray, np.ndarray]:
         pb, rb = self._base_pose()
         p = rb.T @ (self.data.xpos[body] - pb)
-        r = rb.T @ self.data.xmat[body].reshape(3, 3)
-        q = np.zeros(4)
-        mujoco.mju_mat2Quat(q, r.flatten())
-        return p, q
+        return p, matrix_to_quaternion(rb.T @ self.data.xmat[body].reshape(3, 3))
 
     @property
     def ee_groups(self) -> list[str]:
@@ -256,7 +258,7 @@ class SimRobot:
         return list(self._ee_body)
 
     def ee_pose(self, group: str) -> tuple[np.ndarray, np.ndarray]:
-        """Pose of a group's ``ee_link`` in the base frame: (position, quaternion wxyz)."""
+        """Pose of a group's ``ee_link`` in the base frame: (position, quaternion (x, y, z, w))."""
         if group not in self._ee_body:
             raise KeyError(f"group {group!r} has no ee_link; groups with one: {self.ee_groups}")
         return self._body_pose(self._ee_body[group])

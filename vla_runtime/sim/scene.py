@@ -31,6 +31,8 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from vla_runtime.core.rotation import matrix_to_quaternion, to_mujoco_wxyz
+
 CUBE_NAMES: tuple[str, ...] = ("red_cube", "green_cube", "blue_cube")
 CUBE_RGBA: dict[str, tuple[float, float, float, float]] = {
     "red_cube": (0.85, 0.1, 0.1, 1.0),
@@ -114,17 +116,14 @@ def _load(path: Path) -> mujoco.MjSpec:
     return spec
 
 
-def _look_at_quat(pos: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Quaternion (w, x, y, z) of a MuJoCo camera at ``pos`` looking at ``target`` (z up)."""
+def _look_at(pos: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Orientation (x, y, z, w) of a MuJoCo camera at ``pos`` looking at ``target`` (z up)."""
     fwd = target - pos
     fwd /= np.linalg.norm(fwd)
     right = np.cross(fwd, [0.0, 0.0, 1.0])
     right /= np.linalg.norm(right)
     up = np.cross(right, fwd)
-    mat = np.column_stack([right, up, -fwd])  # camera looks along its -z
-    quat = np.zeros(4)
-    mujoco.mju_mat2Quat(quat, mat.flatten())
-    return quat
+    return matrix_to_quaternion(np.column_stack([right, up, -fwd]))  # camera looks along its -z
 
 
 def sample_cube_poses(seed: int, robot: str = "panda") -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -135,7 +134,7 @@ def sample_cube_poses(seed: int, robot: str = "panda") -> dict[str, tuple[np.nda
         robot: ``"panda"`` or ``"gr1"`` (different tables).
 
     Returns:
-        name → (position xyz in the world, quaternion wxyz).
+        name → (position xyz in the world, quaternion (x, y, z, w)).
     """
     rng = np.random.default_rng(seed)
     if robot == "panda":
@@ -151,7 +150,7 @@ def sample_cube_poses(seed: int, robot: str = "panda") -> dict[str, tuple[np.nda
                 break
         placed.append(xy)
         yaw = rng.uniform(-np.pi / 4, np.pi / 4)
-        poses[name] = (np.array([xy[0], xy[1], z]), np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]))
+        poses[name] = (np.array([xy[0], xy[1], z]), np.array([0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)]))
     return poses
 
 
@@ -190,7 +189,7 @@ def _add_world(spec: mujoco.MjSpec, table_center: tuple[float, float], table_hal
 def _add_cubes(spec: mujoco.MjSpec, poses: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     for name in CUBE_NAMES:
         pos, quat = poses[name]
-        body = spec.worldbody.add_body(name=name, pos=pos.tolist(), quat=quat.tolist())
+        body = spec.worldbody.add_body(name=name, pos=pos.tolist(), quat=to_mujoco_wxyz(quat).tolist())
         body.add_freejoint(name=f"{name}_joint")
         body.add_geom(name=f"{name}_geom", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF_SIZE] * 3,
                       rgba=list(CUBE_RGBA[name]), mass=0.05, friction=[1.0, 0.01, 0.001], condim=4)
@@ -200,8 +199,8 @@ def _add_cubes(spec: mujoco.MjSpec, poses: dict[str, tuple[np.ndarray, np.ndarra
 def _add_camera(spec: mujoco.MjSpec, name: str, pos: tuple[float, float, float],
                 target: tuple[float, float, float], fovy: float = 45.0) -> None:
     p = np.asarray(pos, float)
-    spec.worldbody.add_camera(name=name, pos=p.tolist(), quat=_look_at_quat(p, np.asarray(target, float)).tolist(),
-                              fovy=fovy)
+    quat = to_mujoco_wxyz(_look_at(p, np.asarray(target, float)))
+    spec.worldbody.add_camera(name=name, pos=p.tolist(), quat=quat.tolist(), fovy=fovy)
 
 
 def _motors_for_unactuated(spec: mujoco.MjSpec, effort: float, skip: tuple[str, ...] = ()) -> None:

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
+from vla_runtime.core.rotation import quaternion_to_matrix
+
 COLOURS: tuple[str, ...] = ("red", "green", "blue")
 TASKS: tuple[str, ...] = ("touch", "touch_dynamic")
 ARM_JOINTS: tuple[str, ...] = tuple(f"panda_joint{i}" for i in range(1, 8))
@@ -82,11 +84,10 @@ def parse_instruction(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------- success
-def tcp_from_hand(position: Sequence[float], quat_wxyz: Sequence[float]) -> np.ndarray:
-    """The TCP position from the hand pose (``/ee_pose``: ``panda_hand`` in the base frame)."""
-    r = np.zeros(9)
-    mujoco.mju_quat2Mat(r, np.asarray(quat_wxyz, dtype=float))
-    return np.asarray(position, dtype=float) + r.reshape(3, 3) @ TCP_OFFSET_IN_HAND
+def tcp_from_hand(position: Sequence[float], quaternion: Sequence[float]) -> np.ndarray:
+    """The TCP position from the hand pose (``/ee_pose``: ``panda_hand`` in the base frame, quaternion
+    (x, y, z, w))."""
+    return np.asarray(position, dtype=float) + quaternion_to_matrix(quaternion) @ TCP_OFFSET_IN_HAND
 
 
 def is_success(tcp: Sequence[float], target: Sequence[float], radius: float = SUCCESS_RADIUS_M) -> bool:
