@@ -16,8 +16,8 @@ profile in ``config/`` (joint names, homes and ranges are read from the YAML):
 * ``gr1`` → ``models/timing_reference_gr1``: one joint_position group per profile group
   (arms, torso, head, hands), A=32.
 
-Normalisation: a joint's mean is its ``home``, its std a quarter of its range; pose dims use
-the profile workspace (centre, quarter of the extent) and a gripper-down orientation.
+Normalisation: a joint's mean is its ``home`` (kept one std inside its limits), its std a quarter of
+its range; pose dims use the profile workspace (centre, quarter of the extent) and a gripper-down orientation.
 
 ``--size full`` (panda's default) is the shape described below; ``--size small`` (the default
 for the other robots) keeps every tensor interface the same (latent 8×256) but narrows both
@@ -166,7 +166,8 @@ def layout_from_profile(config_name: str, package: str) -> Layout:
     """Fit the action layout to a robot profile in ``config/``, one action group per profile group.
 
     Joint controllers (joint_trajectory, forward_position, joint_impedance) get a joint_position
-    group over the group's joints (mean = home, std = range / 4); a cartesian_impedance group gets
+    group over the group's joints (mean = home kept one std inside the limits, std = range / 4); a
+    cartesian_impedance group gets
     a quaternion cartesian_pose group (workspace centre / extent / 4, gripper-down orientation)
     and feeds its joints to proprio; a gripper group gets a ``<group>/gripper`` dim (mean = finger
     home, std = half the gripper range). The first camera feeds the image input.
@@ -177,9 +178,13 @@ def layout_from_profile(config_name: str, package: str) -> Layout:
     joints = {j["name"]: j for j in robot["joints"]}
 
     def joint_stats(name: str) -> tuple[float, float]:
+        # Mean at home, kept one std inside the limits: a joint homed at (or near) a limit (GR1's
+        # fingers, elbows) would otherwise get random chunks that leave its range on one side,
+        # which `vla-runtime check`'s dry run refuses.
         j = joints[name]
         lo, hi = j["position"]
-        return _r(j["home"]), _r((hi - lo) / 4.0)
+        std = (hi - lo) / 4.0
+        return _r(min(max(j["home"], lo + std), hi - std)), _r(std)
 
     groups: list[dict] = []
     a_mean: list[float] = []

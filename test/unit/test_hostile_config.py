@@ -188,3 +188,39 @@ def test_shipped_normalisation_statistics_fit_their_robots() -> None:
     cfg = load_config(ROOT / "config" / "sim_panda_reach.yaml")
     assert normalization_problems(cfg, load_model_spec(ROOT / "models" / "reference_reach")) == []
     assert np.isfinite(cfg.robot.joints[0].velocity)
+
+
+def test_a_graph_whose_real_output_differs_from_model_yaml_is_refused_by_the_dry_run(tmp_path, reach_copy) -> None:
+    """The fast graph declares dynamic dims and produces [1, 16, 7] where model.yaml says [1, 16, 8]:
+    the graph-vs-yaml comparison cannot see it (it used to pass `check` and HOLD forever at run
+    time as "non-finite model output"); the dry run runs it and compares."""
+    pkg, _ = reach_copy
+    shutil.copy(ROOT / "test" / "fixtures" / "hostile" / "fast_7dims.onnx", pkg / "fast.onnx")
+    text = _problems(_reach_config(tmp_path, pkg, nodes=["sim_robot", "slow_reasoner", "action_chunk_node",
+                                                         "controller_bridge"]))
+    assert "fast output 'actions': model.yaml says [1, 16, 8], the graph produced [1, 16, 7] on the dry run" in text
+
+
+def test_a_chunk_that_leaves_the_limits_or_the_workspace_is_refused_by_the_dry_run(tmp_path, reach_copy) -> None:
+    """Statistics that pass the plausibility rule (a mean within its joint's range plus slack) but
+    move the first chunk out of the joint's range or the hand out of the workspace are caught by
+    running the package once."""
+    from vla_runtime.commands.check import normalization_problems
+    from vla_runtime.core.model_spec import load_model_spec
+
+    pkg, edit_yaml = reach_copy
+
+    def shift(m):
+        for section in ("proprio", "action"):
+            norm = dict(m[section]["normalization"])
+            mean = list(norm["mean"])
+            mean[3] = -0.0698 + 0.2  # panda_joint4's upper limit is -0.0698: within the plausibility slack
+            norm["mean"] = mean
+            m[section]["normalization"] = norm
+
+    edit_yaml(shift)
+    cfg_path = _reach_config(tmp_path, pkg)
+    assert normalization_problems(load_config(cfg_path), load_model_spec(pkg)) == []
+    text = _problems(cfg_path)
+    assert "dry run: the first chunk" in text
+    assert "outside its limits [-3.0718, -0.0698]" in text or "outside the workspace [-0.2, -0.6, 0.0]" in text

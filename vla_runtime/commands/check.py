@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from vla_runtime.core.config import ConfigError, RuntimeConfig, load_config
 from vla_runtime.core.model_spec import ModelSpec
 
@@ -139,6 +141,125 @@ def normalization_problems(cfg: RuntimeConfig, spec: ModelSpec) -> list[str]:
     return problems
 
 
+class _Recording:
+    """An engine that keeps the outputs of its last call (the dry run compares them with model.yaml)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.outputs: dict = {}
+
+    def infer(self, feeds: dict) -> dict:
+        self.outputs = self.engine.infer(feeds)
+        return self.outputs
+
+
+def _output_shape_problems(part: str, graph, outputs: dict) -> list[str]:
+    """Outputs whose real shape differs from model.yaml in a fixed dim (or in rank)."""
+    problems = []
+    for t in graph.outputs:
+        got = outputs.get(t.name)
+        if got is None:
+            problems.append(f"{part} output {t.name!r}: declared in model.yaml, not produced by the graph")
+            continue
+        shape = tuple(np.shape(got))
+        if len(shape) != len(t.shape) or any(d is not None and d != g for d, g in zip(t.shape, shape)):
+            problems.append(f"{part} output {t.name!r}: model.yaml says {list(t.shape)}, the graph produced "
+                            f"{list(shape)} on the dry run")
+    return problems
+
+
+def nominal_state(cfg: RuntimeConfig, names: list[str]) -> np.ndarray:
+    """The robot at rest: each joint at its home (else mid-range), gripper dims through their
+    joint, a Cartesian pose from the robot's kinematic model at that joint state.
+
+    Raises:
+        ValueError: A name the robot cannot measure, or a pose without a kinematic model.
+    """
+    from vla_runtime.core.kinematics import kinematics_for
+    from vla_runtime.core.measured_state import MeasuredState
+    from vla_runtime.core.rotation import matrix_to_quaternion
+
+    robot = cfg.robot
+    measured = MeasuredState.for_robot(names, robot)
+    q = {j.name: j.home if j.home is not None else sum(j.position) / 2 for j in robot.joints}
+    measured.update_joints(tuple(q), np.array(list(q.values())))
+    if measured.needs_pose:
+        group = next(g for g in robot.groups.values() if g.controller == "cartesian_impedance")
+        chain = kinematics_for(robot.name, group.joints)
+        if chain is None:
+            raise ValueError(f"robot {robot.name!r} has no kinematic model for the hand pose the model reads")
+        pose = chain.forward([q[j] for j in chain.joints])
+        measured.update_pose((*pose[:3, 3], *matrix_to_quaternion(pose[:3, :3])))
+    if not measured.complete:
+        raise ValueError(f"the robot cannot measure {measured.missing()}")
+    return measured.values[measured.index(names)]
+
+
+def dry_run_problems(cfg: RuntimeConfig, pkg) -> tuple[list[str], str]:
+    """Run the slow and fast parts once on a nominal input, as the nodes would, and judge the chunk.
+
+    The input: a mid-grey frame from every camera at its configured size, the config's instruction,
+    the robot at its home pose. Refused: outputs whose shape differs from model.yaml in a fixed dim,
+    a non-finite chunk, a first chunk that leaves a joint's limits (by more than
+    ``safety.state_limit_tolerance``) or puts the hand outside the workspace box.
+
+    Returns:
+        (problems, a one-line summary of what the dry run saw).
+    """
+    from vla_runtime.core.kinematics import kinematics_for
+    from vla_runtime.core.policy import FastStep, SlowStep
+
+    cams = {c.name: np.full((c.height, c.width, 3), 128, dtype=np.uint8) for c in cfg.cameras}
+    slow_engine, fast_engine = _Recording(pkg.slow_engine), _Recording(pkg.fast_engine)
+    try:
+        slow = SlowStep(pkg.spec, slow_engine, pkg.tokenizer, [c.name for c in cfg.cameras])
+        latent = slow.run(cams, cfg.instruction).latent
+    except (KeyError, ValueError) as e:
+        return [f"dry run: the slow part cannot run on the config's cameras: {e}"], ""
+    problems = _output_shape_problems("slow", pkg.spec.slow, slow_engine.outputs)
+    fast = FastStep(pkg.spec, fast_engine, pkg.action_space, pkg.proprio, cfg.scheduler.rtc_prefix)
+    try:
+        state = nominal_state(cfg, list(fast.state_layout))
+        raw, _ = fast.infer(state, None, latent)
+    except ValueError as e:
+        return problems + [f"dry run: {e}"], ""
+    problems += _output_shape_problems("fast", pkg.spec.fast, fast_engine.outputs)
+    try:
+        chunk = fast.decode(raw, state)
+    except ValueError as e:
+        return problems + [f"dry run: {e}"], ""
+    dims = list(pkg.action_space.dim_names)
+    tol = cfg.safety.state_limit_tolerance
+    for j in cfg.robot.joints:
+        if j.name in dims:
+            col = chunk[:, dims.index(j.name)]
+            lo, hi = j.position
+            if col.min() < lo - tol or col.max() > hi + tol:
+                problems.append(f"dry run: the first chunk takes {j.name} to [{col.min():.4g}, {col.max():.4g}], "
+                                f"outside its limits [{lo}, {hi}]")
+    box = cfg.robot.workspace
+    hand = None
+    if box is not None:
+        arm = next((g for g in cfg.robot.groups.values() if g.ee_link and all(j in dims for j in g.joints)), None)
+        chain = kinematics_for(cfg.robot.name, arm.joints) if arm is not None else None
+        if chain is not None:
+            hand = np.array([chain.forward(row[[dims.index(j) for j in chain.joints]])[:3, 3] for row in chunk])
+        else:
+            cart = next((g for g in cfg.robot.groups if f"{g}/x" in dims), None)
+            if cart is not None:
+                hand = chunk[:, [dims.index(f"{cart}/{k}") for k in "xyz"]]
+        if hand is not None:
+            out = (hand < np.array(box.min)) | (hand > np.array(box.max))
+            if out.any():
+                k = int(np.argmax(out.any(axis=1)))
+                problems.append(f"dry run: the first chunk puts the hand at {np.round(hand[k], 3).tolist()} (step {k}), "
+                                f"outside the workspace {list(box.min)}..{list(box.max)}")
+    span = np.ptp(chunk, axis=0).max() if len(chunk) else 0.0
+    summary = (f"dry run: home pose + grey frames + {cfg.instruction!r} → chunk {list(chunk.shape)}, "
+               f"largest motion in a dim {span:.3g}" + (", hand inside the workspace" if hand is not None else ""))
+    return problems, summary
+
+
 def check_config(path: str, load_models: bool = True) -> CheckReport:
     """Validate a config file and (optionally) load and verify its model package."""
     report = CheckReport(source=str(path))
@@ -169,6 +290,11 @@ def check_config(path: str, load_models: bool = True) -> CheckReport:
                            f"{cfg.model.fast_engine.backend}/{cfg.model.fast_engine.provider})")
     report.problems.extend(model_robot_problems(cfg, list(pkg.action_space.dim_names)))
     report.problems.extend(normalization_problems(cfg, pkg.spec))
+    if not report.problems:  # the dry run needs a package that fits the robot
+        dry, summary = dry_run_problems(cfg, pkg)
+        report.problems.extend(dry)
+        if summary and not dry:
+            report.verified.append(summary)
     if "failure_detector" in cfg.nodes:
         from vla_runtime.core.failure_detection import load_for_config
 
