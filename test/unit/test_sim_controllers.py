@@ -31,9 +31,11 @@ def panda_scene():
     return build_panda(seed=0)
 
 
-def _robot(scene, arm: dict | None = None, **top) -> SimRobot:
+def _robot(scene, arm: dict | None = None, timeout: float | None = None, **top) -> SimRobot:
+    """The sim Panda; ``timeout``: every group's ``cmd_timeout_s`` (None: off, so a single command is
+    followed for as long as a test watches)."""
     data = _read_yaml(ROOT / "config" / "sim_panda.yaml")
-    over: dict = dict(top)
+    over: dict = _merge(dict(top), {"robot": {"groups": {g: {"cmd_timeout_s": timeout} for g in ("arm", "gripper")}}})
     if arm:
         over = _merge(over, {"robot": {"groups": {"arm": arm}}})
     cfg = config_from_dict(_merge(data, over))
@@ -173,6 +175,53 @@ def test_forward_velocity_integrates_and_times_out(panda_scene):
     stopped = _q(r)
     _run(r, 0.5)
     assert np.abs(_q(r) - stopped).max() < 1e-3
+
+
+@pytest.mark.parametrize("arm", [
+    {"controller": "forward_position", "controller_name": "fwd"},
+    {"controller": "joint_impedance", "controller_name": "fwd"},
+    {"controller": "forward_velocity", "controller_name": "fwd"},
+], ids=["forward_position", "joint_impedance", "forward_velocity"])
+def test_a_silent_command_stream_ends_in_a_hold_at_the_controller(panda_scene, arm):
+    """cmd_timeout (ros2_controllers' and CRISP's): a controller whose commands stop — its bridge was
+    killed mid-motion — holds where it is after the timeout instead of finishing the last command."""
+    r = _robot(panda_scene, arm=arm, timeout=0.25)
+    q0 = _q(r)
+    if arm["controller"] == "joint_impedance":
+        command = JointTargetCommand(ARM, q0 + 3 * DQ)
+    elif arm["controller"] == "forward_velocity":
+        command = np.array([1.0, 0, 0, 0, 0, 0, -1.0])
+    else:
+        command = q0 + 3 * DQ  # far: ~0.6 s at the joints' velocity limits
+    assert r.accept("fwd", command)
+    _run(r, 0.25)
+    c = r.controllers["fwd"]
+    assert c.timeouts == 0
+    _run(r, 0.1)
+    assert c.timeouts == 1
+    _run(r, 1.0)  # settle onto the hold (an impedance controller springs back from where it was caught)
+    held = _q(r)
+    _run(r, 1.0)
+    assert np.abs(_q(r) - held).max() < 2e-3, "kept moving after the command timed out"
+    if arm["controller"] == "forward_velocity":
+        assert not c.command.any()
+    else:  # the stale target was replaced by where the arm was caught
+        target = c.target if arm["controller"] == "joint_impedance" else c.command
+        assert np.abs(target - (q0 + 3 * DQ)).max() > 0.1
+    assert r.accept("fwd", command)  # a new command is followed again
+    assert not c._expired
+
+
+def test_a_trajectory_controller_times_out_after_its_trajectory_ends(panda_scene):
+    r = _robot(panda_scene, timeout=0.25)
+    q0 = _q(r)
+    jtc = r.controllers["arm_controller"]
+    assert r.accept("arm_controller", TrajectoryCommand(ARM, [0.5], [q0 + DQ]))
+    _run(r, 0.7)  # the trajectory ends at 0.5 s: no timeout before 0.75 s
+    assert jtc.timeouts == 0
+    _run(r, 0.1)
+    assert jtc.timeouts == 1
+    np.testing.assert_allclose(jtc.desired(r.time)[0], q0 + DQ, atol=1e-9)  # holds its last reference
 
 
 def test_joint_impedance_moves_toward_target(panda_scene):

@@ -252,8 +252,8 @@ def dry_run_problems(cfg: RuntimeConfig, pkg) -> tuple[list[str], str]:
             out = (hand < np.array(box.min)) | (hand > np.array(box.max))
             if out.any():
                 k = int(np.argmax(out.any(axis=1)))
-                problems.append(f"dry run: the first chunk puts the hand at {np.round(hand[k], 3).tolist()} (step {k}), "
-                                f"outside the workspace {list(box.min)}..{list(box.max)}")
+                problems.append(f"dry run: the first chunk puts the hand at {np.round(hand[k], 3).tolist()} "
+                                f"(step {k}), outside the workspace {list(box.min)}..{list(box.max)}")
     span = np.ptp(chunk, axis=0).max() if len(chunk) else 0.0
     summary = (f"dry run: home pose + grey frames + {cfg.instruction!r} → chunk {list(chunk.shape)}, "
                f"largest motion in a dim {span:.3g}" + (", hand inside the workspace" if hand is not None else ""))

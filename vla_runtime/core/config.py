@@ -134,6 +134,12 @@ class ControllerGroup(_Frozen):
         default=None, description="allowed [min, max] for target_stiffness; None = not commandable"
     )
     gripper_range: tuple[float, float] | None = Field(default=None, description="[closed, open]")
+    cmd_timeout_s: float | None = Field(
+        default=None, gt=0, le=10.0,
+        description="the controller's own command timeout (ros2_controllers' cmd_timeout; CRISP's): with no new "
+        "command for this long (a trajectory controller: after its trajectory's end) it holds where it is, so a "
+        "dead bridge ends in a hold at the controller. Set it in the controller's own parameters on a real robot; "
+        "the simulated controllers honour it")
 
     @property
     def resolved_topic(self) -> str:
@@ -550,6 +556,11 @@ class RuntimeConfig(_Frozen):
     @model_validator(mode="after")
     def _cross(self) -> RuntimeConfig:
         problems = self._margin_problems()
+        for gname, g in self.robot.groups.items():
+            period = 1.0 / (g.command_rate_hz or self.rates.command_hz)
+            if g.cmd_timeout_s is not None and g.cmd_timeout_s < 3 * period:
+                problems.append(f"robot.groups.{gname}.cmd_timeout_s = {g.cmd_timeout_s}: shorter than 3 command "
+                                f"periods ({3 * period:.3g} s): the controller would hold between commands")
         if problems:
             raise ValueError("; ".join(problems))
         if "sim_robot" in self.nodes and self.sim is None:

@@ -380,7 +380,7 @@ class SimRobotNode(Node):
         now = time.monotonic()
         with self._lock:
             sim_t = self.robot.time
-            ctrl = [(c.name, c.active, c.accepted, c.rejected, c.last_rejection)
+            ctrl = [(c.name, c.active, c.accepted, c.rejected, c.timeouts, c.last_rejection)
                     for c in self.robot.controllers.values()]
         s = dict(self._stats)
         timing = self._physics.stats.summary()
@@ -420,9 +420,9 @@ class SimRobotNode(Node):
                        KeyValue(key="frames_skipped", value=str(s["frames_skipped"]))]
         ctl = DiagnosticStatus(name="sim_robot: controllers", hardware_id=self.cfg.robot.name,
                                level=DiagnosticStatus.OK, message="")
-        ctl.values = [KeyValue(key=f"{n}", value=f"{'active' if a else 'inactive'} accepted={acc} rejected={rej}"
-                               + (f" last_rejection={why}" if why else ""))
-                      for n, a, acc, rej, why in ctrl]
+        ctl.values = [KeyValue(key=f"{n}", value=f"{'active' if a else 'inactive'} accepted={acc} rejected={rej} "
+                               f"cmd_timeouts={tmo}" + (f" last_rejection={why}" if why else ""))
+                      for n, a, acc, rej, tmo, why in ctrl]
         arr = DiagnosticArray(status=[physics, cams, ctl])
         arr.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(arr)

@@ -231,6 +231,12 @@ class Controller:
         self.last_rejection = ""
         self.kp = omega**2
         self.kd = 2.0 * omega
+        #: As ros2_controllers' ``cmd_timeout``: with no new command for this long (for a trajectory
+        #: controller: after its trajectory's end), the controller holds where it is. None: off.
+        self.cmd_timeout_s: float | None = None
+        self.timeouts = 0
+        self._last_cmd = -math.inf
+        self._expired = False
 
     @property
     def type_name(self) -> str:
@@ -245,6 +251,7 @@ class Controller:
     def activate(self, model: mujoco.MjModel, data: mujoco.MjData, now: float) -> None:
         """Become active, holding the current state until the first command."""
         self.active = True
+        self._last_cmd, self._expired = now, False
         self._on_activate(model, data, now)
 
     def deactivate(self) -> None:
@@ -260,7 +267,25 @@ class Controller:
         except CommandError as e:
             return self.reject(f"{self.name}: {e}")
         self.accepted += 1
+        self._last_cmd, self._expired = now, False
         return True
+
+    def expire(self, data: mujoco.MjData, now: float) -> bool:
+        """Apply the command timeout (called every physics step before :meth:`update`): the first time
+        the last command has outlived ``cmd_timeout_s``, hold where the controller is. True then."""
+        if self.cmd_timeout_s is None or self._expired or now <= self._command_end() + self.cmd_timeout_s:
+            return False
+        self._expired = True
+        self.timeouts += 1
+        self._on_timeout(data, now)
+        return True
+
+    def _command_end(self) -> float:
+        """When the last command stops asking for anything (its arrival; a trajectory's last point)."""
+        return self._last_cmd
+
+    def _on_timeout(self, data: mujoco.MjData, now: float) -> None:
+        """Hold here: the command is stale (each controller says what holding means for it)."""
 
     def update(self, model: mujoco.MjModel, data: mujoco.MjData, now: float) -> np.ndarray:
         """Joint torques (controller order) for this physics step."""
@@ -423,6 +448,12 @@ class JointTrajectoryController(Controller):
         a_new: list[np.ndarray | None] = [a_now] + [accs[k] for k in idx]
         self._kt, self._kq, self._kv, self._ka = t_new, q_new, _fill_velocities(t_new, q_new, v_given), a_new
 
+    def _command_end(self) -> float:
+        return max(self._last_cmd, self.end_time)
+
+    def _on_timeout(self, data, now) -> None:
+        self._set_hold(self.desired(now)[0], now)
+
     def update(self, model, data, now) -> np.ndarray:
         q_d, v_d, a_d = self.desired(now)
         return self._track(model, data, q_d, v_d, a_d)
@@ -492,6 +523,9 @@ class ForwardPositionController(Controller):
     def _accept(self, command, now) -> None:
         cmd = _finite_array(command, len(self.joints), "commands")
         self.command = np.clip(cmd, self.joints.lower, self.joints.upper)
+
+    def _on_timeout(self, data, now) -> None:
+        self.command = self._ref.copy()  # the reference stops where it is
 
     def update(self, model, data, now) -> np.ndarray:
         dt = max(0.0, now - self._last)
@@ -568,6 +602,9 @@ class ForwardVelocityController(Controller):
         self.command = np.clip(cmd, -self.joints.velocity, self.joints.velocity)
         self._stamp = now
 
+    def _on_timeout(self, data, now) -> None:
+        self.command = np.zeros(len(self.joints))
+
     def update(self, model, data, now) -> np.ndarray:
         dt = max(0.0, now - self._last)
         self._last = now
@@ -622,6 +659,10 @@ class JointImpedanceController(Controller):
             v = _finite_array(command.velocities, len(self.joints), "target_joint.velocity")[order]
         self.target = np.clip(q, self.joints.lower, self.joints.upper)
         self.target_velocity = v
+
+    def _on_timeout(self, data, now) -> None:
+        self.target = self._q(data)
+        self.target_velocity = np.zeros(len(self.joints))
 
     def update(self, model, data, now) -> np.ndarray:
         m_diag = np.diag(mass_submatrix(model, data, self.joints.dof))
@@ -720,6 +761,11 @@ class CartesianImpedanceController(Controller):
         except ValueError:
             raise CommandError(f"target_pose.orientation {q.tolist()} has zero norm") from None
 
+    def _on_timeout(self, data, now) -> None:
+        pb, rb = self._base(data)
+        self.target_pos = rb.T @ (data.xpos[self.ee_body] - pb)
+        self.target_rot = rb.T @ data.xmat[self.ee_body].reshape(3, 3)
+
     def update(self, model, data, now) -> np.ndarray:
         dof = self.joints.dof
         pb, rb = self._base(data)
@@ -779,6 +825,9 @@ class BaseTwistController(Controller):
         self.twist = np.concatenate([_finite_array(command.linear, 3, "linear"),
                                      _finite_array(command.angular, 3, "angular")])
         self._stamp = now
+
+    def _on_timeout(self, data, now) -> None:
+        self.twist = np.zeros(6)
 
     def _on_activate(self, model, data, now) -> None:
         self._last = now

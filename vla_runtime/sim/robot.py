@@ -152,6 +152,11 @@ class SimRobot:
 
     # ------------------------------------------------------------------------------ construction
     def _make_controller(self, gname: str, g: ControllerGroup) -> Controller:
+        c = self._build_controller(gname, g)
+        c.cmd_timeout_s = g.cmd_timeout_s
+        return c
+
+    def _build_controller(self, gname: str, g: ControllerGroup) -> Controller:
         m = self.model
         joints = JointSet.from_model(m, g.joints, self._limits) if g.joints else JointSet.from_model(m, [])
         if g.ee_link:
@@ -357,8 +362,10 @@ class SimRobot:
             mujoco.mj_step1(m, d)
             now = d.time
             for c in active:
+                c.expire(d, now)
                 d.ctrl[c.joints.actuators] = c.update(m, d, now)
             for c in twist:
+                c.expire(d, now)
                 c.update(m, d, now)
             if brake_any:
                 self._brake.hold_q = self._brake_q
