@@ -324,7 +324,10 @@ def test_frames_hold_the_bag_values_at_their_times(exported):
             t = prov["start_ns"] + k * S // FPS
             np.testing.assert_allclose(rows["observation.state"][k], ref_state(run, t), atol=1e-6)
             np.testing.assert_allclose(rows["action"][k], ref_action(run, t), atol=1e-6)
-            np.testing.assert_allclose(rows["action.policy"][k], ref_policy(run, t), atol=1e-6)
+            plan = ref_policy(run, t)  # NaN: no plan value; the export then holds the sent action
+            np.testing.assert_allclose(rows["action.policy"][k], np.where(np.isnan(plan), ref_action(run, t), plan),
+                                       atol=1e-6)
+            assert bool(rows["policy_held"][k]) == bool(np.isnan(plan).all())
             assert rows["safety_mode"][k] == ref_mode(run, t)
             assert bool(rows["intervention"][k]) == (ref_intervention(run, t) or ref_mode(run, t) == MODES["TELEOP"])
 
@@ -342,13 +345,17 @@ def test_interventions_and_policy_holds_are_where_the_bag_has_them(exported):
     # 0.07) goes on beside them, as HG-DAgger needs.
     gap = rows["action.policy"][inside][:, :7] - rows["action"][inside][:, :7]
     assert np.isfinite(gap).all() and (np.abs(gap) > 0.08).all()
-    # HALTED: the policy asked for HOLD, so its plan is NaN; the bridge held the arm.
+    # HALTED: the policy asked for HOLD (empty plans), the bridge held the arm; the frames say the
+    # policy held, and its plan column holds the hold that was sent (never NaN).
     halted = rows["safety_mode"] == MODES["HALTED"]
     assert halted.sum() == 5
-    assert np.isnan(rows["action.policy"][halted]).all()
     np.testing.assert_allclose(rows["action"][halted][:, :7], np.tile(q(4.0), (5, 1)), atol=1e-6)
+    np.testing.assert_array_equal(rows["action.policy"][halted], rows["action"][halted])
     # The first frame (0.05 s) comes before the first plan (0.08 s): no plan value there either.
-    assert np.isnan(rows["action.policy"][0]).all() and np.isfinite(rows["action.policy"][1]).all()
+    np.testing.assert_array_equal(np.nonzero(rows["policy_held"])[0], [0] + list(np.nonzero(halted)[0]))
+    for e in eps:
+        for name, col in data_rows(root, e).items():
+            assert np.isfinite(col.astype(float)).all(), name
     assert result.episodes[0]["intervention_frames"] == 10 and result.episodes[0]["policy_held_frames"] == 6
     assert not any(data_rows(root, e)["intervention"].any() for e in eps[1:])
 
@@ -421,9 +428,9 @@ def test_info_tasks_and_stats_are_consistent(exported):
     np.testing.assert_allclose(s["q50"], np.quantile(state, 0.5, axis=0), atol=1e-6)
     assert s["count"] == [76] and set(s) == {"min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"}
     pol = np.array(table.column("action.policy").to_pylist(), dtype=float)
-    valid = ~np.isnan(pol).any(axis=1)
-    np.testing.assert_allclose(stats["action.policy"]["mean"], pol[valid].mean(axis=0), atol=1e-6)
-    assert stats["action.policy"]["count"] == [int(valid.sum())]
+    np.testing.assert_allclose(stats["action.policy"]["q99"], np.quantile(pol, 0.99, axis=0), atol=1e-6)
+    held = np.array(table.column("policy_held").to_pylist())
+    assert stats["policy_held"]["mean"] == pytest.approx([held.mean()])
     img = stats["observation.images.scene"]
     assert np.array(img["mean"]).shape == (3, 1, 1) and img["count"] == [76]
     assert 0 <= np.min(img["min"]) <= np.max(img["max"]) <= 1

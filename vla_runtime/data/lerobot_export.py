@@ -14,8 +14,12 @@ episode is the state of the run at ``episode start + k / fps``, its ``timestamp`
 * ``action`` — what the bridge really commanded after its safety filter: the newest message on each
   controller topic, a ``JointTrajectory`` sampled at the frame's time, mapped back onto the action
   dims of every group (joints, ``<group>/x … qw``, ``<group>/gripper``, ``<group>/vx, vy, wz``).
-* ``action.policy`` — the policy's plan (``/vla/action_chunk``) at that instant, on the same dims;
-  NaN where the policy asked for HOLD (an empty plan), had no plan yet, or does not drive a dim.
+* ``action.policy`` — the policy's plan (``/vla/action_chunk``) at that instant, on the same dims.
+  Where there is no plan value (the policy asked for HOLD with an empty plan, had no plan yet, or
+  does not drive a dim) it holds ``action``'s value instead, and ``policy_held`` says so for a
+  frame without any plan value. No NaN: LeRobot's own tools (``aggregate_datasets``, through
+  pandas) turn a NaN inside a vector into a null that its loader then cannot read.
+* ``policy_held`` — the frame has no plan value (see above).
 * ``intervention`` — the operator was in control: inside an intervention of the bag (its metadata
   and ``/vla/intervention``) or while ``/vla/safety_state`` says TELEOP.
 * ``safety_mode`` — the bridge's mode: 0 POLICY, 1 TELEOP, 2 HOLD, 3 HALTED, -1 not known yet.
@@ -523,21 +527,12 @@ def _action_row(layout: DatasetLayout, cmds: dict, out: np.ndarray) -> np.ndarra
 
 # ---------------------------------------------------------------------------------- statistics
 def _stats(x: np.ndarray) -> dict[str, np.ndarray]:
-    """min/max/mean/std/count and quantiles of each column of ``x`` (n, d) over its non-NaN values.
-
-    ``count`` is the number of rows with a value; a column without any value gets zeros.
-    """
+    """min/max/mean/std/count and the quantiles of each column of ``x`` (n, d)."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    keys = ("min", "max", "mean", "std", *(_qkey(q) for q in QUANTILES))
-    out = {k: np.zeros(x.shape[1]) for k in keys}
-    for j in range(x.shape[1]):
-        v = x[:, j][~np.isnan(x[:, j])]
-        if v.size:
-            qs = np.quantile(v, QUANTILES)
-            vals = (v.min(), v.max(), v.mean(), v.std(), *qs)
-            for k, val in zip(keys, vals):
-                out[k][j] = val
-    out["count"] = np.array([int((~np.isnan(x)).any(axis=1).sum())])
+    out = {"min": x.min(axis=0), "max": x.max(axis=0), "mean": x.mean(axis=0), "std": x.std(axis=0),
+           "count": np.array([len(x)])}
+    qs = np.quantile(x, QUANTILES, axis=0)
+    out.update({_qkey(q): qs[i] for i, q in enumerate(QUANTILES)})
     return out
 
 
@@ -910,10 +905,12 @@ def export_lerobot(
                 n = len(ep.frame_t)
                 fr = _sample(sig, layout, ep.frame_t)
                 task_index = tasks.setdefault(ep.task, len(tasks))
+                held = np.isnan(fr.policy).all(axis=1)
                 cols = {
                     "observation.state": fr.state.astype(np.float32),
                     "action": fr.action.astype(np.float32),
-                    "action.policy": fr.policy.astype(np.float32),
+                    "action.policy": np.where(np.isnan(fr.policy), fr.action, fr.policy).astype(np.float32),
+                    "policy_held": held,
                     "intervention": fr.intervention,
                     "safety_mode": fr.mode,
                     "timestamp": (np.arange(n) / opts.fps).astype(np.float32),
@@ -948,10 +945,10 @@ def export_lerobot(
                 for k, v in cols.items():
                     all_cols.setdefault(k, []).append(v)
                 total += n
-                provenance.append({"episode_index": e, "bag": str(path), "start_ns": int(ep.start),
+                provenance.append({"episode_index": e, "bag": str(path.resolve()), "start_ns": int(ep.start),
                                    "end_ns": int(ep.end), "ends_at": ep.why_end, "task": ep.task, "frames": n,
                                    "intervention_frames": int(fr.intervention.sum()),
-                                   "policy_held_frames": int(np.isnan(fr.policy).all(axis=1).sum())})
+                                   "policy_held_frames": int(held.sum())})
             if progress is not None:
                 progress(f"{path}: {len(episodes)} episode(s), {sum(len(e.frame_t) for e in episodes)} frames")
         if not ep_rows:
@@ -969,6 +966,7 @@ def export_lerobot(
         features.update({
             "action": _state_feature(layout.action_names),
             "action.policy": _state_feature(layout.action_names),
+            "policy_held": {"dtype": "bool", "shape": [1], "names": None},
             "intervention": {"dtype": "bool", "shape": [1], "names": None},
             "safety_mode": {"dtype": "int64", "shape": [1], "names": None},
             "timestamp": {"dtype": "float32", "shape": [1], "names": None},
@@ -1003,7 +1001,10 @@ def export_lerobot(
         _write_episodes(epath, ep_rows)
         _write_json(staging / PROVENANCE_PATH, {
             "repo_id": opts.repo_id, "config": cfg.source, "fps": opts.fps, "state_joints": list(layout.state_joints),
-            "safety_mode_codes": MODES, "episodes": provenance, "notes": notes})
+            "groups": [{"name": g.name, "controller": g.controller, "topic": g.topic, "joints": list(g.joints),
+                        "dims": list(g.dims)} for g in layout.groups],
+            "cameras": {c: layout.cameras[c] for c in cams}, "safety_mode_codes": MODES, "episodes": provenance,
+            "notes": notes})
     except BaseException:
         if data_writer is not None:
             data_writer.close()
