@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -186,19 +187,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from vla_runtime.core.config import PROJECT_ROOT
+    from vla_runtime.data.lerobot_export import ExportError, ExportOptions, export_lerobot
 
-    try:
-        from vla_runtime.data.lerobot_export import ExportError, ExportOptions, export_lerobot
-    except ImportError as e:  # pragma: no cover - the dev venv has them
-        print(f"vla-runtime export: {e.name or e} is not installed; pip install -r requirements/export.txt",
-              file=sys.stderr)
-        return 2
     cfg = _load_or_exit(args.config or str(PROJECT_ROOT / "config" / "sim_panda.yaml"))
     try:
-        options = ExportOptions(fps=args.fps, repo_id=args.repo_id or f"local/{Path(args.out).name}",
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(args.out).resolve().name).lstrip("._-") or "dataset"
+        options = ExportOptions(fps=args.fps, repo_id=args.repo_id or f"local/{name}",
                                 task_from=args.task_from, vcodec=args.vcodec)
         result = export_lerobot(args.bags, args.out, cfg, options, progress=lambda m: print(m, file=sys.stderr))
-    except ImportError as e:
+    except ImportError as e:  # pyarrow / PyAV: the export's own requirements, no node needs them
         print(f"vla-runtime export: {e.name or e} is not installed; pip install -r requirements/export.txt",
               file=sys.stderr)
         return 2

@@ -181,11 +181,11 @@ def scripted_run(t0: int, duration_s: float, instructions: list[tuple[float, str
     return r
 
 
-def write_bag(path, run: Run) -> None:
+def write_bag(path, run: Run, images: bool = True, encoding: str = "rgb8") -> None:
     rec = BagRecorder(path, TOPICS)
     events: list[tuple[int, str, bytes]] = []
     events += [(t, "/joint_states", joint_state(t, list(v), list(v.values()))) for t, v in run.joints]
-    events += [(t, CAM_TOPIC, image(t, img)) for t, img in run.images]
+    events += [(t, CAM_TOPIC, image(t, img, encoding)) for t, img in run.images] if images else []
     events += [(t, "/arm_controller/joint_trajectory", trajectory(st, ARM, tfs, rows)) for t, st, tfs, rows in
                run.arm_cmds]
     events += [(t, "/gripper_controller/commands", f64([v])) for t, v in run.grip_cmds]
@@ -465,6 +465,29 @@ def test_files_roll_over_at_their_size_limits(tmp_path):
         assert np.abs(frames[0].astype(float) - want).mean() < 4.0
 
 
+def test_task_from_config_ignores_instructions_and_splits_only_at_resets(tmp_path):
+    write_bag(tmp_path / "bag", scripted_run(100 * S, 6.0, RUN1_INSTR))
+    cfg = load_config(CONFIG)
+    result = export_lerobot([tmp_path / "bag"], tmp_path / "ds", cfg, ExportOptions(fps=FPS, task_from="config"))
+    assert [(e["task"], e["frames"], e["ends_at"]) for e in result.episodes] == [
+        (cfg.instruction, 45, "reset after HALTED"), (cfg.instruction, 16, "bag end")]
+
+
+def test_a_bag_without_images_exports_without_video_but_not_mixed_with_one_that_has_them(tmp_path):
+    write_bag(tmp_path / "with", scripted_run(100 * S, 1.5, RUN1_INSTR[:1], teleop=None, halt=None))
+    write_bag(tmp_path / "without", scripted_run(200 * S, 1.5, RUN1_INSTR[:1], teleop=None, halt=None), images=False)
+    cfg = load_config(CONFIG)
+    with pytest.raises(ExportError, match=r"camera 'scene' .* is recorded in .*with'\] but not in .*without'\]"):
+        export_lerobot([tmp_path / "with", tmp_path / "without"], tmp_path / "mixed", cfg)
+    result = export_lerobot([tmp_path / "without"], tmp_path / "ds", cfg, ExportOptions(fps=FPS))
+    assert any("no images on /camera/scene/image_raw" in n for n in result.notes)
+    info = json.loads((tmp_path / "ds/meta/info.json").read_text())
+    assert info["video_path"] is None and "observation.images.scene" not in info["features"]
+    assert not (tmp_path / "ds/videos").exists()
+    # Without a camera the episode starts with the first gripper command (0.05 s), not an image.
+    assert result.episodes[0]["start_ns"] == 200 * S + 50_000_000 and result.episodes[0]["frames"] == 15
+
+
 def test_bags_that_do_not_fit_are_refused_by_name(tmp_path):
     cfg = load_config(CONFIG)
     with pytest.raises(ExportError, match="no such bag directory"):
@@ -483,6 +506,15 @@ def test_bags_that_do_not_fit_are_refused_by_name(tmp_path):
         ExportOptions(fps=0)
     with pytest.raises(ExportError, match="repo_id must look like"):
         ExportOptions(repo_id="a b")
+    short = scripted_run(100 * S, 1.5, RUN1_INSTR[:1], teleop=None, halt=None)
+    write_bag(tmp_path / "depth", short, encoding="32FC1")
+    with pytest.raises(ExportError, match=r"depth: /camera/scene/image_raw: image encoding '32FC1' is not exported"):
+        export_lerobot([tmp_path / "depth"], tmp_path / "ds", cfg)
+    write_bag(tmp_path / "cut", short)
+    part = next((tmp_path / "cut").glob("*.mcap"))
+    part.write_bytes(part.read_bytes()[:5000])  # a part cut short (not one the recorder closed)
+    with pytest.raises(ExportError, match="cut: cannot read the bag"):
+        export_lerobot([tmp_path / "cut"], tmp_path / "ds", cfg)
     assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds.partial"))
 
 

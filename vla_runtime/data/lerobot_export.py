@@ -234,8 +234,6 @@ class _BagSignals:
     modes: list[tuple[int, int]]
     interventions: list[tuple[int, float]]
     first_image: dict[str, int]
-    image_count: dict[str, int]
-    t_first: int
     t_last_joint: int
 
 
@@ -276,68 +274,77 @@ def _check_bag(path: Path, layout: DatasetLayout, config_name: str) -> dict[str,
     return topics
 
 
-def _read_signals(path: Path, layout: DatasetLayout, topics: dict[str, tuple[str, int]]) -> _BagSignals:
-    from rosbags.rosbag2 import Reader
+def _messages(path: Path, topics: set[str]):
+    """``(connection, receive time, raw CDR)`` of a bag's ``topics`` in time order; a bag rosbags cannot
+    read is an :class:`ExportError` naming it."""
+    from rosbags.rosbag2 import Reader, ReaderError
 
-    from vla_runtime.data.recording import _typestore, deserialize
+    try:
+        with Reader(path) as reader:
+            conns = [c for c in reader.connections if c.topic in topics]
+            yield from reader.messages(connections=conns)
+    except ReaderError as e:
+        raise ExportError(f"{path}: cannot read the bag: {e}") from None
+
+
+def _read_signals(path: Path, layout: DatasetLayout) -> _BagSignals:
+    """Pass 1: every non-image stream of a bag, and when each camera starts."""
+    from vla_runtime.data.recording import RecordingError, _typestore, deserialize
 
     ts = _typestore()
     group_of = {g.topic: g for g in layout.groups}
     cam_of = {t: c for c, t in layout.cameras.items()}
     wanted_joints = set(layout.state_joints)
     sig = _BagSignals(path, {j: ([], []) for j in layout.state_joints}, {g.name: _Plans() for g in layout.groups},
-                      _Plans(), [], [], [], {}, {c: 0 for c in layout.cameras}, -1, -1)
+                      _Plans(), [], [], [], {}, -1)
     open_iv: int | None = None
     names_cache: dict[tuple[str, ...], list[tuple[int, str]]] = {}
     wanted = {TOPIC_JOINT_STATES, TOPIC_ACTION_CHUNK, TOPIC_INSTRUCTION, TOPIC_SAFETY_STATE, TOPIC_INTERVENTION,
               *group_of, *cam_of}
-    with Reader(path) as reader:
-        conns = [c for c in reader.connections if c.topic in wanted]
-        for conn, t, raw in reader.messages(connections=conns):
-            topic = conn.topic
-            if sig.t_first < 0:
-                sig.t_first = t
-            if topic in cam_of:  # pass 2 decodes the images; here only when they start
-                cam = cam_of[topic]
-                sig.first_image.setdefault(cam, t)
-                sig.image_count[cam] += 1
-                continue
+    for conn, t, raw in _messages(path, wanted):
+        topic = conn.topic
+        if topic in cam_of:  # pass 2 decodes the images; here only when they start
+            sig.first_image.setdefault(cam_of[topic], t)
+            continue
+        try:
             msg = deserialize(ts, raw, conn.msgtype)
-            if topic == TOPIC_JOINT_STATES:
-                names = tuple(msg.name)
-                idx = names_cache.get(names)
-                if idx is None:
-                    idx = names_cache[names] = [(i, n) for i, n in enumerate(names) if n in wanted_joints]
-                pos = msg.position
-                for i, n in idx:
-                    if i < len(pos):
-                        sig.joints[n][0].append(t)
-                        sig.joints[n][1].append(float(pos[i]))
-                sig.t_last_joint = max(sig.t_last_joint, t)
-            elif topic in group_of:
-                _add_command(sig.commands[group_of[topic].name], group_of[topic], conn.msgtype, msg, t, path)
-            elif topic == TOPIC_ACTION_CHUNK:
-                names = tuple(msg.joint_names)
-                if not len(msg.points):  # the policy asked for HOLD
-                    sig.plans.add(t, t, np.zeros(1), np.full((1, len(names)), np.nan), names)
-                    continue
-                vals = np.array([p.positions for p in msg.points], dtype=np.float64)
-                if vals.ndim != 2 or vals.shape[1] != len(names):
-                    raise ExportError(f"{path}: {topic} at t={t} ns: points do not have {len(names)} values "
-                                      f"({list(names)})")
-                tfs = np.array([_stamp_ns(p.time_from_start) for p in msg.points], dtype=np.float64)
-                sig.plans.add(t, _traj_start(_stamp_ns(msg.header.stamp), t), tfs, vals, names)
-            elif topic == TOPIC_INSTRUCTION:
-                sig.instructions.append((t, str(msg.data)))
-            elif topic == TOPIC_SAFETY_STATE:
-                sig.modes.append((t, MODES.get(str(msg.message).strip(), -1)))
-            elif topic == TOPIC_INTERVENTION:
-                text = str(msg.data)
-                if text.startswith("start") and open_iv is None:
-                    open_iv = t
-                elif text.startswith("end") and open_iv is not None:
-                    sig.interventions.append((open_iv, float(t)))
-                    open_iv = None
+        except (RecordingError, ValueError, IndexError) as e:
+            raise ExportError(f"{path}: {topic} at t={t} ns does not decode as {conn.msgtype}: {e}") from None
+        if topic == TOPIC_JOINT_STATES:
+            names = tuple(msg.name)
+            idx = names_cache.get(names)
+            if idx is None:
+                idx = names_cache[names] = [(i, n) for i, n in enumerate(names) if n in wanted_joints]
+            pos = msg.position
+            for i, n in idx:
+                if i < len(pos):
+                    sig.joints[n][0].append(t)
+                    sig.joints[n][1].append(float(pos[i]))
+            sig.t_last_joint = max(sig.t_last_joint, t)
+        elif topic in group_of:
+            _add_command(sig.commands[group_of[topic].name], group_of[topic], conn.msgtype, msg, t, path)
+        elif topic == TOPIC_ACTION_CHUNK:
+            names = tuple(msg.joint_names)
+            if not len(msg.points):  # the policy asked for HOLD
+                sig.plans.add(t, t, np.zeros(1), np.full((1, len(names)), np.nan), names)
+                continue
+            vals = np.array([p.positions for p in msg.points], dtype=np.float64)
+            if vals.ndim != 2 or vals.shape[1] != len(names):
+                raise ExportError(f"{path}: {topic} at t={t} ns: points do not have {len(names)} values "
+                                  f"({list(names)})")
+            tfs = np.array([_stamp_ns(p.time_from_start) for p in msg.points], dtype=np.float64)
+            sig.plans.add(t, _traj_start(_stamp_ns(msg.header.stamp), t), tfs, vals, names)
+        elif topic == TOPIC_INSTRUCTION:
+            sig.instructions.append((t, str(msg.data)))
+        elif topic == TOPIC_SAFETY_STATE:
+            sig.modes.append((t, MODES.get(str(msg.message).strip(), -1)))
+        elif topic == TOPIC_INTERVENTION:
+            text = str(msg.data)
+            if text.startswith("start") and open_iv is None:
+                open_iv = t
+            elif text.startswith("end") and open_iv is not None:
+                sig.interventions.append((open_iv, float(t)))
+                open_iv = None
     if open_iv is not None:
         sig.interventions.append((open_iv, math.inf))
     for start, end, _reason in bag_interventions(path):
@@ -702,9 +709,7 @@ def _write_videos(sig: _BagSignals, layout: DatasetLayout, cams: list[str], epis
     Returns:
         Per episode: its ``videos/…`` metadata and each camera's pixel histograms (3, 256).
     """
-    from rosbags.rosbag2 import Reader
-
-    from vla_runtime.data.recording import _typestore, deserialize
+    from vla_runtime.data.recording import RecordingError, _typestore, deserialize
 
     ts = _typestore()
     frame_t = np.concatenate([e.frame_t for e in episodes])
@@ -723,7 +728,12 @@ def _write_videos(sig: _BagSignals, layout: DatasetLayout, cams: list[str], epis
             k = nxt[cam]
             cur = current[cam]
             if cur[1] is None:
-                cur[1] = image_to_rgb(deserialize(ts, cur[0], "sensor_msgs/msg/Image"))
+                try:
+                    cur[1] = image_to_rgb(deserialize(ts, cur[0], "sensor_msgs/msg/Image"))
+                except ExportError as e:
+                    raise ExportError(f"{sig.path}: {layout.cameras[cam]}: {e}") from None
+                except (RecordingError, ValueError, IndexError) as e:
+                    raise ExportError(f"{sig.path}: {layout.cameras[cam]}: an image does not decode: {e}") from None
             img = cur[1]
             if k in first_of:
                 w.begin_episode()
@@ -737,13 +747,11 @@ def _write_videos(sig: _BagSignals, layout: DatasetLayout, cams: list[str], epis
                 metas[ep_of[k]].update(w.end_episode())
             nxt[cam] = k + 1
 
-    with Reader(sig.path) as reader:
-        conns = [c for c in reader.connections if c.topic in cam_of]
-        for conn, t, raw in reader.messages(connections=conns):
-            cam = cam_of[conn.topic]
-            if current[cam][0] is not None:
-                emit(cam, t)  # the frames before this image; a frame at exactly t shows this one
-            current[cam] = [raw, None]
+    for conn, t, raw in _messages(sig.path, set(cam_of)):
+        cam = cam_of[conn.topic]
+        if current[cam][0] is not None:
+            emit(cam, t)  # the frames before this image; a frame at exactly t shows this one
+        current[cam] = [raw, None]
     for cam in cams:
         emit(cam, None)
     return metas, [{c: h[c] for c in cams} for h in hists]
@@ -892,7 +900,7 @@ def export_lerobot(
     total = 0
     try:
         for path in bag_paths:
-            sig = _read_signals(path, layout, _bag_topics(path))
+            sig = _read_signals(path, layout)
             episodes, bag_notes = _segments(sig, layout, opts, default_task)
             notes += bag_notes
             if not episodes:
