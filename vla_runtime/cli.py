@@ -313,8 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--repo-id", default=None, help="dataset name, owner/name (default: local/<out dir name>)")
     q.add_argument("--task-from", choices=["instruction", "config"], default="instruction",
                    help="task text: /vla/instruction (episodes split where it changes) or the config's instruction")
-    q.add_argument("--vcodec", choices=["libsvtav1", "h264"], default="libsvtav1",
-                   help="video codec (libsvtav1: AV1, LeRobot's default)")
+    q.add_argument("--vcodec", choices=["h264", "libsvtav1"], default="h264",
+                   help="video codec (libsvtav1: AV1 as LeRobot records; refused where SVT-AV1 could run its "
+                        "threads at SCHED_FIFO 99: root, CAP_SYS_NICE, an rtprio limit)")
     q.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the simulated-robot demo, end to end")

@@ -82,7 +82,7 @@ PROVENANCE_PATH = "meta/vla_runtime_export.json"
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 #: ``safety_mode`` codes (``-1``: no ``/vla/safety_state`` seen yet).
 MODES = {"POLICY": 0, "TELEOP": 1, "HOLD": 2, "HALTED": 3}
-VIDEO_CODECS = ("libsvtav1", "h264")
+VIDEO_CODECS = ("h264", "libsvtav1")
 IMAGE_KEY_PREFIX = "observation.images."
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 #: Most pixels per frame that go into the image statistics (larger frames are strided).
@@ -102,7 +102,8 @@ class ExportOptions:
         repo_id: The name to load the dataset under (``LeRobotDataset(repo_id, root=out)``).
         task_from: ``instruction`` (``/vla/instruction``, the config's ``instruction`` before the
             first message) or ``config`` (the config's ``instruction`` for every frame).
-        vcodec: ``libsvtav1`` (LeRobot's default, AV1) or ``h264``.
+        vcodec: ``h264`` or ``libsvtav1`` (AV1, what LeRobot records; refused where SVT-AV1 could
+            put its threads on SCHED_FIFO 99, see :func:`realtime_permitted`).
         crf: Encoder quality (lower is better and bigger).
         gop: Keyframe interval in frames (small: fast random access while training).
         min_frames: Episodes shorter than this are left out (and reported).
@@ -114,7 +115,7 @@ class ExportOptions:
     fps: int = 30
     repo_id: str = "local/vla_runtime"
     task_from: str = "instruction"
-    vcodec: str = "libsvtav1"
+    vcodec: str = "h264"
     crf: int = 30
     gop: int = 2
     min_frames: int = 2
@@ -235,6 +236,8 @@ class _BagSignals:
     interventions: list[tuple[int, float]]
     first_image: dict[str, int]
     t_last_joint: int
+    mappers: dict[tuple[str, ...], CommandMapper | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _stamp_ns(stamp) -> int:
@@ -334,6 +337,13 @@ def _read_signals(path: Path, layout: DatasetLayout) -> _BagSignals:
                                   f"({list(names)})")
             tfs = np.array([_stamp_ns(p.time_from_start) for p in msg.points], dtype=np.float64)
             sig.plans.add(t, _traj_start(_stamp_ns(msg.header.stamp), t), tfs, vals, names)
+            if names not in sig.mappers:
+                try:
+                    sig.mappers[names] = CommandMapper(layout.robot, names)
+                except MappingError as e:  # the bridge refuses such plans: the policy held
+                    sig.mappers[names] = None
+                    sig.notes.append(f"{path}: plans with dims {list(names)} do not map onto the robot's groups "
+                                     f"({e}); their frames count as policy_held")
         elif topic == TOPIC_INSTRUCTION:
             sig.instructions.append((t, str(msg.data)))
         elif topic == TOPIC_SAFETY_STATE:
@@ -484,17 +494,10 @@ def _sample(sig: _BagSignals, layout: DatasetLayout, ts: np.ndarray) -> _Frames:
     policy = np.full((n, len(layout.action_names)), np.nan)
     if sig.plans.t_recv:
         idx = sig.plans.newest(ts)
-        mappers: dict[tuple[str, ...], CommandMapper | None] = {}
         for i in np.unique(idx[idx >= 0]):
             rows = np.nonzero(idx == i)[0]
-            names = sig.plans.names[int(i)]
-            if names not in mappers:
-                try:
-                    mappers[names] = CommandMapper(layout.robot, names)
-                except MappingError:
-                    mappers[names] = None
-            mapper = mappers[names]
-            if mapper is None:
+            mapper = sig.mappers.get(sig.plans.names[int(i)])
+            if mapper is None:  # a HOLD request, or a layout the robot cannot take
                 continue
             raw = sig.plans.sample(int(i), ts[rows])
             for r, row in zip(rows, raw):
@@ -572,6 +575,29 @@ def _jsonable(stats: dict[str, np.ndarray]) -> dict[str, list]:
 
 
 # ---------------------------------------------------------------------------------- images, video
+def realtime_permitted() -> bool:
+    """Whether this process may put threads on a real-time policy (CAP_SYS_NICE, an rtprio limit).
+
+    SVT-AV1 (``libsvtav1``) moves its encoder threads, and the thread that feeds it, to SCHED_FIFO
+    priority 99 whenever it is allowed to (measured with PyAV 18's SVT-AV1 4.1 as root), and leaves
+    the caller there: on a robot computer they would preempt the control loop (FIFO 80-85).
+    """
+    import resource
+
+    try:
+        if resource.getrlimit(resource.RLIMIT_RTPRIO)[0] != 0:
+            return True
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> 23 & 1)  # CAP_SYS_NICE
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
 def image_to_rgb(msg) -> np.ndarray:
     """A ``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8) → (H, W, 3) uint8.
 
@@ -863,6 +889,10 @@ def export_lerobot(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty directory; choose a new --out")
     layout = layout_from_config(cfg)
+    if opts.vcodec == "libsvtav1" and layout.cameras and realtime_permitted():
+        raise ExportError("vcodec libsvtav1: SVT-AV1 puts its encoder threads on SCHED_FIFO 99 when this process "
+                          "may (root, CAP_SYS_NICE or an rtprio limit), ahead of a robot's real-time threads; use "
+                          "h264, or export as a user without real-time rights")
     config_name = Path(cfg.source).name or "the config"
     bag_paths = [Path(b) for b in bags]
     checked = [_check_bag(p, layout, config_name) for p in bag_paths]
@@ -886,7 +916,8 @@ def export_lerobot(
     if staging.exists():
         shutil.rmtree(staging)
     (staging / "meta").mkdir(parents=True)
-    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration at info level
+    if opts.vcodec == "libsvtav1":
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration at info level
     writers = {c: _VideoWriter(staging, IMAGE_KEY_PREFIX + c, opts) for c in cams}
     data_files = _Files(opts.chunks_size)
     data_writer = None
@@ -902,7 +933,7 @@ def export_lerobot(
         for path in bag_paths:
             sig = _read_signals(path, layout)
             episodes, bag_notes = _segments(sig, layout, opts, default_task)
-            notes += bag_notes
+            notes += sig.notes + bag_notes
             if not episodes:
                 notes.append(f"{path}: no episode of at least {opts.min_frames} frames")
                 continue
@@ -1046,4 +1077,4 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 __all__ = ["DatasetLayout", "ExportError", "ExportOptions", "ExportResult", "export_lerobot", "image_to_rgb",
-           "layout_from_config"]
+           "layout_from_config", "realtime_permitted"]
