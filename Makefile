@@ -22,8 +22,8 @@ $(VENV)/.stamp-venv: tools/bootstrap_system.sh
 	$(VPY) -m pip install -q --upgrade "pip>=23" wheel setuptools
 	touch $@
 
-$(VENV)/.stamp-deps: $(VENV)/.stamp-venv requirements/ros.txt requirements/runtime.txt requirements/dev.txt
-	$(VPY) -m pip install -q -r requirements/ros.txt -r requirements/runtime.txt -r requirements/dev.txt
+$(VENV)/.stamp-deps: $(VENV)/.stamp-venv requirements/ros.txt requirements/runtime.txt requirements/dev.txt requirements/export.txt
+	$(VPY) -m pip install -q -r requirements/ros.txt -r requirements/runtime.txt -r requirements/dev.txt -r requirements/export.txt
 	$(VPY) -m pip install -q --no-deps $(ROBOSUITE)
 	touch $@
 

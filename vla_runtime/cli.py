@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from vla_runtime import __version__
 
@@ -183,6 +185,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vla_runtime.core.config import PROJECT_ROOT
+    from vla_runtime.data.lerobot_export import ExportError, ExportOptions, export_lerobot
+
+    cfg = _load_or_exit(args.config or str(PROJECT_ROOT / "config" / "sim_panda.yaml"))
+    try:
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(args.out).resolve().name).lstrip("._-") or "dataset"
+        options = ExportOptions(fps=args.fps, repo_id=args.repo_id or f"local/{name}",
+                                task_from=args.task_from, vcodec=args.vcodec)
+        result = export_lerobot(args.bags, args.out, cfg, options, progress=lambda m: print(m, file=sys.stderr))
+    except ImportError as e:  # pyarrow / PyAV: the export's own requirements, no node needs them
+        print(f"vla-runtime export: {e.name or e} is not installed; pip install -r requirements/export.txt",
+              file=sys.stderr)
+        return 2
+    except (ExportError, OSError) as e:
+        print(f"vla-runtime export: {e}", file=sys.stderr)
+        return 1
+    _print_json(result.to_dict())
+    print(f"load it with LeRobotDataset({result.repo_id!r}, root={str(result.root)!r})", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vla_runtime.commands.demo import run_demo
 
@@ -280,6 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the episodes in simulated time in-process (checks the model, not the runtime)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="turn recorded bags into a training dataset")
+    fmt = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    q = fmt.add_parser("lerobot", help="a LeRobotDataset (v3.0, what LeRobot 0.6 reads): parquet + mp4")
+    q.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 directories written by the recorder node")
+    q.add_argument("--out", required=True, help="dataset directory to create (must not exist or be empty)")
+    q.add_argument("--config", default=None, help="the config the bags were recorded with (default: sim_panda)")
+    q.add_argument("--fps", type=int, default=30, help="frames per second of the dataset")
+    q.add_argument("--repo-id", default=None, help="dataset name, owner/name (default: local/<out dir name>)")
+    q.add_argument("--task-from", choices=["instruction", "config"], default="instruction",
+                   help="task text: /vla/instruction (episodes split where it changes) or the config's instruction")
+    q.add_argument("--vcodec", choices=["h264", "libsvtav1"], default="h264",
+                   help="video codec (libsvtav1: AV1 as LeRobot records; refused where SVT-AV1 could run its "
+                        "threads at SCHED_FIFO 99: root, CAP_SYS_NICE, an rtprio limit)")
+    q.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the simulated-robot demo, end to end")
     p.add_argument("--config", default=None,
