@@ -13,7 +13,7 @@ so its reading of the bags is independent of the exporter's). For example::
 What it checks, for every frame (``--stride`` to thin out): ``LeRobotDataset(repo_id, root=DIR)``
 loads offline; ``len(ds)`` and the episode count match ``meta/info.json``; ``ds[i]`` has the
 episode, frame index and ``k / fps`` timestamp the export says; ``observation.state``, ``action``,
-``action.policy`` (the sent action where the policy held), ``policy_held`` and ``intervention``
+``policy_action`` (the sent action where the policy held), ``policy_held`` and ``intervention``
 equal the bag's values at that frame's time (newest message at or before it; a trajectory sampled
 at it); the task text; each camera frame decodes (PyAV, LeRobot's own timestamp tolerance) close
 to the bag's image. Then a DataLoader batch with ``delta_timestamps`` action chunks, as ACT / π0
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     action_names = info["features"]["action"]["names"]
     video_keys = [k for k, f in info["features"].items() if f["dtype"] == "video"]
     bags: dict[str, Bag] = {}
-    worst = {"observation.state": 0.0, "action": 0.0, "action.policy": 0.0}
+    worst = {"observation.state": 0.0, "action": 0.0, "policy_action": 0.0}
     image_mae: list[float] = []
     inter_ds = inter_bag = checked = 0
     for ep in prov["episodes"]:
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             if bool(item["policy_held"]) != bool(np.isnan(plan).all()):
                 failures.append(f"{where}: policy_held {bool(item['policy_held'])}, bag plan {plan}")
             plan = np.where(np.isnan(plan), sent, plan)  # no plan value: the export holds the sent action
-            for key, ref in (("observation.state", bag.state(t)), ("action", sent), ("action.policy", plan)):
+            for key, ref in (("observation.state", bag.state(t)), ("action", sent), ("policy_action", plan)):
                 got = item[key].numpy().astype(np.float64)
                 if not np.array_equal(np.isnan(got), np.isnan(ref)):
                     failures.append(f"{where}: {key} NaN at {np.isnan(got).tolist()}, bag {np.isnan(ref).tolist()}")

@@ -330,7 +330,7 @@ def test_frames_hold_the_bag_values_at_their_times(exported):
             np.testing.assert_allclose(rows["observation.state"][k], ref_state(run, t), atol=1e-6)
             np.testing.assert_allclose(rows["action"][k], ref_action(run, t), atol=1e-6)
             plan = ref_policy(run, t)  # NaN: no plan value; the export then holds the sent action
-            np.testing.assert_allclose(rows["action.policy"][k], np.where(np.isnan(plan), ref_action(run, t), plan),
+            np.testing.assert_allclose(rows["policy_action"][k], np.where(np.isnan(plan), ref_action(run, t), plan),
                                        atol=1e-6)
             assert bool(rows["policy_held"][k]) == bool(np.isnan(plan).all())
             assert rows["safety_mode"][k] == ref_mode(run, t)
@@ -348,14 +348,14 @@ def test_interventions_and_policy_holds_are_where_the_bag_has_them(exported):
     np.testing.assert_array_equal(rows["intervention"], inside)
     # The operator's commands (measured - 0.05) are the action there; the policy's plan (measured +
     # 0.07) goes on beside them, as HG-DAgger needs.
-    gap = rows["action.policy"][inside][:, :7] - rows["action"][inside][:, :7]
+    gap = rows["policy_action"][inside][:, :7] - rows["action"][inside][:, :7]
     assert np.isfinite(gap).all() and (np.abs(gap) > 0.08).all()
     # HALTED: the policy asked for HOLD (empty plans), the bridge held the arm; the frames say the
     # policy held, and its plan column holds the hold that was sent (never NaN).
     halted = rows["safety_mode"] == MODES["HALTED"]
     assert halted.sum() == 5
     np.testing.assert_allclose(rows["action"][halted][:, :7], np.tile(q(4.0), (5, 1)), atol=1e-6)
-    np.testing.assert_array_equal(rows["action.policy"][halted], rows["action"][halted])
+    np.testing.assert_array_equal(rows["policy_action"][halted], rows["action"][halted])
     # The first frame (0.05 s) comes before the first plan (0.08 s): no plan value there either.
     np.testing.assert_array_equal(np.nonzero(rows["policy_held"])[0], [0] + list(np.nonzero(halted)[0]))
     for e in eps:
@@ -406,7 +406,7 @@ def test_info_tasks_and_stats_are_consistent(exported):
     feats = info["features"]
     names = ARM + ["gripper/gripper"]
     assert feats["observation.state"] == {"dtype": "float32", "shape": [8], "names": names}
-    assert feats["action"]["names"] == names and feats["action.policy"]["names"] == names
+    assert feats["action"]["names"] == names and feats["policy_action"]["names"] == names
     assert feats["observation.images.scene"]["shape"] == [48, 64, 3]
     assert feats["observation.images.scene"]["names"] == ["height", "width", "channels"]
     for k in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
@@ -432,8 +432,8 @@ def test_info_tasks_and_stats_are_consistent(exported):
     np.testing.assert_allclose(s["std"], state.std(axis=0), atol=1e-6)
     np.testing.assert_allclose(s["q50"], np.quantile(state, 0.5, axis=0), atol=1e-6)
     assert s["count"] == [76] and set(s) == {"min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"}
-    pol = np.array(table.column("action.policy").to_pylist(), dtype=float)
-    np.testing.assert_allclose(stats["action.policy"]["q99"], np.quantile(pol, 0.99, axis=0), atol=1e-6)
+    pol = np.array(table.column("policy_action").to_pylist(), dtype=float)
+    np.testing.assert_allclose(stats["policy_action"]["q99"], np.quantile(pol, 0.99, axis=0), atol=1e-6)
     held = np.array(table.column("policy_held").to_pylist())
     assert stats["policy_held"]["mean"] == pytest.approx([held.mean()])
     img = stats["observation.images.scene"]

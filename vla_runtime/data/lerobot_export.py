@@ -14,7 +14,8 @@ episode is the state of the run at ``episode start + k / fps``, its ``timestamp`
 * ``action`` — what the bridge really commanded after its safety filter: the newest message on each
   controller topic, a ``JointTrajectory`` sampled at the frame's time, mapped back onto the action
   dims of every group (joints, ``<group>/x … qw``, ``<group>/gripper``, ``<group>/vx, vy, wz``).
-* ``action.policy`` — the policy's plan (``/vla/action_chunk``) at that instant, on the same dims.
+* ``policy_action`` — the policy's plan (``/vla/action_chunk``) at that instant, on the same dims.
+  Not named ``action.*``: LeRobot takes every ``action*`` feature as a policy output.
   Where there is no plan value (the policy asked for HOLD with an empty plan, had no plan yet, or
   does not drive a dim) it holds ``action``'s value instead, and ``policy_held`` says so for a
   frame without any plan value. No NaN: LeRobot's own tools (``aggregate_datasets``, through
@@ -160,7 +161,7 @@ class DatasetLayout:
     Attributes:
         state_names: ``observation.state`` dims (robot joints; ``<group>/gripper`` for a gripper).
         state_joints: The ``/joint_states`` joint each state dim reads.
-        action_names: ``action`` / ``action.policy`` dims, every group's in config order.
+        action_names: ``action`` / ``policy_action`` dims, every group's in config order.
         groups: Controller groups with their topic and dims.
         cameras: Camera name → image topic.
     """
@@ -948,7 +949,7 @@ def export_lerobot(
                 cols = {
                     "observation.state": fr.state.astype(np.float32),
                     "action": fr.action.astype(np.float32),
-                    "action.policy": np.where(np.isnan(fr.policy), fr.action, fr.policy).astype(np.float32),
+                    "policy_action": np.where(np.isnan(fr.policy), fr.action, fr.policy).astype(np.float32),
                     "policy_held": held,
                     "intervention": fr.intervention,
                     "safety_mode": fr.mode,
@@ -1004,7 +1005,7 @@ def export_lerobot(
                                               "names": ["height", "width", "channels"], "info": w.info}
         features.update({
             "action": _state_feature(layout.action_names),
-            "action.policy": _state_feature(layout.action_names),
+            "policy_action": _state_feature(layout.action_names),
             "policy_held": {"dtype": "bool", "shape": [1], "names": None},
             "intervention": {"dtype": "bool", "shape": [1], "names": None},
             "safety_mode": {"dtype": "int64", "shape": [1], "names": None},
