@@ -38,7 +38,6 @@ controller               topic (message)             policy sample / hold filter
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from enum import Enum
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,7 +48,7 @@ from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_runtime.core.bridge.chunks import PolicyTrack, ValidChunk, interp_rows
-from vla_runtime.core.bridge.groups import GroupState
+from vla_runtime.core.bridge.groups import GroupState, Taken
 from vla_runtime.core.command_mapping import (
     GripperCommand,
     GroupCommand,
@@ -63,8 +62,6 @@ from vla_runtime.core.safety_filter import SafetyFilter, SafetyResult
 from vla_runtime.core.teleop import TeleopIntegrator, homogeneous
 from vla_runtime.nodes.common import ns_to_stamp
 
-#: Cartesian impedance targets must stream at least this fast.
-MIN_CARTESIAN_RATE_HZ = 50.0
 #: Time a hold trajectory gives a joint_trajectory_controller to settle on the held position.
 HOLD_TRAJECTORY_S = 0.05
 #: Teleop trajectories for joint_trajectory groups reach their point this many command periods ahead.
@@ -73,14 +70,6 @@ TELEOP_LEAD_PERIODS = 2.0
 TELEOP_FRAME_ID = "teleop"
 
 Publish = Callable[[Any], None]
-
-
-class Taken(Enum):
-    """What became of a chunk a group was given (:meth:`GroupOutput.take_policy`)."""
-
-    STORED = "stored"  # a streaming group samples it from the next tick on
-    SENT = "sent"  # a joint_trajectory group sent it to its controller
-    STALE = "stale"  # every point was in the past: nothing sent
 
 
 def duration(seconds: float) -> Duration:
@@ -95,7 +84,8 @@ def stamp(t_s: float):
 
 
 class GroupOutput:
-    """One controller group's output: message type, filter and message building.
+    """One controller group's output: message type, filter and message building (the
+    :class:`vla_runtime.core.bridge.groups.GroupOutput` interface).
 
     Args:
         name: The group's name.
@@ -113,8 +103,6 @@ class GroupOutput:
     msg_type: ClassVar[type]
     #: True when the command is re-sent every period (False: the controller executes a trajectory).
     streaming: ClassVar[bool] = True
-    #: The group's command rate is raised to at least this.
-    min_rate_hz: ClassVar[float] = 0.0
     #: Whether groups of this kind advertise ``target_stiffness`` (when ``stiffness_limits`` is set).
     stiffness_topic: ClassVar[bool] = False
 
@@ -302,7 +290,6 @@ class CartesianImpedanceOutput(GroupOutput):
 
     controller = "cartesian_impedance"
     msg_type = PoseStamped
-    min_rate_hz = MIN_CARTESIAN_RATE_HZ
     stiffness_topic = True
 
     def take_policy(self, group: GroupState, chunk: ValidChunk, values: np.ndarray,

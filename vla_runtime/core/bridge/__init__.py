@@ -3,6 +3,10 @@
 :mod:`vla_runtime.nodes.controller_bridge` is the rclpy shell; what it decides lives here, one
 place each, driven by plain pytest:
 
+* :mod:`.controller_bridge` — :class:`~.controller_bridge.ControllerBridge`, what the node runs
+  under its lock: each event (chunk, joint state, halt, operator input, command tick, supervision)
+  is one call; it wires the pieces below around the arbiter and performs the mode transitions'
+  effects (the hold out at once, the teleop target at the measured state, the hold controller).
 * :mod:`.chunks` — :class:`~.chunks.ChunkValidator` (a received policy chunk → a
   :class:`~.chunks.ValidChunk` or a named :class:`~.chunks.ChunkRejection`), the policy track a
   streaming group samples every tick, and :class:`~.chunks.ResumeRebase` (after teleop the

@@ -1,8 +1,8 @@
-"""A controller group's runtime state at the bridge, and its hold target from the measured state.
+"""A controller group at the bridge: its output interface, runtime state and hold target.
 
-The bridge keeps one :class:`GroupState` per controller group: the policy track a streaming group
-samples, the trajectory last sent to a joint_trajectory group, the hold target and when it was
-last sent, and a teleop command. :func:`capture_holds` sets hold targets where the robot is
+The bridge keeps one :class:`GroupState` per controller group: its :class:`GroupOutput`, the
+policy track a streaming group samples, the trajectory last sent to a joint_trajectory group, the
+hold target and when it was last sent, and a teleop command. :func:`capture_holds` sets hold targets where the robot is
 measured to be; :func:`reset_references_to_holds` makes the safety filter limit the next command
 relative to them (bumpless POLICY and TELEOP entry).
 """
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from enum import Enum
+from typing import Protocol
 
 import numpy as np
 
-from vla_runtime.core.bridge.chunks import PolicyTrack, interp_rows
+from vla_runtime.core.bridge.chunks import PolicyTrack, ValidChunk, interp_rows
 from vla_runtime.core.command_mapping import (
     GripperCommand,
     GroupCommand,
@@ -24,7 +26,46 @@ from vla_runtime.core.command_mapping import (
     hold_commands,
 )
 from vla_runtime.core.config import ControllerGroup, RobotProfile
-from vla_runtime.core.safety_filter import SafetyFilter
+from vla_runtime.core.safety_filter import SafetyFilter, SafetyResult
+from vla_runtime.core.teleop import TeleopIntegrator
+
+
+class Taken(Enum):
+    """What became of a chunk a group was given (:meth:`GroupOutput.take_policy`)."""
+
+    STORED = "stored"  # a streaming group samples it from the next tick on
+    SENT = "sent"  # a joint_trajectory group sent it to its controller
+    STALE = "stale"  # every point was in the past: nothing sent
+
+
+class GroupOutput(Protocol):
+    """A group's output: what its controller takes, which filter its values go through, and the
+    message that goes on the wire (one implementation per controller kind, chosen once from the
+    config: :mod:`vla_runtime.nodes.bridge_outputs`)."""
+
+    #: True when the command is re-sent every period (False: the controller executes a trajectory).
+    streaming: bool
+
+    def take_policy(self, group: GroupState, chunk: ValidChunk, values: np.ndarray,
+                    now: float) -> Taken | SafetyResult:
+        """A validated chunk's (H, k) values for this group: stored as ``group.policy`` (streaming)
+        or filtered and sent whole; a rejected result names the point the filter refused."""
+
+    def filter_policy(self, track: PolicyTrack, now: float, measured: Mapping[str, float]) -> SafetyResult:
+        """A streaming group's policy track sampled at ``now``, through its filter."""
+
+    def publish_sample(self, values: np.ndarray, now: float) -> None:
+        """Send filtered values."""
+
+    def publish_command(self, cmd: GroupCommand, now: float) -> None:
+        """Send a hold (or programmatic teleop) command, already safe."""
+
+    def filter_teleop(self, tp: TeleopIntegrator, target: np.ndarray, now: float,
+                      measured: Mapping[str, float]) -> SafetyResult:
+        """The teleop target through the filter; the integrator stays on what is sent."""
+
+    def publish_teleop(self, values: np.ndarray, qdot: np.ndarray, now: float) -> None:
+        """Send a filtered teleop target (``qdot``: the integrator's joint velocities)."""
 
 
 class GroupState:
@@ -34,8 +75,8 @@ class GroupState:
         name: The group's name in the robot profile.
         spec: Its config.
         period_s: Its command period.
-        streaming: True when its controller needs the command re-sent every period (everything
-            but joint_trajectory, which executes the trajectory it was sent).
+        out: Its output (``out.streaming``: the controller needs the command re-sent every period;
+            everything but joint_trajectory, which executes the trajectory it was sent).
 
     Attributes:
         policy: The policy track a streaming group samples each tick (None: none installed).
@@ -46,11 +87,12 @@ class GroupState:
         teleop: A teleop command that the command tick sends in TELEOP.
     """
 
-    def __init__(self, name: str, spec: ControllerGroup, period_s: float, streaming: bool) -> None:
+    def __init__(self, name: str, spec: ControllerGroup, period_s: float, out: GroupOutput) -> None:
         self.name = name
         self.spec = spec
         self.period_s = period_s
-        self.streaming = streaming
+        self.out = out
+        self.streaming = out.streaming
         self.policy: PolicyTrack | None = None
         self.published: tuple[np.ndarray, np.ndarray] | None = None
         self.hold: GroupCommand | None = None
