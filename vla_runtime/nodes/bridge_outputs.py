@@ -2,7 +2,7 @@
 controller_manager client.
 
 Each controller group gets ONE :class:`GroupOutput`, chosen from its ``controller`` when the bridge
-builds the group (:func:`build_output`), so the bridge never branches on the controller type. An
+builds the group (:func:`build_output`), so sending never branches on the controller type. An
 output knows its controller's message type and topic, which :class:`SafetyFilter` call its values
 go through, and how to build the message for
 
@@ -20,7 +20,7 @@ Outputs publish through the callable they are given (a publisher's ``publish``; 
 ``append``), so what they send can be checked without a ROS graph.
 
 =======================  ==========================  ============================================
-controller               topic (message)             policy sample / hold filtered with
+controller               topic (message)             a policy sample is filtered with
 =======================  ==========================  ============================================
 ``joint_trajectory``     ``joint_trajectory``        ``filter_joint`` per point (whole chunk)
                          (JointTrajectory)
