@@ -173,6 +173,10 @@ class Arbiter:
         """Whether teleop commands may pass now."""
         return self._mode is Mode.TELEOP
 
+    def joint_states_fresh(self, now: float | None = None) -> bool:
+        """Whether the last joint state is at most ``joint_state_timeout_s`` old."""
+        return self._fresh(self._last_joint_state, self.joint_state_timeout_s, self._clock() if now is None else now)
+
     def can_auto_resume(self) -> bool:
         """Whether a fresh policy command may bring POLICY back by itself."""
         return self._mode is Mode.HOLD and self._cause in AUTO_RESUME_CAUSES

@@ -181,6 +181,11 @@ class CommandMapper:
             raise MappingError(f"the action layout does not drive group {group!r} (drives {list(self.groups)})")
         return self._plans[group].columns
 
+    def stiffness_columns(self, group: str) -> tuple[int, ...]:
+        """Column indices of a driven Cartesian group's ``stiffness…`` dims (empty: none)."""
+        self.group_columns(group)  # raises for a group the layout does not drive
+        return self._plans[group].stiffness_columns
+
     def group_values(self, chunk: np.ndarray, group: str) -> np.ndarray:
         """``(H, A)`` chunk → ``(H, k)`` values of one group, in command order."""
         return np.asarray(chunk, dtype=np.float64)[:, list(self.group_columns(group))]
