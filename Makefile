@@ -71,7 +71,7 @@ clean:
 LEROBOT_VENV := .venv-lerobot
 LEROBOT_PY   := $(LEROBOT_VENV)/bin/python
 LEROBOT_OUT  := build/lerobot_import
-LEROBOT_TYPES ?= act diffusion smolvla pi0 pi05
+LEROBOT_TYPES ?= act diffusion diffusion_ddim smolvla pi0 pi05
 
 .PHONY: lerobot-env test-import lerobot-fixtures
 

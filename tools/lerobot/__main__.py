@@ -7,6 +7,11 @@ Commands:
       Build the tiny random-weight checkpoints used for the test fixtures.
   verify <pretrained_dir> <pkg_dir> [--tokenizer DIR] [--reference OUT.npz]
       Run the package with onnxruntime and the numpy loop and compare with LeRobot.
+  fixtures --work DIR --dest test/fixtures/lerobot [--only TYPE ...]
+      Build, export and verify the tiny policies into the committed CI fixtures (with reference.npz).
+  check-fixtures [DIR]
+      Re-run the fixture packages from reference.npz and compare (numpy + onnxruntime + tokenizers;
+      needs neither torch nor lerobot).
 """
 
 from __future__ import annotations
@@ -41,7 +46,24 @@ def main(argv: list[str] | None = None) -> int:
     ver.add_argument("--tokenizer", type=Path)
     ver.add_argument("--reference", type=Path, help="also write LeRobot's outputs to this .npz (fixture)")
     ver.add_argument("--tol", type=float, default=1e-4)
+    fx = sub.add_parser("fixtures", help="build + export + verify the tiny policies into the CI fixtures")
+    fx.add_argument("--work", type=Path, required=True, help="scratch folder for the tiny checkpoints")
+    fx.add_argument("--dest", type=Path, required=True, help="fixture root, e.g. test/fixtures/lerobot")
+    fx.add_argument("--only", nargs="*")
+    cf = sub.add_parser("check-fixtures", help="re-run the fixture packages against reference.npz (no torch)")
+    cf.add_argument("root", type=Path, nargs="?", default=Path("test/fixtures/lerobot"))
+    cf.add_argument("--tol", type=float, default=1e-4)
     args = ap.parse_args(argv)
+
+    if args.cmd == "check-fixtures":
+        from tools.lerobot.fixtures import check_fixtures
+
+        return 0 if check_fixtures(args.root, args.tol) else 1
+    if args.cmd == "fixtures":
+        from tools.lerobot.fixtures import TYPES, make_fixtures
+
+        make_fixtures(args.work, args.dest, args.only or TYPES)
+        return 0
 
     if args.cmd == "build-tiny":
         from tools.lerobot import build_tiny
@@ -52,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = export_package(args.pretrained_dir, args.out, tokenizer=args.tokenizer, name=args.name,
                               control_rate_hz=args.control_rate_hz)
-        print(f"exported {spec['source']['policy_type']} -> {args.out} in {spec['export']['seconds']} s")
+        sizes = {f.name: f.stat().st_size for f in sorted(args.out.iterdir())}
+        print(f"exported {spec['source']['policy_type']} -> {args.out}: timings {spec['_timings']}, "
+              f"sizes {sizes} (total {sum(sizes.values()) / 1e6:.2f} MB)")
         if not args.verify:
             return 0
         return _verify(args.pretrained_dir, args.out, args.tokenizer, None, 1e-4)

@@ -31,7 +31,9 @@ import numpy as np
 
 from tools.lerobot import tiny
 
-POLICY_TYPES = ("act", "diffusion", "smolvla", "pi0", "pi05")
+# Build types: LeRobot policy types, plus ``diffusion_ddim`` (Diffusion with the DDIM scheduler; plain
+# ``diffusion`` keeps LeRobot's default DDPM scheduler).
+POLICY_TYPES = ("act", "diffusion", "diffusion_ddim", "smolvla", "pi0", "pi05")
 STATE_DIM = 8
 ACTION_DIM = 8
 CAMERA_HW = (48, 64)
@@ -209,14 +211,16 @@ def _make_config(policy_type: str, cameras: list[str], work: Path) -> Any:
         return ACTConfig(chunk_size=10, n_action_steps=5, vision_backbone="resnet_tiny",
                          pretrained_backbone_weights=None, dim_model=32, n_heads=4, dim_feedforward=64,
                          n_encoder_layers=2, n_decoder_layers=1, latent_dim=8, n_vae_encoder_layers=1, **common)
-    if policy_type == "diffusion":
+    if policy_type in ("diffusion", "diffusion_ddim"):
         from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
 
+        ddim = policy_type == "diffusion_ddim"
         return DiffusionConfig(n_obs_steps=2, horizon=16, n_action_steps=8, vision_backbone="resnet_tiny",
                                pretrained_backbone_weights=None, crop_shape=(40, 56), crop_is_random=True,
                                spatial_softmax_num_keypoints=8, down_dims=(16, 32), kernel_size=3, n_groups=4,
-                               diffusion_step_embed_dim=16, num_train_timesteps=100, num_inference_steps=10,
-                               noise_scheduler_type="DDIM", **common)
+                               diffusion_step_embed_dim=16, num_train_timesteps=100,
+                               num_inference_steps=10 if ddim else 20, noise_scheduler_type="DDIM" if ddim else "DDPM",
+                               prediction_type="epsilon" if ddim else "sample", **common)
     if policy_type == "smolvla":
         from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
@@ -259,7 +263,7 @@ def build_one(policy_type: str, out_root: Path, seed: int = 0) -> Path:
         redirect[PALIGEMMA_TOKENIZER] = str(tok_dir.resolve())
     cfg = _make_config(policy_type, cameras, out)
     torch.manual_seed(seed)
-    policy = get_policy_class(policy_type)(cfg)
+    policy = get_policy_class(cfg.type)(cfg)
     _randomise_small_params(policy, seed)
     policy.eval()
     stats = _dataset_stats(cameras)

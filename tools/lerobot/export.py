@@ -363,6 +363,10 @@ def _scheduler_block(dm: Any, cfg: Any, H: int, A: int) -> dict[str, Any]:
         block["final_alpha_cumprod"] = float(sch.final_alpha_cumprod)
     else:
         block["variance_type"] = sch.config.variance_type
+        if sch.config.variance_type != "fixed_small":
+            raise ValueError(f"DDPM variance_type {sch.config.variance_type!r} is not supported (only fixed_small)")
+        block["step_noise"] = {"shape": [1, H, A], "dtype": "float32", "distribution": "standard_normal",
+                               "drawn": "one fresh draw per step whose timestep > 0"}
     if block["thresholding"]:
         raise ValueError("scheduler thresholding is not supported by the exporter")
     return block
@@ -499,9 +503,12 @@ def export_package(checkpoint: Path, out: Path, *, tokenizer: Path | None = None
                                       "rule": "after unnormalising: action[:, d] += raw_state[d] where mask[d]"}
     if t == "smolvla" and cfg.adapt_to_pi_aloha:
         raise ValueError("SmolVLA with adapt_to_pi_aloha=True is not supported by the exporter")
-    spec["export"] = {"seconds": round(time.monotonic() - t_start, 1), "graphs": spec.pop("_export_log"),
-                      "opset": OPSET}
+    timings = spec.pop("_export_log")
+    spec["export"] = {"tool": "tools/lerobot/export.py", "opset": OPSET,
+                      "graphs": [{"onnx": g["graph"], "exporter": g["exporter"]} for g in timings]}
     (out / "model.yaml").write_text(_header(spec) + dump_yaml(spec), encoding="utf-8")
+    spec["_timings"] = {"total_s": round(time.monotonic() - t_start, 1),
+                        **{g["graph"]: g["seconds"] for g in timings}}
     return spec
 
 
@@ -517,7 +524,12 @@ def _repr_list(dumper: yaml.SafeDumper, data: list) -> Any:
     return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 
 
+def _repr_str(dumper: yaml.SafeDumper, data: str) -> Any:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"' if "\n" in data else None)
+
+
 _Dumper.add_representer(list, _repr_list)
+_Dumper.add_representer(str, _repr_str)
 
 
 def dump_yaml(data: Any) -> str:

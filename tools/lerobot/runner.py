@@ -115,7 +115,7 @@ class PackageRunner:
 
     # -- the whole chunk --------------------------------------------------------------------------
     def predict_chunk(self, frames: dict[str, np.ndarray], task: str, state: np.ndarray,
-                      noise: np.ndarray | None) -> dict[str, Any]:
+                      noise: np.ndarray | None, step_noise: np.ndarray | None = None) -> dict[str, Any]:
         """One action chunk in robot units, with every intermediate value.
 
         Args:
@@ -123,6 +123,8 @@ class PackageRunner:
             task: The instruction (ignored by ACT/Diffusion).
             state: Raw state float32 [S] (Diffusion: [n_obs, S]).
             noise: Initial noise [H_model, A_model] (flow / diffusion policies).
+            step_noise: DDPM only: the standard-normal draw of each step with timestep > 0, in step
+                order, [n, H_model, A_model].
         """
         s = self.spec
         kind = s["source"]["policy_type"]
@@ -160,7 +162,8 @@ class PackageRunner:
                 out = self.run("fast", {"x_t": x, "timestep": np.array([st["timestep"]], np.int64), "global_cond": gc})
                 if k == 0:
                     mid["model_output0"] = out["model_output"]
-                x = scheduler_step(samp, st, out["model_output"], x)
+                vn = None if step_noise is None or st["timestep"] == 0 else np.asarray(step_noise[k], F32)[None]
+                x = scheduler_step(samp, st, out["model_output"], x, vn)
             start = s["execution"]["first_action_index"]
             norm_actions = x[0, start: start + s["n_action_steps"]]
         mid["actions_norm"] = norm_actions

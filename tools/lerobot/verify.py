@@ -12,7 +12,8 @@ and compares them. ``reference.npz`` keys (``<k>`` = input index 0 or 1):
 
 * inputs: ``in<k>_image_<camera>`` uint8 [H, W, 3] ([n_obs, H, W, 3] for Diffusion),
   ``in<k>_prompt`` (0-d unicode array), ``in<k>_state`` float32 [S] ([n_obs, S]),
-  ``in<k>_noise`` float32 [H_model, A_model];
+  ``in<k>_noise`` float32 [H_model, A_model]; DDPM only: ``in<k>_step_noise`` float32
+  [n, H_model, A_model], the standard-normal draw of each step whose timestep > 0, in step order;
 * outputs: ``out<k>_actions`` float32 [chunk, A] (robot units, after the post-processor),
   ``out<k>_first_action`` float32 [A] (``select_action`` + post-processor);
 * intermediates: ``mid<k>_state_norm``, ``mid<k>_image_<camera>`` (the tensor the network sees),
@@ -32,7 +33,9 @@ import numpy as np
 from tools.lerobot.load import Checkpoint, load_checkpoint
 from tools.lerobot.runner import PackageRunner
 
-PROMPTS = ("pick up the red cube", "push_the blue block to the left\n")
+# The second prompt ends with a newline already and is long enough to be truncated at max_len.
+PROMPTS = ("pick up the red cube",
+           "push_the blue block to the left of the green bowl, then open the gripper and lift it slowly\n")
 
 
 @dataclasses.dataclass
@@ -78,10 +81,14 @@ def make_inputs(spec: dict[str, Any], k: int) -> dict[str, Any]:
     if kind == "pi05":
         state[..., 0] = np.float32(norm["q01"][0]) - 1.0  # below q01: the state token clips to -1
     samp = spec["sampler"]
-    noise = None
+    noise = step_noise = None
     if samp["kind"] != "none":
         noise = rng.standard_normal(samp["noise"]["shape"][1:]).astype(np.float32)
-    return {"frames": frames, "prompt": PROMPTS[k] if spec.get("tokenizer") else "", "state": state, "noise": noise}
+    if samp["kind"] == "ddpm":
+        n = sum(1 for st in samp["steps"] if st["timestep"] > 0)
+        step_noise = rng.standard_normal((n, *samp["noise"]["shape"][1:])).astype(np.float32)
+    return {"frames": frames, "prompt": PROMPTS[k] if spec.get("tokenizer") else "", "state": state, "noise": noise,
+            "step_noise": step_noise}
 
 
 def lerobot_reference(ck: Checkpoint, spec: dict[str, Any], inp: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +113,8 @@ def lerobot_reference(ck: Checkpoint, spec: dict[str, Any], inp: dict[str, Any])
                                                  inp["prompt"], "")
 
     hooks = _install_hooks(policy, kind, mid)
+    if inp.get("step_noise") is not None:
+        hooks.append(_replay_ddpm_noise(inp["step_noise"]))
     try:
         with torch.no_grad():
             if kind == "diffusion":
@@ -135,6 +144,27 @@ def lerobot_reference(ck: Checkpoint, spec: dict[str, Any], inp: dict[str, Any])
         for h in hooks:
             h()
     return {"mid": mid, "actions": actions, "first_action": first}
+
+
+def _replay_ddpm_noise(step_noise: np.ndarray) -> Any:
+    """Make diffusers' DDPM step draw ``step_noise[0], step_noise[1], ...`` (restarting after the last)."""
+    import diffusers.schedulers.scheduling_ddpm as ddpm
+    import torch
+
+    orig = ddpm.randn_tensor
+    state = {"i": 0}
+
+    def replay(shape: Any, generator: Any = None, device: Any = None, dtype: Any = None, **kw: Any) -> Any:
+        a = torch.from_numpy(step_noise[state["i"] % len(step_noise)]).reshape(shape)
+        state["i"] += 1
+        return a.to(dtype=dtype or torch.float32)
+
+    ddpm.randn_tensor = replay
+
+    def undo() -> None:
+        ddpm.randn_tensor = orig
+
+    return undo
 
 
 def _first_action(ck: Checkpoint, kind: str, observation: Any, noise: Any) -> np.ndarray:
@@ -239,7 +269,7 @@ def verify_package(checkpoint: Path, package: Path, *, tokenizer: Path | None = 
     for k in range(2):
         inp = make_inputs(spec, k)
         ref = lerobot_reference(ck, spec, inp)
-        got = runner.predict_chunk(inp["frames"], inp["prompt"], inp["state"], inp["noise"])
+        got = runner.predict_chunk(inp["frames"], inp["prompt"], inp["state"], inp["noise"], inp["step_noise"])
         rep.lines.append(f"input {k} ({spec['source']['policy_type']}, prompt {inp['prompt']!r}):")
         m = ref["mid"]
         rep.check("normalised state", m["state_norm"], got["state_norm"], 1e-6)
@@ -276,6 +306,8 @@ def verify_package(checkpoint: Path, package: Path, *, tokenizer: Path | None = 
         npz[f"in{k}_state"] = inp["state"]
         if inp["noise"] is not None:
             npz[f"in{k}_noise"] = inp["noise"]
+        if inp["step_noise"] is not None:
+            npz[f"in{k}_step_noise"] = inp["step_noise"]
         npz[f"out{k}_actions"] = ref["actions"].astype(np.float32)
         npz[f"out{k}_first_action"] = ref["first_action"].astype(np.float32)
         for name, v in m.items():
