@@ -94,6 +94,7 @@ test-import: lerobot-env
 	  HF_HUB_OFFLINE=1 nice -n 19 $(LEROBOT_PY) -m tools.lerobot import $(LEROBOT_OUT)/checkpoints/$$t \
 	    --out $(LEROBOT_OUT)/packages/$$t --name tiny_$$t $$tok --verify; \
 	done
+	$(LEROBOT_PY) -m tools.lerobot check-fixtures test/fixtures/lerobot
 
 # Rebuild the committed CI fixtures (test/fixtures/lerobot/<type>/) from the tiny checkpoints.
 lerobot-fixtures: lerobot-env

@@ -399,9 +399,10 @@ def _tokenizer_block(ck: Checkpoint, out: Path) -> dict[str, Any] | None:
     return {
         "kind": "hf_tokenizers",
         "file": "tokenizer.json",
-        "source": preprocessor_tokenizer_name(ck.path),
+        "source": _portable_name(preprocessor_tokenizer_name(ck.path)),
         "max_len": int(step.max_length),
         "padding": step.padding,
+        "pad_to": int(step.max_length),
         "padding_side": step.padding_side,
         "truncation": bool(step.truncation),
         "truncation_side": getattr(tok, "truncation_side", "right"),
@@ -410,6 +411,13 @@ def _tokenizer_block(ck: Checkpoint, out: Path) -> dict[str, Any] | None:
         "mask_dtype": "int64",
         "prompt": prompt,
     }
+
+
+def _portable_name(name: str | None) -> str | None:
+    """A Hub id as is; a local folder by its last component (no machine paths in a package)."""
+    if name and Path(name).is_absolute():
+        return f"local:{Path(name).name}"
+    return name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -451,6 +459,10 @@ def export_package(checkpoint: Path, out: Path, *, tokenizer: Path | None = None
         shutil.rmtree(out)
     out.mkdir(parents=True)
     t = ck.policy_type
+    unsupported = [k for k in cfg.input_features if not (k == "observation.state" or k in cfg.image_features)]
+    if unsupported or "observation.state" not in cfg.input_features:
+        raise ValueError(f"{checkpoint}: the exporter supports camera images + observation.state inputs; this policy "
+                         f"has inputs {sorted(cfg.input_features)}")
     keys = list(cfg.image_features)
     cams = _camera_blocks(ck, keys)
     S = int(cfg.input_features["observation.state"].shape[0])

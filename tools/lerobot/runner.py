@@ -83,7 +83,7 @@ class PackageRunner:
                 self.tokenizer.enable_truncation(max_length=tok["max_len"], direction=tok["truncation_side"])
             # The slow graph has a fixed token length: pad to max_len whatever the checkpoint's padding
             # mode ("longest" gives the same actions: padded positions are masked out everywhere).
-            self.tokenizer.enable_padding(direction=tok["padding_side"], pad_id=tok["pad_id"], length=tok["max_len"])
+            self.tokenizer.enable_padding(direction=tok["padding_side"], pad_id=tok["pad_id"], length=tok["pad_to"])
 
     # -- pieces -----------------------------------------------------------------------------------
     def prompt(self, task: str, norm_state: np.ndarray | None) -> str:
@@ -145,7 +145,7 @@ class PackageRunner:
             x = np.asarray(noise, F32)[None]
             dt = F32(samp["dt"])
             for k in range(samp["num_steps"]):
-                t = F32(samp["time_start"]) + F32(k) * dt
+                t = F32(samp["times"][k])  # float32(1.0 + k * dt) with the product taken in float64
                 v = self.run("fast", {**latents, "x_t": x, "t": np.array([t], F32), "state": ns[None]})["v_t"]
                 if k == 0:
                     mid["v_t0"] = v

@@ -74,12 +74,20 @@ def make_inputs(spec: dict[str, Any], k: int) -> dict[str, Any]:
         noise = rng.integers(-40, 40, size=shape)
         frames[c["name"]] = np.clip(base + noise, 0, 255).astype(np.uint8)
     norm = spec["state"]["normalization"]
-    centre = np.asarray(norm.get("mean", norm.get("q01", np.zeros(spec["state"]["dim"]))), np.float32)
-    scale = np.asarray(norm.get("std", np.full(spec["state"]["dim"], 0.3)), np.float32)
-    sshape = (n_obs, spec["state"]["dim"]) if n_obs else (spec["state"]["dim"],)
+    dim = spec["state"]["dim"]
+    bounds = {"min_max": ("min", "max"), "quantiles": ("q01", "q99"), "quantile10": ("q10", "q90")}.get(norm["kind"])
+    if norm["kind"] == "mean_std":
+        centre, scale = np.asarray(norm["mean"]), np.asarray(norm["std"])
+    elif bounds:
+        lo, hi = np.asarray(norm[bounds[0]]), np.asarray(norm[bounds[1]])
+        centre, scale = (lo + hi) / 2, (hi - lo) / 4
+    else:
+        centre, scale = np.zeros(dim), np.full(dim, 0.3)
+    sshape = (n_obs, dim) if n_obs else (dim,)
     state = (centre + scale * rng.normal(0, 1, size=sshape)).astype(np.float32)
-    if kind == "pi05":
-        state[..., 0] = np.float32(norm["q01"][0]) - 1.0  # below q01: the state token clips to -1
+    if kind == "pi05":  # both ends of the state tokens: below q01 -> -1, above q99 -> 255
+        state[..., 0] = np.float32(norm["q01"][0]) - 0.5
+        state[..., -1] = np.float32(norm["q99"][-1]) + 0.5
     samp = spec["sampler"]
     noise = step_noise = None
     if samp["kind"] != "none":
