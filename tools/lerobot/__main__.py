@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):  # per-pass INFO lines of the ONNX exporter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     ap = argparse.ArgumentParser(prog="python -m tools.lerobot", description="LeRobot -> ONNX model package importer")
     sub = ap.add_subparsers(dest="cmd", required=True)
     imp = sub.add_parser("import", help="export a LeRobot checkpoint folder to a model package")

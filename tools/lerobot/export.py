@@ -26,6 +26,7 @@ from tools.lerobot.load import Checkpoint, load_checkpoint, preprocessor_tokeniz
 
 SCHEMA_VERSION = 2
 OPSET = 18
+EXTERNAL_DATA_BYTES = 1_500_000_000
 PANDA_NAMES = [f"panda_joint{i}" for i in range(1, 8)] + ["gripper/gripper"]
 log = logging.getLogger("lerobot_export")
 
@@ -121,7 +122,9 @@ def _camera_blocks(ck: Checkpoint, keys: list[str]) -> list[dict[str, Any]]:
             steps.append({"op": "affine", "scale": 2.0, "offset": -1.0, "note": "[0, 1] -> [-1, 1] (SigLIP)"})
         elif t == "diffusion":
             if cfg.resize_shape is not None:
-                steps.append({"op": "resize", "height": cfg.resize_shape[0], "width": cfg.resize_shape[1]})
+                steps.append({"op": "resize", "height": cfg.resize_shape[0], "width": cfg.resize_shape[1],
+                              "interpolation": "bilinear", "antialias": True,
+                              "note": "torchvision.transforms.Resize"})
             crop = getattr(ck.policy.diffusion.rgb_encoder if not cfg.use_separate_rgb_encoder_per_camera
                            else ck.policy.diffusion.rgb_encoder[0], "do_crop", False)
             if crop:
@@ -140,10 +143,13 @@ def _export(module: Any, args: tuple, path: Path, in_names: list[str], out_names
     import torch
 
     module.eval()
+    # Protobuf caps one file at 2 GB: a real-size VLA (π0's PaliGemma is ~3 B parameters) keeps its weights
+    # in a side file <graph>.onnx.data, which onnxruntime loads from the same folder.
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
     try:
         with torch.no_grad():
             torch.onnx.export(module, args, str(path), dynamo=True, input_names=in_names, output_names=out_names,
-                              external_data=False, opset_version=OPSET, verbose=False)
+                              external_data=big, opset_version=OPSET, verbose=False)
         how = "dynamo"
     except Exception as e:  # noqa: BLE001 - torch.export raises many unrelated types; we retry another way
         log.warning("dynamo export of %s failed (%s: %s); using the TorchScript exporter", path.name,
@@ -152,7 +158,33 @@ def _export(module: Any, args: tuple, path: Path, in_names: list[str], out_names
             torch.onnx.export(module, args, str(path), dynamo=False, input_names=in_names, output_names=out_names,
                               opset_version=OPSET)
         how = "torchscript"
+    _strip_node_metadata(path)
     return how
+
+
+def _strip_node_metadata(path: Path) -> None:
+    """Drop the exporter's per-node metadata (stack traces with this machine's paths, FX names).
+
+    Without it the graph is smaller and the same checkpoint exports to the same bytes anywhere.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def clear(nodes: Any) -> None:
+        for n in nodes:
+            del n.metadata_props[:]
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    clear(a.g.node)
+                for g in a.graphs:
+                    clear(g.node)
+
+    clear(model.graph.node)
+    for f in model.functions:
+        clear(f.node)
+    del model.metadata_props[:]
+    onnx.save(model, str(path))
 
 
 def _tensor_specs(path: Path, roles: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -95,6 +95,8 @@ def load_checkpoint(path: Path, tokenizer_override: Path | None = None) -> Check
     if arch is not None:
         tiny.apply(arch)
 
+    import torch
+
     from lerobot.configs import PreTrainedConfig
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
@@ -103,7 +105,7 @@ def load_checkpoint(path: Path, tokenizer_override: Path | None = None) -> Check
     cfg = PreTrainedConfig.from_pretrained(str(path))
     cfg.device = "cpu"
     policy = get_policy_class(ptype).from_pretrained(str(path), config=cfg)
-    policy.to("cpu").to(dtype=__import__("torch").float32).eval()
+    policy.to("cpu").to(dtype=torch.float32).eval()  # bfloat16 checkpoints are exported (and verified) in float32
     overrides: dict[str, Any] = {"device_processor": {"device": "cpu"}}
     if tok_dir is not None:
         overrides["tokenizer_processor"] = {"tokenizer_name": str(tok_dir)}
