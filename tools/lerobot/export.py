@@ -96,6 +96,16 @@ def _image_affine(ck: Checkpoint, keys: list[str]) -> dict[str, tuple[Any, Any]]
     return out
 
 
+def camera_keys(cfg: Any) -> list[str]:
+    """The camera features the runtime feeds, in the policy's order.
+
+    ``empty_camera_<i>`` features (π0/π0.5/SmolVLA ``empty_cameras``) are not fed: at inference LeRobot
+    finds them missing from the batch and substitutes a constant image with mask 0 inside the policy,
+    which the exported slow graph does too.
+    """
+    return [k for k in cfg.image_features if ".empty_camera_" not in k]
+
+
 def _camera_blocks(ck: Checkpoint, keys: list[str]) -> list[dict[str, Any]]:
     cfg = ck.policy.config
     cams = []
@@ -495,7 +505,7 @@ def export_package(checkpoint: Path, out: Path, *, tokenizer: Path | None = None
     if unsupported or "observation.state" not in cfg.input_features:
         raise ValueError(f"{checkpoint}: the exporter supports camera images + observation.state inputs; this policy "
                          f"has inputs {sorted(cfg.input_features)}")
-    keys = list(cfg.image_features)
+    keys = camera_keys(cfg)
     cams = _camera_blocks(ck, keys)
     S = int(cfg.input_features["observation.state"].shape[0])
     A = int(cfg.output_features["action"].shape[0])

@@ -78,8 +78,8 @@ def _cache_from(kv: tuple[Tensor, ...]) -> Any:
 class VlaPrefix(nn.Module):
     """Slow graph: camera frames + prompt tokens (+ state for SmolVLA) -> prefix K/V cache + pad mask.
 
-    Inputs, in order: one ``uint8 [1, H, W, 3]`` per camera (``policy.config.image_features``
-    order), ``lang_tokens int64 [1, L]``, ``lang_mask int64 [1, L]``, and for SmolVLA
+    Inputs, in order: one ``uint8 [1, H, W, 3]`` per real camera (``policy.config.image_features``
+    order, without ``empty_camera_<i>``), ``lang_tokens int64 [1, L]``, ``lang_mask int64 [1, L]``, and for SmolVLA
     ``state float32 [1, S]`` (normalised, unpadded). Outputs: ``past_key_<i>``, ``past_value_<i>``
     (``float32 [1, kv_heads, P, head_dim]``, post-RoPE) for every layer, then
     ``prefix_mask int64 [1, P]``.

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from tools.lerobot.export import camera_keys
 from tools.lerobot.load import Checkpoint, load_checkpoint
 from tools.lerobot.runner import PackageRunner
 
@@ -221,7 +222,7 @@ def _install_hooks(policy: Any, kind: str, mid: dict[str, Any]) -> list[Any]:
         m = policy.model
 
         def rec_images(a: Any, kw: Any, out: Any) -> None:
-            keys = list(policy.config.image_features)
+            keys = camera_keys(policy.config)
             for key, img in zip(keys, out[0]):
                 mid.setdefault("images", {})[key.rsplit(".", 1)[-1]] = img[0].numpy()
 
