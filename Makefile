@@ -63,3 +63,40 @@ test-integration: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info vla_runtime/core/_fastpath*.so
+
+# ---- LeRobot importer (issue #14): its own Python >= 3.12 environment, never used by the runtime ----
+# `make lerobot-env` builds .venv-lerobot (stamp: a second run with nothing changed installs nothing);
+# `make test-import` builds the tiny random-weight LeRobot policies, exports them to packages under
+# build/lerobot_import/ and checks each against LeRobot (onnxruntime + numpy loop). Not part of `make test`.
+LEROBOT_VENV := .venv-lerobot
+LEROBOT_PY   := $(LEROBOT_VENV)/bin/python
+LEROBOT_OUT  := build/lerobot_import
+LEROBOT_TYPES ?= act diffusion diffusion_ddim smolvla pi0 pi05
+
+.PHONY: lerobot-env test-import lerobot-fixtures
+
+lerobot-env: $(LEROBOT_VENV)/.stamp
+
+$(LEROBOT_VENV)/.stamp: tools/lerobot/requirements.txt tools/lerobot/find_python.sh
+	@py=$$(bash tools/lerobot/find_python.sh) || exit 1; \
+	echo "lerobot-env: using $$py"; \
+	test -x $(LEROBOT_PY) || "$$py" -m venv $(LEROBOT_VENV) || exit 1; \
+	$(LEROBOT_PY) -m pip install -q --upgrade "pip>=24" && \
+	nice -n 19 $(LEROBOT_PY) -m pip install -q -r tools/lerobot/requirements.txt
+	touch $@
+
+test-import: lerobot-env
+	HF_HUB_OFFLINE=1 nice -n 19 $(LEROBOT_PY) -m tools.lerobot build-tiny --out $(LEROBOT_OUT)/checkpoints \
+	  --only $(LEROBOT_TYPES)
+	@set -e; for t in $(LEROBOT_TYPES); do \
+	  tok=""; if [ -d $(LEROBOT_OUT)/checkpoints/$$t/paligemma_tokenizer ]; then \
+	    tok="--tokenizer $(LEROBOT_OUT)/checkpoints/$$t/paligemma_tokenizer"; fi; \
+	  HF_HUB_OFFLINE=1 nice -n 19 $(LEROBOT_PY) -m tools.lerobot import $(LEROBOT_OUT)/checkpoints/$$t \
+	    --out $(LEROBOT_OUT)/packages/$$t --name tiny_$$t $$tok --verify; \
+	done
+	$(LEROBOT_PY) -m tools.lerobot check-fixtures test/fixtures/lerobot
+
+# Rebuild the committed CI fixtures (test/fixtures/lerobot/<type>/) from the tiny checkpoints.
+lerobot-fixtures: lerobot-env
+	HF_HUB_OFFLINE=1 nice -n 19 $(LEROBOT_PY) -m tools.lerobot fixtures --work $(LEROBOT_OUT) \
+	  --dest test/fixtures/lerobot --only $(LEROBOT_TYPES)
