@@ -88,10 +88,12 @@ def test_a_plan_with_a_billion_is_refused_not_clipped() -> None:
     assert check.check(good, 100.0, 100.0, rej) is None
     bad = good.copy()
     bad[2, 3] = 1e9
-    assert check.check(bad, 100.0, 100.0, rej) == "plan point 2 panda_joint4 = 1e+09 outside [-3.272, 0.1302]"
+    assert check.check(bad, 100.0, 100.0, rej) == "plan point 2 panda_joint4 = 1e+09 outside [-4.072, 0.9302]"
     bad = good.copy()
-    bad[0, 7] = 0.5  # gripper opening 0.5 m on a 4 cm gripper
-    assert "gripper/gripper = 0.5 outside" in check.check(bad, 100.0, 100.0, rej)
+    bad[0, 7] = 0.5  # over the 4 cm gripper's range, but within the tolerance: the safety filter clips it
+    assert check.check(bad, 100.0, 100.0, rej) is None
+    bad[0, 7] = 5.0  # a 5 m gripper opening is no overshoot
+    assert "gripper/gripper = 5 outside" in check.check(bad, 100.0, 100.0, rej)
     bad[0, 7] = np.nan
     assert check.check(bad, 100.0, 100.0, rej) == "plan point 0 gripper/gripper = nan"
     assert rej.counts == {OUT_OF_LIMITS: 2, NON_FINITE: 1}

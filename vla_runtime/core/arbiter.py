@@ -58,6 +58,7 @@ CAUSE_TELEOP_TIMEOUT = "teleop_timeout"
 CAUSE_RESET = "reset"  # left HALTED through reset()
 CAUSE_RESUME = "resume"  # the operator allowed the policy again
 CAUSE_OPERATOR = "operator"  # /vla/hold: stays until allow_resume()
+CAUSE_INTRUDER = "intruder"  # another publisher on a controller topic the bridge owns (halts)
 
 #: HOLD causes from which a fresh, valid policy command may bring POLICY back by itself.
 AUTO_RESUME_CAUSES = frozenset({

@@ -412,9 +412,10 @@ class SafetyConfig(_Frozen):
         description="a measured joint position this far outside its limits (rad or m) is still accepted; "
         "farther, the joint state is refused")
     plan_limit_tolerance: float = Field(
-        default=0.2, ge=0, le=1.0,
-        description="plan values this far outside the range their dim can mean are still accepted (the safety "
-        "filter limits them); farther, the plan is refused, not clipped")
+        default=1.0, ge=0, le=5.0,
+        description="plan values this far outside the range their dim can mean (rad, m) are still accepted and "
+        "limited by the safety filter, as a policy near a limit overshoots; farther, the plan is nonsense: "
+        "refused, not clipped")
     max_stamp_lead_s: float = Field(
         default=0.5, gt=0, le=5.0, description="a header stamp this far ahead of the receiver's clock is refused")
     plan_window_s: tuple[float, float] = Field(

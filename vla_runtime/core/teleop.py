@@ -290,6 +290,14 @@ class TeleopIntegrator:
                 if j in joint_velocity:
                     qdot[i] += float(joint_velocity[j])
         qdot = self._limit_qdot(qdot)
+        if self.chain is not None and qdot.any():
+            # A joint jog within every joint's limit can still move the hand faster than the teleop
+            # limits allow (all joints at once): scale it to them in Cartesian space too.
+            v = self.chain.jacobian(self.q) @ qdot
+            lin, ang = float(np.linalg.norm(v[:3])), float(np.linalg.norm(v[3:]))
+            scale = min(1.0, self.limits.max_linear_mps / lin if lin > 0 else 1.0,
+                        self.limits.max_angular_rps / ang if ang > 0 else 1.0)
+            qdot = qdot * scale
         q = self.q + qdot * dt
         for i, j in enumerate(self.joints):
             lim = self.limits.joint_position.get(j)

@@ -54,8 +54,17 @@ Services: ``/vla/reset``, ``/vla/hold``, ``/vla/resume``, ``/vla/teleop/take``,
 Clients: ``/controller_manager/list_controllers``, ``/controller_manager/switch_controller`` —
 always asynchronous, with deadlines checked in the supervision timer.
 
+Hostile input: every message is judged before it changes anything (``core/validation``): joint
+states (finite, within the limits, names once, not from the future), poses, plans (values in the
+range their dims can mean, stamped within a window around now: refused, never clipped) and operator
+commands; refusals are counted per reason in the diagnostics. A callback that fails anyway is
+counted and holds; no message takes the node down. A graph check on a normal-priority thread
+(never the real-time executor) looks for other publishers on the controller topics this node owns,
+at start and every ``intruder_check_s``; one latches HALTED and is named.
+
 Parameters: ``config_file`` (the runtime YAML), ``status_rate_hz`` (2.0),
-``controller_recheck_s`` (2.0: re-verify active controllers; 1 s retry after a failure).
+``controller_recheck_s`` (2.0: re-verify active controllers; 1 s retry after a failure),
+``intruder_check_s`` (0.5: the graph check's interval).
 """
 
 from __future__ import annotations
@@ -143,7 +152,10 @@ class ControllerBridgeNode(Node):
         self.robot = self.cfg.robot
         self.declare_parameter("status_rate_hz", 2.0)
         self.declare_parameter("controller_recheck_s", 2.0)
+        self.declare_parameter("intruder_check_s", 0.5)
         status_hz = float(self.get_parameter("status_rate_hz").value)
+        self._owned_topics: list[str] = []
+        self.callback_errors = 0
 
         self._lock = threading.RLock()
         self._cmd_cbg = MutuallyExclusiveCallbackGroup()
@@ -161,6 +173,13 @@ class ControllerBridgeNode(Node):
         self.arbiter = self.bridge.arbiter
         self.safety = self.bridge.safety
         self._make_interfaces(status_hz)
+        # The graph check runs on its own thread, created here on the main thread before run_node
+        # makes the executor's thread real-time: a graph query waits on the middleware's locks, which
+        # a SCHED_FIFO thread must never do (it hung the bridge once).
+        self._stop_checks = threading.Event()
+        self._intruder_thread = threading.Thread(target=self._watch_publishers, name="bridge_graph_check",
+                                                 daemon=True)
+        self._intruder_thread.start()
         self.get_logger().info(
             f"controller_bridge: {len(self.bridge.groups)} group(s) "
             + ", ".join(f"{n}→{g.spec.resolved_topic} @ {1 / g.period_s:.0f} Hz" for n, g in self.bridge.groups.items())
@@ -169,7 +188,57 @@ class ControllerBridgeNode(Node):
 
     # ------------------------------------------------------------------ setup
     def _advertise(self, msg_type: type, topic: str) -> Callable[[object], None]:
+        self._owned_topics.append(topic)
         return self.create_publisher(msg_type, topic, QOS_COMMAND).publish
+
+    def _watch_publishers(self) -> None:
+        """Every ``intruder_check_s``: who else publishes on the controller topics this node owns."""
+        period = float(self.get_parameter("intruder_check_s").value)
+        me = f"{self.get_namespace().rstrip('/')}/{self.get_name()}"
+        while True:
+            try:
+                found = []
+                for topic in self._owned_topics:
+                    if self.count_publishers(topic) <= 1:  # ours alone: the cheap query, every time
+                        continue
+                    names = [f"{i.node_namespace.rstrip('/')}/{i.node_name}"
+                             for i in self.get_publishers_info_by_topic(topic)]
+                    if me in names:
+                        names.remove(me)  # our own publisher; a second node of our name stays listed
+                    found += [f"{topic} ← {n}" for n in names]
+                with self._lock:
+                    self.bridge.note_intruders(found)
+            except Exception as e:  # noqa: BLE001 - the context is going down, or the graph query failed
+                if self._stop_checks.is_set():
+                    return
+                self.get_logger().warning(f"graph check failed: {e!r}", throttle_duration_sec=5.0)
+            if self._stop_checks.wait(period):
+                return
+
+    def close(self) -> None:
+        """Stop the graph check (run_node calls this on the way out)."""
+        self._stop_checks.set()
+        self._intruder_thread.join(timeout=2.0)
+
+    def _subscribe(self, msg_type: type, topic: str, callback: Callable[[object], None], qos: object,
+                   group: object) -> None:
+        self.create_subscription(msg_type, topic, self._guarded(callback), qos, callback_group=group)
+
+    def _guarded(self, callback: Callable[[object], None]) -> Callable[[object], None]:
+        """A subscription callback that no message can make raise out of the executor: a failure is
+        counted and holds the robot (a fault at run time ends in HOLD, never in a dead bridge)."""
+        @functools.wraps(callback)
+        def guarded(msg: object) -> None:
+            try:
+                callback(msg)
+            except Exception as e:  # noqa: BLE001 - counted and held on; the node must keep running
+                with self._lock:
+                    self.callback_errors += 1
+                    self.bridge.internal_error(f"{callback.__name__}: {type(e).__name__}: {e}")
+                self.get_logger().error(f"{callback.__name__} failed on a message: {e!r}; holding",
+                                        throttle_duration_sec=1.0)
+
+        return guarded
 
     def _controller_manager(self) -> RclpyControllerManager:
         from controller_manager_msgs.srv import ListControllers, SwitchController
@@ -181,27 +250,23 @@ class ControllerBridgeNode(Node):
 
     def _make_interfaces(self, status_hz: float) -> None:
         io = self._io_cbg
-        self.create_subscription(JointTrajectory, TOPIC_ACTION_CHUNK, self._on_chunk, QOS_COMMAND, callback_group=io)
-        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joint_state, QOS_SENSOR, callback_group=io)
-        self.create_subscription(PoseStamped, TOPIC_EE_POSE, self._on_ee_pose, QOS_SENSOR, callback_group=io)
-        self.create_subscription(String, TOPIC_HALT, self._on_halt, QOS_LATCHED, callback_group=io)
+        self._subscribe(JointTrajectory, TOPIC_ACTION_CHUNK, self._on_chunk, QOS_COMMAND, io)
+        self._subscribe(JointState, TOPIC_JOINT_STATES, self._on_joint_state, QOS_SENSOR, io)
+        self._subscribe(PoseStamped, TOPIC_EE_POSE, self._on_ee_pose, QOS_SENSOR, io)
+        self._subscribe(String, TOPIC_HALT, self._on_halt, QOS_LATCHED, io)
         if self.bridge.detector_expected:
-            self.create_subscription(Header, TOPIC_DETECTOR_HEARTBEAT, self._on_heartbeat, QOS_SENSOR,
-                                     callback_group=io)
+            self._subscribe(Header, TOPIC_DETECTOR_HEARTBEAT, self._on_heartbeat, QOS_SENSOR, io)
         self.create_service(Trigger, SERVICE_RESET, self._srv_reset, callback_group=io)
         self.create_service(Trigger, SERVICE_HOLD, self._srv_hold, callback_group=io)
         self.create_service(Trigger, SERVICE_RESUME, self._srv_resume, callback_group=io)
         # Teleop: operator intent and commands share the command group with the timers, so an
         # arriving command is integrated and sent at once (takeover latency ≈ one DDS hop).
         cmd = self._cmd_cbg
-        self.create_subscription(Bool, TOPIC_TELEOP_ENGAGE, self._on_engage, QOS_EVENT, callback_group=cmd)
-        self.create_subscription(TwistStamped, TOPIC_TELEOP_TWIST, self._on_teleop_twist, QOS_COMMAND,
-                                 callback_group=cmd)
-        self.create_subscription(PoseStamped, TOPIC_TELEOP_POSE, self._on_teleop_pose, QOS_COMMAND, callback_group=cmd)
-        self.create_subscription(JointState, TOPIC_TELEOP_JOINT_JOG, self._on_teleop_jog, QOS_COMMAND,
-                                 callback_group=cmd)
-        self.create_subscription(Float64, TOPIC_TELEOP_GRIPPER, self._on_teleop_gripper, QOS_COMMAND,
-                                 callback_group=cmd)
+        self._subscribe(Bool, TOPIC_TELEOP_ENGAGE, self._on_engage, QOS_EVENT, cmd)
+        self._subscribe(TwistStamped, TOPIC_TELEOP_TWIST, self._on_teleop_twist, QOS_COMMAND, cmd)
+        self._subscribe(PoseStamped, TOPIC_TELEOP_POSE, self._on_teleop_pose, QOS_COMMAND, cmd)
+        self._subscribe(JointState, TOPIC_TELEOP_JOINT_JOG, self._on_teleop_jog, QOS_COMMAND, cmd)
+        self._subscribe(Float64, TOPIC_TELEOP_GRIPPER, self._on_teleop_gripper, QOS_COMMAND, cmd)
         self.create_service(Trigger, SERVICE_TELEOP_TAKE, self._srv_teleop_take, callback_group=io)
         self.create_service(Trigger, SERVICE_TELEOP_RELEASE, self._srv_teleop_release, callback_group=io)
         # One command timer per distinct group rate, in the command group.
@@ -221,9 +286,9 @@ class ControllerBridgeNode(Node):
 
     # ------------------------------------------------------------------ subscriptions
     def _on_joint_state(self, msg: JointState) -> None:
-        now = self._now()
+        now_ns = self.get_clock().now().nanoseconds
         with self._lock:
-            self.bridge.note_joint_state(msg.name, msg.position, now)
+            self.bridge.note_joint_state(msg.name, msg.position, now_ns * 1e-9, stamp_to_ns(msg.header.stamp), now_ns)
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         p, o = msg.pose.position, msg.pose.orientation

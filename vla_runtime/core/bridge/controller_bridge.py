@@ -12,6 +12,11 @@ pieces of this package together around the :class:`~vla_runtime.core.arbiter.Arb
 * the command tick: per group, the policy sample, the teleop target, or the hold (captured from
   the measured state; re-sent every tick by streaming groups, when it changed or every
   :data:`HOLD_REPUBLISH_S` by joint_trajectory groups);
+* inputs: every joint state, end-effector pose, plan and operator command is judged first
+  (:mod:`vla_runtime.core.validation`); a refused one changes nothing — hold targets come only from
+  validated measurements — and is counted per reason in the diagnostics;
+* intruders: another publisher on a controller topic the bridge owns (found by the node's graph
+  check) latches HALTED, naming it; reset is refused while it is there;
 * mode transitions: on HOLD/HALTED the hold goes out at once from the callback that decided it
   (the log line last); on TELEOP every group holds where it is now and the teleop target starts at
   the measured state; on HALTED the hold controller takes over (:class:`~.controller_switching.ControllerSwitching`);
@@ -29,6 +34,7 @@ from vla_runtime.core.arbiter import (
     CAUSE_JOINT_STATE,
     CAUSE_POLICY,
     CAUSE_REJECTED,
+    CAUSE_TELEOP_TIMEOUT,
     Arbiter,
     Decision,
     Mode,
@@ -52,6 +58,7 @@ from vla_runtime.core.bridge.teleop_session import (
 from vla_runtime.core.command_mapping import GroupCommand
 from vla_runtime.core.config import ControllerGroup, RuntimeConfig
 from vla_runtime.core.safety_filter import SafetyFilter, SafetyResult
+from vla_runtime.core.validation import NON_FINITE, OUT_OF_LIMITS, JointStateCheck, PlanCheck, Rejections
 
 #: Cartesian impedance targets must stream at least this fast.
 MIN_CARTESIAN_RATE_HZ = 50.0
@@ -115,6 +122,13 @@ class ControllerBridge:
         self.halt_signal = ""
         self.pending: ValidChunk | None = None  # a chunk waiting for POLICY
         self.chunks = ChunkValidator(robot, self.safety)
+        # Validation of what enters (core/validation): refused inputs change nothing and are counted.
+        self.joint_states = JointStateCheck(robot, cfg.safety)
+        self.pose_rejections = Rejections()
+        self.plan_rejections = Rejections()
+        self._plan_checks: dict[tuple[str, ...], PlanCheck] = {}
+        #: Other publishers on the controller topics this bridge owns (``topic: node`` lines).
+        self.intruders: tuple[str, ...] = ()
         self.rebase = ResumeRebase()
         #: Counters for diagnostics (never logged from the command tick); the teleop session adds its own.
         self.stats = {
@@ -136,15 +150,61 @@ class ControllerBridge:
         self._tp_gripper = self.groups.get(self.teleop.gripper_group or "")
 
     # ------------------------------------------------------------------ measured state, halt
-    def note_joint_state(self, names: Sequence[str], positions: Sequence[float], now: float) -> None:
-        """A joint state arrived."""
-        for n, p in zip(names, positions):
-            self.joint_pos[n] = p
-        self.arbiter.note_joint_state(now)
+    def note_joint_state(self, names: Sequence[str], positions: Sequence[float], now: float,
+                         stamp_ns: int | None = None, now_ns: int | None = None) -> str | None:
+        """A joint state arrived: validated first; a refused one changes nothing (no hold target, no
+        sign of life for the joint-state watchdog).
 
-    def note_ee_pose(self, position: np.ndarray, quaternion: np.ndarray) -> None:
-        """The measured end-effector pose of the Cartesian group(s) arrived."""
+        Returns:
+            Why it was refused (counted), or None.
+        """
+        names = tuple(names)
+        pos = np.asarray(positions, dtype=np.float64)
+        why = self.joint_states.check(names, pos, stamp_ns, now_ns)
+        if why is not None:
+            return why
+        jp = self.joint_pos
+        for n, p in zip(names, pos.tolist()):
+            jp[n] = p
+        self.arbiter.note_joint_state(now)
+        return None
+
+    def note_ee_pose(self, position: np.ndarray, quaternion: np.ndarray) -> str | None:
+        """The measured end-effector pose of the Cartesian group(s) arrived: finite, a unit-able
+        quaternion, else refused and counted (returns why)."""
+        if not (np.all(np.isfinite(position)) and np.all(np.isfinite(quaternion))):
+            return self.pose_rejections(NON_FINITE, f"/ee_pose {position.tolist()} {quaternion.tolist()}")
+        if not 0.5 < float(np.linalg.norm(quaternion)) < 1.5:
+            return self.pose_rejections(OUT_OF_LIMITS, f"/ee_pose orientation {quaternion.tolist()} is not a "
+                                                       "unit quaternion")
         self.ee_pose = (position, quaternion)
+        return None
+
+    def internal_error(self, what: str) -> None:
+        """A message made the node's handling fail (a bug or an input no check foresaw): counted,
+        and whoever drives the robot stops — POLICY and TELEOP go to HOLD; HALTED stays."""
+        self.stats["internal_errors"] = self.stats.get("internal_errors", 0) + 1
+        self.last_reject = f"internal error: {what}"
+        if self.arbiter.mode in (Mode.POLICY, Mode.TELEOP):
+            self.arbiter.hold(f"internal error handling a message: {what}", CAUSE_REJECTED)
+
+    def note_intruders(self, intruders: Sequence[str]) -> None:
+        """The node's graph check: other publishers on the controller topics this bridge owns.
+
+        One is a second source of commands the safety filter never sees (a stray script, a second
+        bridge): the bridge latches HALTED — the hold controller takes over, so the intruder's
+        commands reach no active controller — and names it; reset is refused until it is gone.
+        """
+        intruders = tuple(sorted(intruders))
+        if intruders == self.intruders:
+            return
+        self.intruders = intruders
+        if intruders:
+            self.arbiter.halt(f"other publisher(s) on controller topics: {'; '.join(intruders)}",
+                              persists=lambda: bool(self.intruders))
+        else:
+            self.log.info("no other publisher on the controller topics any more: /vla/reset may leave HALTED")
+            self.on_state_change()
 
     def halt_cause_present(self) -> bool:
         """Whether the last ``/vla/halt`` message named a cause (an empty one clears it)."""
@@ -174,7 +234,17 @@ class ControllerBridge:
         self.stats["chunks_received"] += 1
         chunk = self.chunks.validate(names, stamp_s, rows, offsets_s)
         if isinstance(chunk, ChunkRejection):
+            self.plan_rejections(chunk.kind, chunk.reason)
             self._reject_policy(chunk.reason)
+            return
+        check = self._plan_checks.get(names)
+        if check is None:
+            if len(self._plan_checks) > 16:  # a publisher that changes layouts: bounded memory
+                self._plan_checks.clear()
+            check = self._plan_checks[names] = PlanCheck(self.robot, self.cfg.safety, names)
+        why = check.check(chunk.values, chunk.stamp_s, now, self.plan_rejections)
+        if why is not None:  # out of range or out of its time window: refused, never clipped
+            self._reject_policy(why)
             return
         mode = self.arbiter.mode
         if mode in (Mode.HALTED, Mode.TELEOP):
@@ -330,8 +400,10 @@ class ControllerBridge:
         if tr.target is Mode.POLICY:
             self._capture_hold([g for g in groups if g.hold is None])
             reset_references_to_holds(groups, self.safety, self.joint_pos)
-        if tr.target is Mode.HALTED:
-            self.teleop.engage_wanted = False  # after a halt, only a new press takes over
+        if tr.target is Mode.HALTED or tr.cause == CAUSE_TELEOP_TIMEOUT:
+            # After a halt, or an operator stream that went silent, only a new press takes over: a
+            # deadman left latched (or a stream refused as out of bounds) never re-engages by itself.
+            self.teleop.engage_wanted = False
             self.switching.on_halted(self.clock())
         if tr.source is Mode.HALTED:
             self.switching.back_from_hold(TO_POLICY, self.clock())
@@ -521,5 +593,10 @@ class ControllerBridge:
             "command_rate_hz": f"{command_rate_hz:.1f}",
             "last_command_age_s": age,
             "last_rejected": self.last_reject,
+            "intruders": "; ".join(self.intruders) or "none",
+            **self.joint_states.rejections.as_diagnostics("joint_states_rejected"),
+            **self.pose_rejections.as_diagnostics("ee_pose_rejected"),
+            **self.plan_rejections.as_diagnostics("plans_rejected"),
+            **self.teleop.check.rejections.as_diagnostics("teleop_rejected_by"),
             **{k: str(v) for k, v in self.stats.items()},
         }

@@ -34,6 +34,7 @@ from vla_runtime.core.kinematics import kinematics_for
 from vla_runtime.core.rotation import homogeneous
 from vla_runtime.core.safety_filter import SafetyFilter, SafetyResult
 from vla_runtime.core.teleop import TeleopIntegrator, TeleopLimits
+from vla_runtime.core.validation import LENGTH_MISMATCH, OUT_OF_LIMITS, TeleopCheck
 
 #: An operator command older than this no longer moves the teleop target (it stops, still TELEOP).
 TELEOP_INPUT_FRESH_S = 0.15
@@ -79,6 +80,9 @@ class TeleopSession:
         self.counters = counters
         for k in COUNTERS:
             counters.setdefault(k, 0)
+        #: Operator commands far over the teleop limits are refused here (core/validation); the
+        #: rest is limited where it is integrated (TeleopIntegrator: joint and Cartesian speeds).
+        self.check = TeleopCheck(robot, cfg, safety.safety)
         name = cfg.group
         if name is None:
             arm_like = [n for n, g in robot.groups.items() if g.controller not in ("gripper", "base_twist")]
@@ -220,7 +224,7 @@ class TeleopSession:
 
     def twist_input(self, twist: np.ndarray, now: float, mode: Mode) -> bool:
         """A base-frame twist ``[vx, vy, vz, wx, wy, wz]``; True when taken."""
-        if not np.all(np.isfinite(twist)):
+        if self.check.twist(twist) is not None:
             self.counters["teleop_rejected"] += 1
             return False
         if not self._take_input(now, mode):
@@ -236,15 +240,29 @@ class TeleopSession:
         except ValueError:
             self.counters["teleop_rejected"] += 1
             return False
-        if not np.all(np.isfinite(target)) or not self._take_input(now, mode):
+        if not np.all(np.isfinite(target)):
+            self.counters["teleop_rejected"] += 1
+            return False
+        box = self.robot.workspace
+        if box is not None and (np.any(target[:3, 3] < box.min) or np.any(target[:3, 3] > box.max)):
+            self.check.rejections(OUT_OF_LIMITS, f"teleop pose {np.round(target[:3, 3], 4).tolist()} outside the "
+                                                 f"workspace {list(box.min)}..{list(box.max)}")
+            self.counters["teleop_rejected"] += 1
+            return False
+        if not self._take_input(now, mode):
             return False
         self._pose = (target, now)
         return True
 
     def jog_input(self, names: Sequence[str], velocities: Sequence[float], now: float, mode: Mode) -> bool:
         """Joint velocities by name; True when taken (a name twice or a missing velocity: rejected)."""
+        if len(velocities) != len(names):
+            self.check.rejections(LENGTH_MISMATCH, f"teleop joint jog with {len(names)} names and "
+                                                   f"{len(velocities)} velocities")
+            self.counters["teleop_rejected"] += 1
+            return False
         jog = {n: float(v) for n, v in zip(names, velocities)}
-        if not all(math.isfinite(v) for v in jog.values()) or len(jog) != len(names):
+        if self.check.joint_jog(jog, names) is not None:
             self.counters["teleop_rejected"] += 1
             return False
         if not self._take_input(now, mode):
