@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +30,21 @@ NODE_MODULES: dict[str, str] = {
     "failure_detector": "vla_runtime.nodes.failure_detector",
     "teleop": "vla_runtime.nodes.teleop",
     "recorder": "vla_runtime.nodes.recorder",
+}
+
+#: What the supervisor does when a node dies (``vla-runtime up``; :class:`RestartPolicy`):
+#: ``restart`` it; ``restart_held``: restart it with ``start_held:=true`` (the bridge comes back in
+#: HOLD and the policy drives again only after an operator's ``/vla/resume``: a bridge is never
+#: restarted into POLICY; meanwhile the controllers hold on their own command timeout); ``stop``
+#: the graph (the simulated robot is the robot).
+NODE_ON_DEATH: dict[str, str] = {
+    "sim_robot": "stop",
+    "controller_bridge": "restart_held",
+    "slow_reasoner": "restart",
+    "action_chunk_node": "restart",
+    "failure_detector": "restart",
+    "teleop": "restart",
+    "recorder": "restart",
 }
 
 #: Start order: the robot first, the things that command it last.
@@ -235,9 +250,67 @@ class Supervisor:
         self.stop()
 
 
+class RestartPolicy:
+    """Decides what happens when a node of the graph dies (:data:`NODE_ON_DEATH`), with a bound.
+
+    A node that keeps dying is not restarted for ever: more than ``max_restarts`` deaths within
+    ``window_s`` stop the graph. Restarts back off (``backoff_s``, doubling per recent death).
+
+    Args:
+        on_death: Node name → ``restart`` | ``restart_held`` | ``stop`` (unknown names stop).
+        max_restarts, window_s, backoff_s: The bound and the backoff.
+    """
+
+    def __init__(self, on_death: dict[str, str] | None = None, max_restarts: int = 3, window_s: float = 60.0,
+                 backoff_s: float = 0.5) -> None:
+        self.on_death = dict(NODE_ON_DEATH if on_death is None else on_death)
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.backoff_s = backoff_s
+        self._deaths: dict[str, list[float]] = {}
+
+    def decide(self, name: str, now: float) -> tuple[str, float]:
+        """(``restart`` | ``restart_held`` | ``stop``, seconds to wait before restarting)."""
+        action = self.on_death.get(name, "stop")
+        recent = [t for t in self._deaths.get(name, []) if now - t <= self.window_s] + [now]
+        self._deaths[name] = recent
+        if action == "stop" or len(recent) > self.max_restarts:
+            return "stop", 0.0
+        return action, self.backoff_s * 2 ** (len(recent) - 1)
+
+
+def supervise_deaths(sup: Supervisor, policy: RestartPolicy, now: float,
+                     log: IO[str] | None = sys.stderr) -> str | None:
+    """Apply ``policy`` to the nodes that died since the last call: restart them (after their
+    backoff) or say why the graph must stop.
+
+    Returns:
+        None while the graph may go on, else the reason to stop it.
+    """
+    for name, code in sup.poll().items():
+        if code is None:
+            continue
+        action, wait_s = policy.decide(name, now)
+        spec = next(s for s in sup.specs if s.name == name)
+        if action == "stop":
+            return f"node {name} exited ({code}); " + (
+                "it is not restarted" if policy.on_death.get(name, "stop") == "stop"
+                else f"it died more than {policy.max_restarts} times in {policy.window_s:g} s")
+        sup.stop_node(name, sigint_s=0.5, sigterm_s=0.5)  # reap it (and its process group)
+        if log is not None:
+            log.write(f"[supervisor] {name} exited ({code}): {action} in {wait_s:.1f} s\n")
+        time.sleep(wait_s)
+        if action == "restart_held":
+            spec = replace(spec, params={**spec.params, "start_held": True})
+        sup.start(spec)
+    return None
+
+
 def run_up(cfg: RuntimeConfig, config_file: str, duration_s: float | None = None) -> int:
-    """``vla-runtime up``: start the graph, forward logs, stop on Ctrl-C or when a node dies."""
+    """``vla-runtime up``: start the graph, forward logs, restart nodes that die as
+    :data:`NODE_ON_DEATH` says, stop on Ctrl-C or when the policy says the graph must stop."""
     sup = Supervisor()
+    policy = RestartPolicy()
     stop = threading.Event()
 
     def _on_signal(signum, _frame):
@@ -251,9 +324,9 @@ def run_up(cfg: RuntimeConfig, config_file: str, duration_s: float | None = None
         while not stop.is_set():
             if end is not None and time.monotonic() >= end:
                 break
-            dead = {n: c for n, c in sup.poll().items() if c is not None}
-            if dead:
-                print(f"vla-runtime up: node(s) exited: {dead}; stopping the graph", file=sys.stderr)
+            why = supervise_deaths(sup, policy, time.monotonic())
+            if why is not None:
+                print(f"vla-runtime up: {why}; stopping the graph", file=sys.stderr)
                 rc = 1
                 break
             stop.wait(0.2)

@@ -64,7 +64,8 @@ at start and every ``intruder_check_s``; one latches HALTED and is named.
 
 Parameters: ``config_file`` (the runtime YAML), ``status_rate_hz`` (2.0),
 ``controller_recheck_s`` (2.0: re-verify active controllers; 1 s retry after a failure),
-``intruder_check_s`` (0.5: the graph check's interval).
+``intruder_check_s`` (0.5: the graph check's interval), ``start_held`` (false; true when the
+supervisor restarts a bridge that died: it starts in HOLD that only ``/vla/resume`` lifts).
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class ControllerBridgeNode(Node):
         self.declare_parameter("status_rate_hz", 2.0)
         self.declare_parameter("controller_recheck_s", 2.0)
         self.declare_parameter("intruder_check_s", 0.5)
+        self.declare_parameter("start_held", False)
         status_hz = float(self.get_parameter("status_rate_hz").value)
         self._owned_topics: list[str] = []
         self.callback_errors = 0
@@ -172,6 +174,9 @@ class ControllerBridgeNode(Node):
             recheck_s=float(self.get_parameter("controller_recheck_s").value))
         self.arbiter = self.bridge.arbiter
         self.safety = self.bridge.safety
+        if self.get_parameter("start_held").value:  # the supervisor restarted us after a bridge died
+            self.arbiter.hold("restarted after the bridge died: the policy drives again after /vla/resume",
+                              CAUSE_OPERATOR)
         self._make_interfaces(status_hz)
         # The graph check runs on its own thread, created here on the main thread before run_node
         # makes the executor's thread real-time: a graph query waits on the middleware's locks, which
