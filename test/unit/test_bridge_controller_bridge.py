@@ -184,3 +184,65 @@ def test_diagnostics_report_the_mode_the_controllers_and_every_counter(rig):
                               "hold_requests", "commands_published", "ticks", "hold_without_state",
                               "teleop_rejected", "teleop_inputs", "teleop_inputs_ignored", "teleop_commands",
                               "interventions_started"]
+
+
+def test_a_teleop_timeout_holds_without_the_hold_controller_and_needs_a_new_press(rig):
+    """The operator stream went silent (or was refused as out of bounds): HOLD on the policy's
+    controllers (no switch: that is for HALTED), and a deadman left pressed does not take over again."""
+    rig.to_policy()
+    assert rig.bridge.engage(True) and rig.bridge.arbiter.mode is Mode.TELEOP
+    for _ in range(5):  # refused: far over the joint's limit
+        rig.bridge.teleop_jog(["panda_joint1"], [1e9], rig.t)
+    assert rig.bridge.teleop.check.rejections.counts == {"over_limit": 5}
+    rig.t += 1.0
+    rig.joint_state()
+    rig.bridge.supervise(rig.t)
+    assert rig.bridge.arbiter.mode is Mode.HOLD and rig.bridge.arbiter.cause == "teleop_timeout"
+    assert rig.cm.switches == []
+    rig.t += 1.0
+    rig.joint_state()
+    rig.bridge.teleop_jog(["panda_joint1"], [0.1], rig.t)  # inputs still arrive, the deadman still "held"
+    rig.bridge.supervise(rig.t)
+    assert rig.bridge.arbiter.mode is Mode.HOLD
+    assert rig.bridge.engage(False) is None and rig.bridge.engage(True)  # a new press takes over
+    assert rig.bridge.arbiter.mode is Mode.TELEOP
+
+
+def test_a_refused_chunk_keeps_the_policy_out_until_the_stream_has_been_clean_for_the_holdoff(rig):
+    from vla_runtime.core.bridge.controller_bridge import REJECT_HOLDOFF_S
+
+    rig.to_policy()
+    bad = [[*HOME[:3], 1e9, *HOME[4:], 0.03]] * 3
+    rig.bridge.chunk((*ARM, "gripper/gripper"), rig.t, bad, [0.0, 0.01, 0.02], rig.t)
+    assert rig.bridge.arbiter.mode is Mode.HOLD
+    assert rig.bridge.plan_rejections.counts == {"out_of_limits": 1}
+    rig.t += REJECT_HOLDOFF_S / 2
+    rig.joint_state()
+    rig.chunk()
+    assert rig.bridge.arbiter.mode is Mode.HOLD  # valid, but too soon after the refused one: it waits
+    rig.t += REJECT_HOLDOFF_S / 2 + 0.01
+    rig.joint_state()
+    rig.chunk()
+    assert rig.bridge.arbiter.mode is Mode.POLICY
+
+
+def test_refused_joint_states_never_become_the_hold_target(rig):
+    rig.to_policy()
+    rig.bridge.note_joint_state(ARM, [1.5, 1.0, 1.0], rig.t)  # 7 names, 3 positions
+    rig.bridge.note_joint_state(ARM, [np.nan, *HOME[1:]], rig.t)
+    rig.bridge.note_joint_state(["panda_joint1"] * 7, [2.0] * 7, rig.t)
+    assert rig.bridge.joint_states.rejections.counts == {"length_mismatch": 1, "non_finite": 1, "duplicate_name": 1}
+    rig.bridge.arbiter.hold("operator", "operator")
+    hold = np.array(rig.sent(JT)[-1].points[0].positions)
+    np.testing.assert_allclose(hold, HOME, atol=1e-9)
+
+
+def test_another_publisher_on_a_controller_topic_latches_halted_until_it_is_gone(rig):
+    rig.to_policy()
+    rig.bridge.note_intruders(["/arm_controller/joint_trajectory ← /stray_script"])
+    assert rig.bridge.arbiter.mode is Mode.HALTED
+    assert "/stray_script" in rig.bridge.arbiter.reason
+    assert rig.bridge.diagnostics(rig.t, 100.0)["intruders"] == "/arm_controller/joint_trajectory ← /stray_script"
+    assert not rig.bridge.arbiter.reset("reset")
+    rig.bridge.note_intruders([])
+    assert rig.bridge.arbiter.reset("reset")

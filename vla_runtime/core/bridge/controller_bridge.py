@@ -64,6 +64,12 @@ from vla_runtime.core.validation import NON_FINITE, OUT_OF_LIMITS, JointStateChe
 MIN_CARTESIAN_RATE_HZ = 50.0
 #: A joint_trajectory group in HOLD re-sends its hold point this often (idempotent).
 HOLD_REPUBLISH_S = 1.0
+#: After a refused policy command, valid chunks bring POLICY back only once no command has been
+#: refused for this long: a stream that mixes refused and valid commands (a broken policy, a second
+#: publisher on /vla/action_chunk) keeps the robot in HOLD instead of switching at its rate (each
+#: switch re-captures the hold from the measured state: measured the arm sagging 43 mm in 1.5 s
+#: of hold/resume at 20 Hz).
+REJECT_HOLDOFF_S = 0.5
 
 OutputFactory = Callable[[str, ControllerGroup, float, SafetyFilter], GroupOutput]
 
@@ -136,6 +142,7 @@ class ControllerBridge:
             "hold_requests": 0, "commands_published": 0, "ticks": 0, "hold_without_state": 0,
         }
         self.last_reject = ""
+        self.last_reject_t = -np.inf
         self.last_command_t: float | None = None
         self.switching = ControllerSwitching(
             controller_manager, self.arbiter, robot.controller_names,
@@ -264,6 +271,7 @@ class ControllerBridge:
         """A policy command that must not be sent: HOLD (when driving), count, remember why."""
         self.stats["chunks_rejected"] += 1
         self.last_reject = reason
+        self.last_reject_t = self.clock()
         self.pending = None
         if self.arbiter.mode is Mode.POLICY:
             self.arbiter.hold(f"policy command rejected: {reason}", CAUSE_REJECTED)
@@ -278,6 +286,8 @@ class ControllerBridge:
             self.pending = None
             self.stats["chunks_dropped"] += 1
             return
+        if self.arbiter.cause == CAUSE_REJECTED and now - self.last_reject_t < REJECT_HOLDOFF_S:
+            return  # the chunk waits; the supervision timer tries again
         if self.arbiter.request_policy("fresh policy chunk"):
             chunk, self.pending = self.pending, None
             self._install(chunk, now)
@@ -400,10 +410,12 @@ class ControllerBridge:
         if tr.target is Mode.POLICY:
             self._capture_hold([g for g in groups if g.hold is None])
             reset_references_to_holds(groups, self.safety, self.joint_pos)
-        if tr.target is Mode.HALTED or tr.cause == CAUSE_TELEOP_TIMEOUT:
-            # After a halt, or an operator stream that went silent, only a new press takes over: a
-            # deadman left latched (or a stream refused as out of bounds) never re-engages by itself.
+        if tr.cause == CAUSE_TELEOP_TIMEOUT:
+            # An operator stream that went silent (or was refused as out of bounds) never re-engages
+            # by itself on a deadman left latched: only a new press takes over.
             self.teleop.engage_wanted = False
+        if tr.target is Mode.HALTED:
+            self.teleop.engage_wanted = False  # after a halt, only a new press takes over
             self.switching.on_halted(self.clock())
         if tr.source is Mode.HALTED:
             self.switching.back_from_hold(TO_POLICY, self.clock())
