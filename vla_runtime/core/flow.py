@@ -72,8 +72,8 @@ VjpFn = Callable[[np.ndarray, float, np.ndarray], np.ndarray]
 #: Runs the fast graph once: feeds by tensor name → outputs by tensor name (``Engine.infer``).
 InferFn = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
-#: A sensible default for β, the largest guidance weight (the paper uses 5 with 5 steps; β·(1/n) ≈ 1
-#: corrects a constant-velocity residual in the first step, and much more overshoots there).
+#: Default β, the largest guidance weight. It sets the first step's weight (τ = 0): β/n = 1 removes a
+#: constant-velocity field's residual in that step, β/n > 2 overshoots it. 5 suits 5–10 steps.
 DEFAULT_MAX_GUIDANCE = 5.0
 
 
