@@ -106,6 +106,14 @@ def test_seeded_noise_is_reproducible() -> None:
     assert not np.array_equal(a, c)
     still = sampler.sample(lambda x, t: np.zeros_like(x), rng(11))  # a zero field returns its noise
     np.testing.assert_array_equal(still, sampler.draw_noise(rng(11)))
+    given = sampler.sample(v, None, noise=sampler.draw_noise(rng(11)))  # an exporter's reference noise
+    np.testing.assert_array_equal(given, a)
+    with pytest.raises(ValueError, match="exactly one of rng .* and noise"):
+        sampler.sample(v, rng(11), noise=sampler.draw_noise(rng(11)))
+    with pytest.raises(ValueError, match="exactly one of rng .* and noise"):
+        sampler.sample(v, None)
+    with pytest.raises(ValueError, match=r"noise has shape \[3, 16\], expected \[16, 3\]"):
+        sampler.sample(v, None, noise=np.zeros((3, 16)))
 
 
 # ----------------------------------------------------------------------------------- guidance

@@ -255,25 +255,37 @@ class FlowSampler:
             raise ValueError(f"{what} returned shape {list(np.shape(arr))}, expected {list(self.shape)} (H, A)")
         return arr
 
-    def sample(self, velocity: VelocityFn, rng: np.random.Generator, guidance: RtcGuidance | None = None,
-               vjp: VjpFn | None = None, dtype: type | np.dtype = np.float32) -> np.ndarray:
+    def sample(self, velocity: VelocityFn, rng: np.random.Generator | None, guidance: RtcGuidance | None = None,
+               vjp: VjpFn | None = None, dtype: type | np.dtype = np.float32,
+               noise: np.ndarray | None = None) -> np.ndarray:
         """One chunk in model (normalised) space: Euler from seeded noise, guided when asked.
 
         Args:
             velocity: The package's velocity (its own time convention), e.g. :meth:`FlowHead.velocity`.
-            rng: Seeded generator for the starting noise (same seed, same chunk).
+            rng: Seeded generator for the starting noise (same seed, same chunk); None with ``noise``.
             guidance: Steer towards the executing plan (RTC); None samples unguided.
             vjp: The package's velocity VJP for exact guidance; None takes ``∂Â¹/∂x ≈ I`` (see the
                 module docstring). Unused without guidance.
             dtype: Working dtype of the noise and the state.
+            noise: Start from this H×A noise instead of drawing it (e.g. to reproduce an exporter's
+                reference run); exclusive with ``rng``.
 
         Returns:
             The chunk, H×A.
 
         Raises:
-            ValueError: The plan's shape is not H×A, or the field returns a wrong shape.
+            ValueError: Not exactly one of ``rng`` and ``noise``, a noise or plan that is not H×A, or a
+                field that returns a wrong shape.
         """
-        x = self.draw_noise(rng, dtype)
+        if (rng is None) == (noise is None):
+            raise ValueError("give exactly one of rng (draw the noise) and noise (start from it)")
+        if noise is not None:
+            if np.shape(noise) != self.shape:
+                raise ValueError(f"noise has shape {list(np.shape(noise))}, expected {list(self.shape)} (H, A)")
+            x = np.array(noise, dtype=dtype)
+        else:
+            assert rng is not None
+            x = self.draw_noise(rng, dtype)
         beta = 0.0 if guidance is None else float(guidance.max_weight)
         w = y = np.zeros(0, dtype=dtype)
         if guidance is not None:
@@ -399,22 +411,24 @@ class FlowHead:
         """
         return self.velocity_and_vjp(x, t, cotangent)[1]
 
-    def sample(self, rng: np.random.Generator, guidance: RtcGuidance | None = None,
-               use_vjp: bool | None = None) -> np.ndarray:
+    def sample(self, rng: np.random.Generator | None, guidance: RtcGuidance | None = None,
+               use_vjp: bool | None = None, noise: np.ndarray | None = None) -> np.ndarray:
         """One chunk (H×A, model space) for the current latent and proprio.
 
         Args:
-            rng: Seeded generator for the starting noise.
+            rng: Seeded generator for the starting noise (None when ``noise`` is given).
             guidance: RTC guidance towards the executing plan, or None.
             use_vjp: Exact guidance through the graph's VJP (True), the identity approximation
                 (False), or whichever the graph allows (None: exact when it exports a VJP).
+            noise: Start from this H×A noise instead of drawing it.
 
         Raises:
-            ValueError: ``use_vjp=True`` on a graph without a VJP.
+            ValueError: ``use_vjp=True`` on a graph without a VJP, or a bad noise (see
+                :meth:`FlowSampler.sample`).
         """
         if use_vjp and not self.has_vjp:
             raise ValueError("use_vjp=True but this flow-matching graph exports no guidance VJP")
         exact = self.has_vjp if use_vjp is None else use_vjp
         self.calls = 0
-        dtype = self._x.dtype
-        return self.sampler.sample(self.velocity, rng, guidance, self.vjp if exact else None, dtype=dtype)
+        return self.sampler.sample(self.velocity, rng, guidance, self.vjp if exact else None, dtype=self._x.dtype,
+                                   noise=noise)
