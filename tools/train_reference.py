@@ -105,7 +105,7 @@ def generate(episodes: int, seed: int) -> dict[str, np.ndarray]:
     robot = SimRobot(cfg)
     tok = WordTokenizer(VOCAB, L, "<pad>", "<unk>")
     rng = np.random.default_rng(seed)
-    cols: dict[str, list] = {k: [] for k in ("joints", "gripper", "actions", "episode", "tick", "frames",
+    cols: dict[str, list] = {k: [] for k in ("joints", "gripper", "actions", "target", "episode", "tick", "frames",
                                              "frame_episode", "frame_tick", "frame_target", "ids", "mask",
                                              "success")}
     t0 = time.time()
@@ -119,6 +119,7 @@ def generate(episodes: int, seed: int) -> dict[str, np.ndarray]:
         cols["joints"].append(log.joints.astype(np.float32))
         cols["gripper"].append(log.gripper.astype(np.float32))
         cols["actions"].append(log.actions.astype(np.float32))
+        cols["target"].append(log.target.astype(np.float32))  # per tick: lets a longer-horizon head relabel
         cols["episode"].append(np.full(n, e, np.int32))
         cols["tick"].append(np.arange(n, dtype=np.int32))
         cols["frames"].append(log.frames)
@@ -228,13 +229,13 @@ def camera_projection(camera: str = "scene", size: int = IMG):
     return project
 
 
-def synthetic_states(data: dict[str, np.ndarray], n: int, seed: int) -> dict[str, np.ndarray]:
+def synthetic_states(data: dict[str, np.ndarray], n: int, seed: int, horizon: int = H) -> dict[str, np.ndarray]:
     """Expert labels for states paired with targets they were NOT recorded with.
 
     Joint states come from the dataset (plus 0.03 rad noise), targets uniformly from the placement
-    area grown by 3 cm; the label is the clean expert chunk at that state for that target. The
-    fast part sees every state heading for every target, so it learns the reach, not the 240
-    recorded episodes. (No images: in training the latent comes from the target's projected
+    area grown by 3 cm; the label is the clean expert chunk (``horizon`` steps) at that state for that
+    target. The fast part sees every state heading for every target, so it learns the reach, not the
+    240 recorded episodes. (No images: in training the latent comes from the target's projected
     keypoint through the slow model's head, i.e. what a perfect heat map gives.)
     """
     from vla_runtime.core.config import load_config
@@ -250,10 +251,10 @@ def synthetic_states(data: dict[str, np.ndarray], n: int, seed: int) -> dict[str
     q = np.clip(q, expert.lo, expert.hi)
     xy = rng.uniform(lo, hi, (n, 2))
     target = np.c_[xy, np.full(n, CUBE_HALF_SIZE)]
-    actions = np.empty((n, H, len(ARM_JOINTS)), np.float32)
+    actions = np.empty((n, horizon, len(ARM_JOINTS)), np.float32)
     t0 = time.time()
     for i in range(n):
-        actions[i] = expert.chunk(q[i], target[i])
+        actions[i] = expert.chunk(q[i], target[i], horizon)
     print(f"  synthetic: {n} expert labels at off-episode (state, target) pairs in {time.time() - t0:.0f} s",
           flush=True)
     return {"joints": q.astype(np.float32), "target": target.astype(np.float32), "actions": actions,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,72 @@ def test_engine_config_coerce() -> None:
         coerce_engine_config({"warp_speed": 9})
     with pytest.raises(EngineError, match="invalid engine config"):
         coerce_engine_config({"provider": "gpu"})
+
+
+# ----------------------------------------------------------------------------- injected delay
+def test_delay_injection_is_off_by_default() -> None:
+    assert EngineConfig().inject_delay_ms is None
+    assert EngineConfig(inject_delay_ms=0).inject_delay_ms is None  # zero means off
+    eng = make_engine(FAST)
+    assert isinstance(eng, OnnxRuntimeEngine) and "INJECTED" not in eng.provider
+
+
+def test_injected_delay_adds_latency_sleeps_and_says_so() -> None:
+    from vla_runtime.engines.delay import DelayInjectedEngine
+
+    eng = make_engine(FAST, inject_delay_ms=120)
+    assert isinstance(eng, DelayInjectedEngine) and isinstance(eng.inner, OnnxRuntimeEngine)
+    assert eng.provider == "CPUExecutionProvider + INJECTED DELAY 120 ms"
+    assert "INJECTED DELAY" in repr(eng)
+    eng.warmup(2)  # warms the real engine without the delay
+    assert eng.latency.count == 0 and eng.inner.latency.count == 0
+    feeds = fast_feeds()
+    want = eng.inner.infer(feeds)["actions"]
+    for _ in range(3):
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        got = eng.infer(feeds)["actions"]
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+        assert wall >= 0.120
+        assert cpu < 0.060, cpu  # slept (GIL released), did not spin
+    np.testing.assert_array_equal(got, want)
+    assert eng.latency.count == 3 and eng.latency.p50 >= 120.0  # what the caller waits for
+    assert eng.inner.latency.count == 4 and eng.inner.latency.max < 120.0  # the real inference
+    with pytest.raises(EngineError, match="feed 'proprio' has shape"):  # still validated
+        eng.infer({**feeds, "proprio": np.zeros((1, 7), np.float32)})
+
+
+def test_injected_jitter_is_seeded_and_bounded() -> None:
+    cfg = {"fixed_ms": 200.0, "jitter_ms": 100.0, "seed": 4}
+    a, b = make_engine(FAST, inject_delay_ms=cfg), make_engine(FAST, inject_delay_ms=cfg)
+    c = make_engine(FAST, inject_delay_ms={**cfg, "seed": 5})
+    da, db, dc = ([e.next_delay_s() for _ in range(50)] for e in (a, b, c))
+    assert da == db and da != dc
+    assert 0.200 <= min(da) and max(da) <= 0.300 and max(da) - min(da) > 0.05
+    assert a.provider == "CPUExecutionProvider + INJECTED DELAY 200 ms + U(0, 100) ms, seed 4"
+
+
+def test_injected_delay_config_errors_name_the_value() -> None:
+    for bad, match in [(-5, r"fixed_ms\n.*greater than or equal to 0.*input_value=-5"),
+                       ({"fixed_ms": 10, "jitter_ms": float("inf")}, r"jitter_ms\n.*input_value=inf"),
+                       (True, "inject_delay_ms must be milliseconds .*got True"),
+                       ({"fixed_ms": 10, "spread_ms": 3}, r"inject_delay_ms.spread_ms\n.*Extra inputs")]:
+        with pytest.raises(ValueError, match=match):
+            EngineConfig(inject_delay_ms=bad)
+
+
+def test_injected_delay_from_the_runtime_config(tmp_path: Path) -> None:
+    """``model.fast_engine.inject_delay_ms`` in a config file reaches the fast engine of the package."""
+    import yaml
+
+    from vla_runtime.core.config import load_config
+    from vla_runtime.engines.model_package import load_model_package
+
+    root = Path(__file__).resolve().parents[2]
+    cfg_file = tmp_path / "slow_policy.yaml"
+    cfg_file.write_text(yaml.safe_dump({"include": str(root / "config" / "sim_panda.yaml"),
+                                        "model": {"fast_engine": {"inject_delay_ms": {"fixed_ms": 300}}}}))
+    cfg = load_config(cfg_file)
+    assert cfg.model.fast_engine.inject_delay_ms.fixed_ms == 300 and cfg.model.slow_engine.inject_delay_ms is None
+    with load_model_package(cfg.model_package_path, slow=cfg.model.slow_engine, fast=cfg.model.fast_engine) as pkg:
+        assert "INJECTED DELAY 300 ms" in pkg.fast_engine.provider
+        assert "INJECTED" not in pkg.slow_engine.provider

@@ -174,3 +174,76 @@ def test_bench_engine_reports_percentiles() -> None:
     for part in ("slow", "fast"):
         assert 0 < res[f"{part}_p50_ms"] <= res[f"{part}_p99_ms"]
         assert res[f"{part}_provider"] == "CPUExecutionProvider"
+
+
+# ------------------------------------------------------------------ flow-matching reference package
+FLOW_PKG = PKG.parent / "reference_reach_flow"
+
+
+def _copy_flow(tmp_path: Path, edit: Callable[[dict], None]) -> Path:
+    dst = tmp_path / "flow_pkg"
+    shutil.copytree(FLOW_PKG, dst)
+    data = yaml.safe_load((dst / "model.yaml").read_text(encoding="utf-8"))
+    edit(data)
+    (dst / "model.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return dst
+
+
+def test_flow_package_loads_and_samples_chunks() -> None:
+    from vla_runtime.core.flow import FlowHead, RtcGuidance
+
+    files = [f for f in FLOW_PKG.iterdir() if f.is_file()]
+    assert sum(f.stat().st_size for f in files) < 6e6 and not list(FLOW_PKG.glob("*.onnx.data"))
+    assert (FLOW_PKG / "slow.onnx").read_bytes() == (PKG.parent / "reference_reach" / "slow.onnx").read_bytes()
+    spec = validate_package(FLOW_PKG)  # includes the VJP's finite-difference check
+    assert spec.trained and spec.fast.is_flow and spec.chunk_horizon / spec.control_rate_hz >= 1.0
+    assert spec.fast.flow.time_convention == "noise_at_1"
+    with load_model_package(FLOW_PKG, CPU1) as pkg:
+        tok = pkg.tokenizer.encode("touch the red cube")
+        image = np.random.default_rng(0).integers(0, 256, size=(1, 3, 96, 96), dtype=np.uint8)
+        latent = pkg.slow_engine.infer({"image": image, "instruction_ids": tok.ids, "instruction_mask": tok.mask})
+        head = FlowHead(spec, pkg.fast_engine.infer)
+        assert head.has_vjp
+        head.set_latent(latent["latent"])
+        home = {"panda_joint1": 0.0, "panda_joint2": -0.785, "panda_joint3": 0.0, "panda_joint4": -2.356,
+                "panda_joint5": 0.0, "panda_joint6": 1.571, "panda_joint7": 0.785, "gripper/gripper": 0.04}
+        head.set_proprio(pkg.proprio(home))
+        raw = head.sample(np.random.default_rng(1))
+        assert raw.shape == (32, 8) and head.calls == spec.fast.flow.steps
+        np.testing.assert_array_equal(raw, head.sample(np.random.default_rng(1)))
+        chunk = pkg.action_space.decode(raw)
+        assert np.isfinite(chunk).all()
+        assert np.abs(chunk[0, :7] - [home[f"panda_joint{i}"] for i in range(1, 8)]).max() < 0.2  # starts near
+        x = np.random.default_rng(2).standard_normal((32, 8)).astype(np.float32)
+        c = np.random.default_rng(3).standard_normal((32, 8)).astype(np.float32)
+        v, vjp = head.velocity_and_vjp(x, 0.5, c)  # the velocity does not depend on the cotangent beside it
+        np.testing.assert_array_equal(head.velocity(x, 0.5), v)
+        assert np.abs(vjp).max() > 0 and not head.velocity_and_vjp(x, 0.5, 0 * c)[1].any()
+        plan = raw + 0.5
+        for use_vjp in (True, False):
+            guided = head.sample(np.random.default_rng(1), RtcGuidance(plan, 6, 10, 5.0), use_vjp=use_vjp)
+            assert head.calls == (20 if use_vjp else 10)
+            assert np.abs(guided[:6] - plan[:6]).mean() < np.abs(raw[:6] - plan[:6]).mean()
+
+
+def test_flow_package_mismatch_is_refused(tmp_path: Path) -> None:
+    path = _copy_flow(tmp_path, _set("fast", "inputs", "flow_time", "shape", [1, 1]))
+    with pytest.raises(ModelPackageError, match=r"'flow_time': model.yaml says shape \[1, 1\] \(rank 2\), graph has "
+                                                r"\[1\]"):
+        load_model_package(path, CPU1)
+
+
+def test_a_wrong_guidance_vjp_is_caught(tmp_path: Path) -> None:
+    """Swap the roles of the two outputs: every shape still matches, the numbers do not."""
+
+    def swap(d: dict) -> None:
+        for t in d["fast"]["outputs"]:
+            t["role"] = {"velocity": "guidance_vjp", "guidance_vjp": "velocity"}[t["role"]]
+
+    path = _copy_flow(tmp_path, swap)
+    with pytest.raises(ModelPackageError, match="guidance_vjp disagrees with the velocity's finite difference"):
+        validate_package(path)
+    with load_model_package(FLOW_PKG, CPU1) as pkg:
+        from vla_runtime.engines.model_package import check_flow_vjp
+
+        assert check_flow_vjp(pkg.fast_engine, pkg.spec) < 1e-2

@@ -272,6 +272,23 @@ EngineBackend = Literal["onnxruntime", "tensorrt", "null"]
 EngineProvider = Literal["cpu", "cuda", "tensorrt"]
 
 
+class InjectedDelay(_Frozen):
+    """Extra latency added to every inference of one engine, to emulate a slower policy (testing only).
+
+    Each call sleeps ``fixed_ms + U(0, jitter_ms)`` after the real inference; the jitter comes from a
+    generator seeded with ``seed``, so a run's delays are reproducible.
+    """
+
+    fixed_ms: float = Field(default=0.0, ge=0, le=60000, description="added to every call")
+    jitter_ms: float = Field(default=0.0, ge=0, le=60000, description="plus a uniform draw in [0, jitter_ms]")
+    seed: int = Field(default=0, ge=0, description="seed of the jitter's generator")
+
+    @property
+    def is_zero(self) -> bool:
+        """No delay at all (both parts 0)."""
+        return self.fixed_ms == 0 and self.jitter_ms == 0
+
+
 class EngineConfig(_Frozen):
     """How to run one ONNX graph (the engines layer takes this model as it is).
 
@@ -289,6 +306,9 @@ class EngineConfig(_Frozen):
         calibration_dir: Directory of ``.npz`` files, one feed dict each (no pickle).
         trt_cache_dir: Where TensorRT engines are cached (None: beside the ONNX file in ``.trt_cache``).
         latency_window: Size of each engine's latency ring buffer.
+        inject_delay_ms: Testing only, off by default: extra latency on every inference, either a number
+            of milliseconds or ``{fixed_ms, jitter_ms, seed}`` (:class:`InjectedDelay`). The engine then
+            reports ``INJECTED DELAY`` in its provider, so diagnostics show it.
     """
 
     backend: EngineBackend = "onnxruntime"
@@ -303,6 +323,21 @@ class EngineConfig(_Frozen):
     calibration_dir: str | None = None
     trt_cache_dir: str | None = None
     latency_window: int = Field(default=1000, ge=1)
+    inject_delay_ms: InjectedDelay | None = None
+
+    @field_validator("inject_delay_ms", mode="before")
+    @classmethod
+    def _delay_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"inject_delay_ms must be milliseconds or {{fixed_ms, jitter_ms, seed}}, got {v!r}")
+        if isinstance(v, (int, float)):
+            return {"fixed_ms": v}
+        return v
+
+    @field_validator("inject_delay_ms")
+    @classmethod
+    def _zero_is_off(cls, v: InjectedDelay | None) -> InjectedDelay | None:
+        return None if v is not None and v.is_zero else v
 
     @model_validator(mode="after")
     def _combo(self) -> EngineConfig:

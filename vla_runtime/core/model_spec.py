@@ -47,6 +47,29 @@ Example (abridged)::
       groups:
         - {name: arm, kind: joint_position, joints: [panda_joint1, ...]}
         - {name: hand, kind: gripper}
+
+A **flow-matching** fast part (π0-style action expert) declares ``kind: flow_matching`` and a
+``flow:`` block. Its graph computes ONE velocity evaluation; the runtime runs the integration loop
+(:mod:`vla_runtime.core.flow`), so the package also says how many steps, in which time convention
+and on which schedule. Optionally the same graph also returns a vector-Jacobian product of the
+velocity, which the runtime's real-time-chunking guidance uses::
+
+    fast:
+      onnx: fast.onnx
+      kind: flow_matching
+      flow: {steps: 10, time_convention: noise_at_1, schedule: uniform_euler}
+      inputs:
+        - {name: noisy_actions, shape: [1, 32, 8], dtype: float32, role: noisy_actions}
+        - {name: flow_time, shape: [1], dtype: float32, role: flow_time}
+        - {name: latent, shape: [1, 4, 64], dtype: float32, role: latent}
+        - {name: proprio, shape: [1, 8], dtype: float32, role: proprio}
+        - {name: cotangent, shape: [1, 32, 8], dtype: float32, role: guidance_cotangent}  # optional pair
+      outputs:
+        - {name: velocity, shape: [1, 32, 8], dtype: float32, role: velocity}
+        - {name: vjp, shape: [1, 32, 8], dtype: float32, role: guidance_vjp}              # optional pair
+
+``kind`` defaults to ``one_shot`` (the graph outputs the whole chunk), so packages written before
+flow-matching heads existed load unchanged (``schema_version`` stays 1).
 """
 
 from __future__ import annotations
@@ -63,9 +86,11 @@ SCHEMA_VERSION = 1
 DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
 
 SlowInputRole = Literal["image", "instruction_ids", "instruction_mask", "proprio", "other"]
-FastInputRole = Literal["latent", "proprio", "prev_chunk", "prefix_mask", "other"]
+FastInputRole = Literal[
+    "latent", "proprio", "prev_chunk", "prefix_mask", "noisy_actions", "flow_time", "guidance_cotangent", "other",
+]
 SlowOutputRole = Literal["latent", "other"]
-FastOutputRole = Literal["actions", "other"]
+FastOutputRole = Literal["actions", "velocity", "guidance_vjp", "other"]
 TensorRole = Literal[
     "image",
     "instruction_ids",
@@ -75,8 +100,21 @@ TensorRole = Literal[
     "prev_chunk",
     "prefix_mask",
     "actions",
+    "noisy_actions",
+    "flow_time",
+    "velocity",
+    "guidance_cotangent",
+    "guidance_vjp",
     "other",
 ]
+#: Roles only a ``kind: flow_matching`` fast part has (inputs, then outputs).
+FLOW_INPUT_ROLES: tuple[str, ...] = ("noisy_actions", "flow_time", "guidance_cotangent")
+FLOW_OUTPUT_ROLES: tuple[str, ...] = ("velocity", "guidance_vjp")
+
+FastKind = Literal["one_shot", "flow_matching"]
+#: Where a package's flow time puts pure noise (see :class:`FlowSpec`).
+FlowTimeConvention = Literal["noise_at_1", "noise_at_0"]
+FlowSchedule = Literal["uniform_euler"]
 
 GroupKind = Literal[
     "joint_position",
@@ -163,6 +201,60 @@ class GraphSpec(_Frozen):
     def output_by_role(self, role: str) -> TensorSpec | None:
         """Return the first output with ``role``, or None."""
         return next((t for t in self.outputs if t.role == role), None)
+
+
+class FlowSpec(_Frozen):
+    """How the runtime integrates a flow-matching fast part's velocity field.
+
+    Attributes:
+        steps: Integration steps from noise to the chunk (velocity evaluations per unguided chunk).
+        time_convention: Where the package's time ``t`` puts pure noise; in both conventions the
+            graph's output is the velocity ``dx/dt`` in the package's own time.
+
+            * ``noise_at_1`` (π0, openpi, LeRobot): ``x_t = t·ε + (1 − t)·a``; sampling integrates
+              from ``t = 1`` to ``t = 0`` with ``x_{t+dt} = x_t + dt·v``, ``dt = −1/steps``.
+            * ``noise_at_0`` (rectified flow; the RTC paper's τ): ``x_t = t·a + (1 − t)·ε``;
+              sampling integrates from ``t = 0`` to ``t = 1`` with ``dt = +1/steps``.
+
+            The runtime itself works in the RTC paper's τ (0 = noise, 1 = data) and maps each
+            package's time onto it (:class:`vla_runtime.core.flow.FlowSampler`).
+        schedule: ``uniform_euler``: ``steps`` equal explicit Euler steps.
+    """
+
+    steps: int = Field(ge=1, le=1000)
+    time_convention: FlowTimeConvention
+    schedule: FlowSchedule = "uniform_euler"
+
+
+class FastGraphSpec(GraphSpec):
+    """The fast (action expert) graph: a :class:`GraphSpec` plus what kind of head it is.
+
+    Attributes:
+        kind: ``one_shot``: one call outputs the whole chunk (role ``actions``).
+            ``flow_matching``: one call is ONE velocity evaluation ``v(x_t, t, latent, proprio)``
+            (inputs ``noisy_actions`` and ``flow_time``, output ``velocity``); the runtime integrates.
+            Such a graph may also take a ``guidance_cotangent`` ``c`` and return ``guidance_vjp``
+            ``= cᵀ·∂v/∂x_t`` (the VJP of its velocity with respect to ``noisy_actions``, in its own
+            time convention), which real-time-chunking guidance uses when present.
+        flow: Integration settings; required for ``flow_matching``, refused for ``one_shot``.
+    """
+
+    kind: FastKind = "one_shot"
+    flow: FlowSpec | None = None
+
+    @model_validator(mode="after")
+    def _flow_block(self) -> FastGraphSpec:
+        if self.kind == "flow_matching" and self.flow is None:
+            raise ValueError("fast kind 'flow_matching' needs a 'flow: {steps: N, time_convention: noise_at_1|"
+                             "noise_at_0}' block")
+        if self.kind == "one_shot" and self.flow is not None:
+            raise ValueError(f"'flow' block given but fast kind is {self.kind!r} (set kind: flow_matching)")
+        return self
+
+    @property
+    def is_flow(self) -> bool:
+        """Whether this is a flow-matching velocity graph the runtime integrates."""
+        return self.kind == "flow_matching"
 
 
 class LatentSpec(_Frozen):
@@ -389,7 +481,7 @@ class ModelSpec(_Frozen):
         action_dim: A, dims per step the fast graph emits (after discrete decoding).
         latent: K×D guidance latent shape.
         slow: Slow (VLM) graph.
-        fast: Fast (action expert) graph.
+        fast: Fast (action expert) graph: one-shot, or one flow-matching velocity step.
         tokenizer: Instruction tokenizer.
         proprio: Proprio layout and stats.
         action: Action layout and stats.
@@ -406,7 +498,7 @@ class ModelSpec(_Frozen):
     action_dim: int = Field(ge=1)
     latent: LatentSpec
     slow: GraphSpec
-    fast: GraphSpec
+    fast: FastGraphSpec
     tokenizer: TokenizerSpec
     proprio: ProprioSpec
     action: ActionSpec
@@ -426,10 +518,19 @@ class ModelSpec(_Frozen):
             if tuple(t.shape[-2:]) != want:
                 raise ValueError(f"latent tensor {t.name!r} has shape {list(t.shape)}, expected trailing dims "
                                  f"{list(want)}")
-        acts = self.fast.output_by_role("actions")
-        if acts is None:
-            raise ValueError("fast graph needs an output with role 'actions'")
-        self._check_actions_shape(acts)
+        if self.fast.is_flow:
+            self._check_flow_graph()
+        else:
+            flow_roles = [(t.name, t.role) for t in (*self.fast.inputs, *self.fast.outputs)
+                          if t.role in FLOW_INPUT_ROLES + FLOW_OUTPUT_ROLES]
+            if flow_roles:
+                name, role = flow_roles[0]
+                raise ValueError(f"fast tensor {name!r} has role {role!r}, which only a 'kind: flow_matching' fast "
+                                 f"part takes (this one is kind {self.fast.kind!r})")
+            acts = self.fast.output_by_role("actions")
+            if acts is None:
+                raise ValueError("fast graph needs an output with role 'actions'")
+            self._check_actions_shape(acts)
         prev = self.fast.input_by_role("prev_chunk")
         if prev is not None and tuple(prev.shape[-2:]) != (self.chunk_horizon, self.action_dim):
             raise ValueError(
@@ -457,6 +558,46 @@ class ModelSpec(_Frozen):
             raise ValueError(f"proprio tensor {pro.name!r} has {pro.shape[-1]} dims but proprio.names lists "
                              f"{len(self.proprio.names)}")
         return self
+
+    def _check_flow_graph(self) -> None:
+        """The tensors of a flow-matching fast part (kind, roles, shapes, dtypes)."""
+        g, h, a = self.fast, self.chunk_horizon, self.action_dim
+        if self.action.head != "continuous":
+            raise ValueError(f"a flow_matching fast part needs action head 'continuous', got {self.action.head!r}")
+        for kind, tensors in (("input", g.inputs), ("output", g.outputs)):
+            for role in (*FLOW_INPUT_ROLES, *FLOW_OUTPUT_ROLES, "latent", "proprio"):
+                names = [t.name for t in tensors if t.role == role]
+                if len(names) > 1:
+                    raise ValueError(f"fast graph has {len(names)} {kind}s with role {role!r}: {names}")
+        for t in (*g.inputs, *g.outputs):
+            if t.role in ("actions", "prev_chunk", "prefix_mask"):
+                raise ValueError(f"fast tensor {t.name!r}: role {t.role!r} does not apply to a flow_matching fast "
+                                 "part (it outputs a 'velocity'; the runtime guides sampling towards the executing "
+                                 "plan itself)")
+        chunk_roles = (("input", "noisy_actions", True), ("output", "velocity", True),
+                       ("input", "guidance_cotangent", False), ("output", "guidance_vjp", False))
+        for kind, role, required in chunk_roles:
+            t = g.input_by_role(role) if kind == "input" else g.output_by_role(role)
+            if t is None:
+                if required:
+                    raise ValueError(f"a flow_matching fast graph needs an {kind} with role {role!r}")
+                continue
+            if tuple(t.shape[-2:]) != (h, a) or not t.dtype.startswith("float"):
+                raise ValueError(f"{role} tensor {t.name!r} has shape {list(t.shape)} dtype {t.dtype}, expected "
+                                 f"trailing dims [{h}, {a}] (chunk_horizon, action_dim) and a float dtype")
+        cot, vjp = g.input_by_role("guidance_cotangent"), g.output_by_role("guidance_vjp")
+        if cot is not None and vjp is None:
+            raise ValueError(f"fast input {cot.name!r} (role 'guidance_cotangent') needs its pair: an output with role "
+                             "'guidance_vjp' (the cotangent goes in, its vector-Jacobian product comes out)")
+        if vjp is not None and cot is None:
+            raise ValueError(f"fast output {vjp.name!r} (role 'guidance_vjp') needs its pair: an input with role "
+                             "'guidance_cotangent' (the cotangent goes in, its vector-Jacobian product comes out)")
+        t_in = g.input_by_role("flow_time")
+        if t_in is None:
+            raise ValueError("a flow_matching fast graph needs an input with role 'flow_time'")
+        if any(d not in (1, None) for d in t_in.shape) or not t_in.dtype.startswith("float"):
+            raise ValueError(f"flow_time tensor {t_in.name!r} has shape {list(t_in.shape)} dtype {t_in.dtype}, "
+                             "expected one float value (shape [], [1] or [1, 1])")
 
     def _check_actions_shape(self, acts: TensorSpec) -> None:
         h, a = self.chunk_horizon, self.action_dim

@@ -47,12 +47,23 @@ def engine_from_config(
             graph is opened (CPU, metadata only) to read them.
 
     Returns:
-        A ready engine.
+        A ready engine; wrapped in a :class:`~vla_runtime.engines.delay.DelayInjectedEngine` when
+        ``config.inject_delay_ms`` asks for extra latency.
 
     Raises:
         EngineError: The backend or provider cannot be had, or the file does not load.
     """
     config = coerce_engine_config(config)
+    engine = _backend_engine(onnx_path, config, io)
+    if config.inject_delay_ms is not None:
+        from vla_runtime.engines.delay import DelayInjectedEngine
+
+        return DelayInjectedEngine(engine, config.inject_delay_ms, latency_window=config.latency_window)
+    return engine
+
+
+def _backend_engine(onnx_path: str | Path, config: EngineConfig,
+                    io: tuple[list[TensorInfo], list[TensorInfo]] | None) -> Engine:
     if config.backend == "onnxruntime":
         from vla_runtime.engines.onnx_engine import OnnxRuntimeEngine
 
@@ -108,7 +119,8 @@ def make_engine(
         provider: ONNX Runtime provider: ``cpu``, ``cuda`` or ``tensorrt`` (default: ``tensorrt``
             for the native TensorRT backend, else ``cpu``).
         threads: ONNX Runtime intra-op threads (0 = ORT default).
-        **options: Any other :class:`EngineConfig` field (``io_binding``, ``fp16``, ``trt_cache_dir`` ...).
+        **options: Any other :class:`EngineConfig` field (``io_binding``, ``fp16``, ``trt_cache_dir``,
+            ``inject_delay_ms`` ...).
 
     Returns:
         A ready engine.

@@ -9,6 +9,10 @@ The check is strict where a mismatch would only show up on the robot:
   dim may be declared fixed (the package pins it, e.g. batch 1),
 * dtypes agree.
 
+A flow-matching fast part that exports a guidance VJP can also have that VJP checked numerically
+against its own velocity (:func:`check_flow_vjp`; :func:`validate_package` does it): a wrong VJP
+would not fail any shape check, it would steer real-time-chunking guidance the wrong way.
+
 Every failure is a :class:`ModelPackageError` naming the tensor, the file and
 the mismatch; an unreadable ONNX file is refused with its path.
 """
@@ -169,6 +173,55 @@ def _graph_io(onnx_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
                                                                                     where) for a in sess.get_outputs()]
 
 
+def check_flow_vjp(engine: Engine, spec: ModelSpec, seed: int = 0, eps: float = 1e-2, rtol: float = 1e-2) -> float:
+    """Check a flow-matching graph's ``guidance_vjp`` against a finite difference of its own velocity.
+
+    For random noisy chunks ``x``, cotangents ``c`` and directions ``u`` (latent and proprio random
+    too, package time at mid-flow), ``c · (v(x + εu) − v(x − εu)) / 2ε`` must equal ``vjp(c) · u``.
+
+    Args:
+        engine: The fast graph's engine.
+        spec: Its package spec (``fast.kind: flow_matching`` with a guidance VJP).
+        seed: Seed of the random probes.
+        eps: Finite-difference step (model space).
+        rtol: Largest accepted error, relative to the larger of the two sides' scale.
+
+    Returns:
+        The worst relative error over three probes.
+
+    Raises:
+        ModelPackageError: The part is not a flow graph with a VJP, or the VJP disagrees (both
+            values are in the message).
+    """
+    from vla_runtime.core.flow import FlowHead
+
+    if not spec.fast.is_flow:
+        raise ModelPackageError(f"package {spec.name!r}: fast part is kind {spec.fast.kind!r}, not flow_matching")
+    try:
+        head = FlowHead(spec, engine.infer)
+    except ValueError as e:
+        raise ModelPackageError(f"package {spec.name!r}: {e}") from e
+    if not head.has_vjp:
+        raise ModelPackageError(f"package {spec.name!r}: the fast graph exports no guidance VJP to check")
+    rng = np.random.default_rng(seed)
+    t = head.sampler.model_time(0.5)
+    dtype = head.latent.dtype
+    worst = 0.0
+    for _ in range(3):
+        head.set_latent(rng.standard_normal(head.latent.shape).astype(dtype))
+        head.set_proprio(rng.standard_normal(head.proprio.shape).astype(dtype))
+        x, c, u = (rng.standard_normal(head.sampler.shape).astype(dtype) for _ in range(3))
+        fd = float(np.sum(c * (head.velocity(x + eps * u, t) - head.velocity(x - eps * u, t)))) / (2 * eps)
+        ad = float(np.sum(head.vjp(x, t, c) * u))
+        err = abs(fd - ad) / max(abs(fd), abs(ad), 1e-6)
+        worst = max(worst, err)
+        if err > rtol:
+            raise ModelPackageError(
+                f"package {spec.name!r}: guidance_vjp disagrees with the velocity's finite difference: c·J·u = "
+                f"{ad:.6g} from the VJP, {fd:.6g} from v(x ± {eps:g}u) (relative error {err:.2g} > {rtol:g})")
+    return worst
+
+
 def _declared_io(g: GraphSpec) -> tuple[list[TensorInfo], list[TensorInfo]]:
     conv = [[TensorInfo(t.name, tuple(t.shape), np.dtype(t.dtype)) for t in ts] for ts in (g.inputs, g.outputs)]
     return conv[0], conv[1]
@@ -183,6 +236,9 @@ def _load_spec(package_dir: Path) -> ModelSpec:
 
 def validate_package(path: str | Path, parts: Iterable[str] = PARTS) -> ModelSpec:
     """Check a package without building engines (opens the graphs on CPU, metadata only).
+
+    A flow-matching fast part with a guidance VJP is also run a few times on CPU: its VJP must match
+    a finite difference of its velocity (:func:`check_flow_vjp`).
 
     Args:
         path: Package directory (or its ``model.yaml``).
@@ -200,6 +256,9 @@ def validate_package(path: str | Path, parts: Iterable[str] = PARTS) -> ModelSpe
         graph: GraphSpec = getattr(spec, part)
         onnx_path = resolve_onnx(package_dir, graph.onnx)
         check_graph_io(graph, *_graph_io(onnx_path), onnx_path)
+        if part == "fast" and spec.fast.is_flow and spec.fast.output_by_role("guidance_vjp") is not None:
+            with engine_from_config(onnx_path, EngineConfig()) as eng:
+                check_flow_vjp(eng, spec)
     return spec
 
 
