@@ -245,13 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_engine)
 
     p = sub.add_parser("bench", help="benchmarks; each prints JSON with --json")
-    p.add_argument("which", choices=["loop", "handoff", "max-rate", "chunks", "engine", "teleop", "halt", "faults"])
+    p.add_argument("which", choices=["loop", "handoff", "max-rate", "chunks", "engine", "teleop", "halt", "faults",
+                                     "fuzz"])
     p.add_argument("--trials", type=int, default=None, help="trials (teleop, halt)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--config", default=None, help="config for graph benchmarks (default: sim_panda)")
     p.add_argument("--rate", type=float, default=30.0, help="loop rate in Hz (loop)")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of measurement (loop)")
     p.add_argument("--model", default=None, help="model package (engine; default: timing_reference)")
+    p.add_argument("--cases", type=int, default=None, help="generated cases (fuzz: config/model cases)")
+    p.add_argument("--seed", type=int, default=0, help="seed of generated cases (fuzz)")
     p.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed")
     p.set_defaults(func=cmd_bench)
 

@@ -224,3 +224,15 @@ def test_a_chunk_that_leaves_the_limits_or_the_workspace_is_refused_by_the_dry_r
     text = _problems(cfg_path)
     assert "dry run: the first chunk" in text
     assert "outside its limits [-3.0718, -0.0698]" in text or "outside the workspace [-0.2, -0.6, 0.0]" in text
+
+
+def test_generated_bad_configs_and_packages_are_refused_or_harmless_never_a_crash() -> None:
+    """Two cases of every mutation class of `bench fuzz` (the benchmark runs 120+): nothing
+    escapes `check` as an exception, and every class has its refusals."""
+    from vla_runtime.bench.fuzz import fuzz_configs
+
+    r = fuzz_configs(cases=34, seed=7)
+    assert r["crashes"] == [], r["crashes"][0]["traceback"] if r["crashes"] else ""
+    assert all(c["tried"] == 2 for c in r["per_class"].values()), r["per_class"]
+    refused = {name for name, c in r["per_class"].items() if c["refused"]}
+    assert len(refused) >= len(r["per_class"]) - 2, r["per_class"]  # "missing field" may hit optional keys

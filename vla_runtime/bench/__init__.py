@@ -45,4 +45,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         from vla_runtime.bench.faults import bench_faults
 
         return {"benchmark": "faults", **bench_faults()}
+    if which == "fuzz":
+        from vla_runtime.bench.fuzz import bench_fuzz
+
+        return bench_fuzz(config_cases=args.cases or 120, seed=args.seed)
     raise ValueError(f"unknown benchmark {which!r}")

@@ -217,8 +217,8 @@ def dry_run_problems(cfg: RuntimeConfig, pkg) -> tuple[list[str], str]:
     except (KeyError, ValueError) as e:
         return [f"dry run: the slow part cannot run on the config's cameras: {e}"], ""
     problems = _output_shape_problems("slow", pkg.spec.slow, slow_engine.outputs)
-    fast = FastStep(pkg.spec, fast_engine, pkg.action_space, pkg.proprio, cfg.scheduler.rtc_prefix)
     try:
+        fast = FastStep(pkg.spec, fast_engine, pkg.action_space, pkg.proprio, cfg.scheduler.rtc_prefix)
         state = nominal_state(cfg, list(fast.state_layout))
         raw, _ = fast.infer(state, None, latent)
     except ValueError as e:
@@ -290,6 +290,11 @@ def check_config(path: str, load_models: bool = True) -> CheckReport:
                            f"{cfg.model.fast_engine.backend}/{cfg.model.fast_engine.provider})")
     report.problems.extend(model_robot_problems(cfg, list(pkg.action_space.dim_names)))
     report.problems.extend(normalization_problems(cfg, pkg.spec))
+    chunk_s = pkg.spec.chunk_horizon / pkg.spec.control_rate_hz
+    if chunk_s < 2.0 / cfg.rates.fast_hz:
+        report.problems.append(f"model chunk_horizon {pkg.spec.chunk_horizon} at {pkg.spec.control_rate_hz:g} Hz lasts "
+                               f"{chunk_s * 1e3:.3g} ms, less than two fast-loop periods at rates.fast_hz = "
+                               f"{cfg.rates.fast_hz:g}: every plan would run out before the next chunk")
     if not report.problems:  # the dry run needs a package that fits the robot
         dry, summary = dry_run_problems(cfg, pkg)
         report.problems.extend(dry)

@@ -114,6 +114,8 @@ class WorkspaceBox(_Frozen):
     @model_validator(mode="after")
     def _order(self) -> WorkspaceBox:
         for axis, lo, hi in zip("xyz", self.min, self.max):
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"workspace {axis}: bounds must be finite, got min={lo}, max={hi}")
             if not lo < hi:
                 raise ValueError(f"workspace {axis}: min must be < max, got min={lo}, max={hi}")
         return self
