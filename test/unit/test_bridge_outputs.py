@@ -374,3 +374,17 @@ def test_the_rclpy_controller_manager_sends_a_strict_switch_with_a_timeout():
     cm.forget(("future", 1))
     assert lst.removed == sw.removed == [("future", 1)]
 
+
+
+def test_every_controller_kind_has_its_output_and_its_simulated_controller() -> None:
+    """core/controller_kinds is the one table: each kind's output adapter sends the message type the
+    table names, and the simulator has a controller for it (so a new kind is not half added)."""
+    from vla_runtime.core.controller_kinds import KINDS
+    from vla_runtime.nodes.bridge_outputs import OUTPUTS
+    from vla_runtime.sim.controllers import CONTROLLER_TYPES
+
+    assert set(OUTPUTS) == set(KINDS)
+    for name, k in KINDS.items():
+        t = OUTPUTS[name].msg_type
+        assert f"{t.__module__.split('.')[0]}/msg/{t.__name__}" == k.msgtype, name
+        assert name in CONTROLLER_TYPES, name

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vla_runtime.core.config import ConfigError, RuntimeConfig, load_config
+from vla_runtime.core.controller_kinds import JOINT_KINDS, KINDS
 from vla_runtime.core.model_spec import ModelSpec
 
 
@@ -45,11 +46,7 @@ def model_robot_problems(cfg: RuntimeConfig, dim_names: list[str]) -> list[str]:
         if g is None:
             problems.append(f"model action dim {dim!r}: robot {cfg.robot.name!r} has no group {group!r}")
             continue
-        allowed = {
-            "cartesian_impedance": {"x", "y", "z", "qx", "qy", "qz", "qw", "rx", "ry", "rz"},
-            "gripper": {"gripper"},
-            "base_twist": {"vx", "vy", "wz"},
-        }.get(g.controller, set())
+        allowed = set(KINDS[g.controller].dims)
         if comp.startswith("stiffness") and g.stiffness_limits is not None:
             continue
         if comp not in allowed:
@@ -58,7 +55,7 @@ def model_robot_problems(cfg: RuntimeConfig, dim_names: list[str]) -> list[str]:
             )
     commanded_joints = {d for d in dim_names if "/" not in d}
     for gname, g in cfg.robot.groups.items():
-        if g.controller in ("joint_trajectory", "forward_position", "forward_velocity", "joint_impedance"):
+        if g.controller in JOINT_KINDS:
             missing = [j for j in g.joints if j not in commanded_joints]
             if missing and len(missing) < len(g.joints):
                 problems.append(f"group {gname!r}: the model commands some of its joints but not {missing}")

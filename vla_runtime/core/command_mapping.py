@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla_runtime.core.config import ControllerGroup, RobotProfile
+from vla_runtime.core.controller_kinds import JOINT_KINDS
 from vla_runtime.core.rotation import rotvec_to_quaternion
 
 POSE_DIMS = ("x", "y", "z", "qx", "qy", "qz", "qw")
 ROTVEC_POSE_DIMS = ("x", "y", "z", "rx", "ry", "rz")
 TWIST_DIMS = ("vx", "vy", "wz")
-JOINT_CONTROLLERS = frozenset({"joint_trajectory", "forward_position", "forward_velocity", "joint_impedance"})
+JOINT_CONTROLLERS = JOINT_KINDS
 
 
 class MappingError(ValueError):

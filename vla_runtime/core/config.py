@@ -25,30 +25,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vla_runtime.core.controller_kinds import KINDS
 from vla_runtime.core.robot_ceilings import limit_problems
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-ControllerType = Literal[
-    "joint_trajectory",  # joint_trajectory_controller: ~/joint_trajectory (JointTrajectory)
-    "forward_position",  # forward_command_controller (position): ~/commands (Float64MultiArray)
-    "forward_velocity",  # forward_command_controller (velocity): ~/commands (Float64MultiArray)
-    "cartesian_impedance",  # CRISP-style: ~/target_pose (PoseStamped), ~/target_stiffness
-    "joint_impedance",  # CRISP-style: ~/target_joint (JointState), ~/target_stiffness
-    "gripper",  # position-commanded gripper: ~/commands (Float64MultiArray)
-    "base_twist",  # mobile base: ~/cmd_vel (Twist)
-]
-
-#: The topic each controller type listens on, relative to ``/<controller_name>/``.
-CONTROLLER_TOPIC_SUFFIX: dict[str, str] = {
-    "joint_trajectory": "joint_trajectory",
-    "forward_position": "commands",
-    "forward_velocity": "commands",
-    "cartesian_impedance": "target_pose",
-    "joint_impedance": "target_joint",
-    "gripper": "commands",
-    "base_twist": "cmd_vel",
-}
+#: The config's ``controller`` values: the kinds in :mod:`vla_runtime.core.controller_kinds`.
+ControllerType = Literal[tuple(KINDS)]  # type: ignore[valid-type] - the one table of controller kinds
 
 NodeName = Literal[
     "sim_robot", "slow_reasoner", "action_chunk_node", "controller_bridge", "failure_detector", "teleop",
@@ -146,11 +129,11 @@ class ControllerGroup(_Frozen):
     @property
     def resolved_topic(self) -> str:
         """The controller's command topic."""
-        return self.topic or f"/{self.controller_name}/{CONTROLLER_TOPIC_SUFFIX[self.controller]}"
+        return self.topic or f"/{self.controller_name}/{KINDS[self.controller].topic_suffix}"
 
     @model_validator(mode="after")
     def _shape(self) -> ControllerGroup:
-        if self.controller != "base_twist" and not self.joints:
+        if KINDS[self.controller].needs_joints and not self.joints:
             raise ValueError(f"a {self.controller} group needs at least one joint")
         if len(set(self.joints)) != len(self.joints):
             raise ValueError(f"joints listed twice in one group: {self.joints}")

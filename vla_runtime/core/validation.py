@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from vla_runtime.core.config import RobotProfile, SafetyConfig, TeleopConfig
+from vla_runtime.core.controller_kinds import KINDS
 
 # Rejection reasons (the keys of Rejections.counts; diagnostics show them as ``rejected.<reason>``).
 LENGTH_MISMATCH = "length_mismatch"
@@ -166,7 +167,7 @@ def dim_bounds(robot: RobotProfile, safety: SafetyConfig, dim_names: Sequence[st
     have get an infinite range here (the bridge refuses them by name before).
     """
     tol = safety.plan_limit_tolerance
-    joint_kind = {j: g.controller for g in robot.groups.values() for j in g.joints}
+    joint_kind = {j: KINDS[g.controller].command for g in robot.groups.values() for j in g.joints}
     limits = {j.name: j for j in robot.joints}
     box = robot.workspace
     lo = np.full(len(dim_names), -np.inf)
@@ -176,7 +177,7 @@ def dim_bounds(robot: RobotProfile, safety: SafetyConfig, dim_names: Sequence[st
             j = limits.get(name)
             if j is None:
                 continue
-            if joint_kind.get(name) == "forward_velocity":
+            if joint_kind.get(name) == "joint_velocity":
                 lo[i], hi[i] = -j.velocity - tol, j.velocity + tol
             else:
                 lo[i], hi[i] = j.position[0] - tol, j.position[1] + tol

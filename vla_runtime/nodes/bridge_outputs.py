@@ -57,6 +57,7 @@ from vla_runtime.core.command_mapping import (
     TwistCommand,
 )
 from vla_runtime.core.config import ControllerGroup
+from vla_runtime.core.controller_kinds import KINDS
 from vla_runtime.core.rotation import homogeneous, rotvec_to_quaternion
 from vla_runtime.core.safety_filter import SafetyFilter, SafetyResult
 from vla_runtime.core.teleop import TeleopIntegrator
@@ -103,8 +104,6 @@ class GroupOutput:
     msg_type: ClassVar[type]
     #: True when the command is re-sent every period (False: the controller executes a trajectory).
     streaming: ClassVar[bool] = True
-    #: Whether groups of this kind advertise ``target_stiffness`` (when ``stiffness_limits`` is set).
-    stiffness_topic: ClassVar[bool] = False
 
     def __init__(self, name: str, spec: ControllerGroup, period_s: float, safety: SafetyFilter,
                  publish: Publish, publish_stiffness: Publish | None = None) -> None:
@@ -275,7 +274,6 @@ class JointImpedanceOutput(GroupOutput):
 
     controller = "joint_impedance"
     msg_type = JointState
-    stiffness_topic = True
 
     def publish_sample(self, values: np.ndarray, now: float) -> None:
         """Send the target joint positions."""
@@ -290,7 +288,6 @@ class CartesianImpedanceOutput(GroupOutput):
 
     controller = "cartesian_impedance"
     msg_type = PoseStamped
-    stiffness_topic = True
 
     def take_policy(self, group: GroupState, chunk: ValidChunk, values: np.ndarray,
                     now: float) -> Taken | SafetyResult:
@@ -382,7 +379,7 @@ def build_output(name: str, spec: ControllerGroup, period_s: float, safety: Safe
     cls = OUTPUTS[spec.controller]
     publish = advertise(cls.msg_type, spec.resolved_topic)
     stiffness = None
-    if cls.stiffness_topic and spec.stiffness_limits is not None:
+    if KINDS[spec.controller].stiffness and spec.stiffness_limits is not None:
         stiffness = advertise(Float64MultiArray, f"/{spec.controller_name}/target_stiffness")
     return cls(name, spec, period_s, safety, publish, stiffness)
 

@@ -47,6 +47,7 @@ from vla_runtime.core.contract import (
     TOPIC_TELEOP_POSE,
     TOPIC_TELEOP_TWIST,
 )
+from vla_runtime.core.controller_kinds import KINDS
 from vla_runtime.data.recording import BagRecorder, RecorderLimits, RecordingError, TopicSpec
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
@@ -58,15 +59,6 @@ from vla_runtime.nodes.common import (
     run_node,
 )
 
-_CONTROLLER_TYPES = {
-    "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
-    "forward_position": "std_msgs/msg/Float64MultiArray",
-    "forward_velocity": "std_msgs/msg/Float64MultiArray",
-    "gripper": "std_msgs/msg/Float64MultiArray",
-    "cartesian_impedance": "geometry_msgs/msg/PoseStamped",
-    "joint_impedance": "sensor_msgs/msg/JointState",
-    "base_twist": "geometry_msgs/msg/Twist",
-}
 QUEUE_SIZE = 4096
 
 
@@ -90,8 +82,8 @@ def recorded_topics(cfg: RuntimeConfig, record_images: bool = True) -> list[tupl
         (TopicSpec(TOPIC_TELEOP_ENGAGE, "std_msgs/msg/Bool"), "reliable"),
     ]
     for g in cfg.robot.groups.values():
-        out.append((TopicSpec(g.resolved_topic, _CONTROLLER_TYPES[g.controller]), "command"))
-        if g.controller in ("cartesian_impedance", "joint_impedance") and g.stiffness_limits is not None:
+        out.append((TopicSpec(g.resolved_topic, KINDS[g.controller].msgtype), "command"))
+        if KINDS[g.controller].stiffness and g.stiffness_limits is not None:
             out.append((TopicSpec(f"/{g.controller_name}/target_stiffness", "std_msgs/msg/Float64MultiArray"),
                         "command"))
     if record_images:

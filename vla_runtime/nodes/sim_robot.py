@@ -57,7 +57,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from vla_runtime.core.config import CONTROLLER_TOPIC_SUFFIX, ControllerGroup
+from vla_runtime.core.config import ControllerGroup
 from vla_runtime.core.contract import (
     SERVICE_LIST_CONTROLLERS,
     SERVICE_SIM_RESET,
@@ -68,6 +68,7 @@ from vla_runtime.core.contract import (
     TOPIC_SIM_MOVE_OBJECT,
     TOPIC_SIM_OBJECTS,
 )
+from vla_runtime.core.controller_kinds import KINDS
 from vla_runtime.core.deadline_loop import DeadlineLoop
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
@@ -197,7 +198,7 @@ class SimRobotNode(Node):
                 Twist, topic, lambda m: self._hand(name, TwistCommand(
                     (m.linear.x, m.linear.y, m.linear.z), (m.angular.x, m.angular.y, m.angular.z))), QOS_COMMAND)
         if kind in ("cartesian_impedance", "joint_impedance"):
-            base = topic.rsplit("/", 1)[0] if topic.endswith(CONTROLLER_TOPIC_SUFFIX[kind]) else f"/{name}"
+            base = topic.rsplit("/", 1)[0] if topic.endswith(KINDS[kind].topic_suffix) else f"/{name}"
             self.create_subscription(Float64MultiArray, f"{base}/target_stiffness",
                                      lambda m: self._hand(name, StiffnessCommand(list(m.data))), QOS_COMMAND)
 
