@@ -246,3 +246,27 @@ def test_another_publisher_on_a_controller_topic_latches_halted_until_it_is_gone
     assert not rig.bridge.arbiter.reset("reset")
     rig.bridge.note_intruders([])
     assert rig.bridge.arbiter.reset("reset")
+
+
+def test_shared_autonomy_the_operator_drives_the_arm_while_the_policy_keeps_the_gripper(write_config):
+    cfg = load_config(write_config("sim_panda.yaml", {
+        "teleop": {"device": "gamepad", "deadman_button": 4, "policy_keeps": ["gripper"]}}))
+    rig = Rig(cfg)
+    rig.to_policy()
+    assert rig.bridge.engage(True) and rig.bridge.arbiter.mode is Mode.TELEOP
+    assert ("intervention", "start: operator engaged (deadman held) [operator: arm; policy: gripper]") in rig.events
+    n_jt = len(rig.sent(JT))
+    for k in range(5):  # the policy closes the gripper; its arm dims are not sent to the arm
+        rig.t += 0.01
+        rig.joint_state()
+        rows = [[*HOME, 0.03 - 0.002 * (k + i)] for i in range(10)]
+        rig.bridge.chunk((*ARM, "gripper/gripper"), rig.t, rows, [0.01 * i for i in range(10)], rig.t)
+        rig.bridge.teleop_twist(np.array([0.02, 0.0, 0.0, 0.0, 0.0, 0.0]), "", rig.t)
+        rig.bridge.tick(rig.bridge.groups.values(), rig.t)
+    arm = rig.sent(JT)[n_jt:]
+    assert arm and all(m.header.frame_id == TELEOP_FRAME_ID for m in arm)  # only the operator drives the arm
+    grip = [m.data[0] for m in rig.sent(GRIP)[-5:]]
+    assert grip == sorted(grip, reverse=True) and grip[-1] < 0.03  # the gripper follows the policy's closing
+    assert rig.bridge.diagnostics(rig.t, 100.0)["teleop"] == "engaged [operator: arm; policy: gripper]"
+    rig.bridge.engage(False)
+    assert rig.bridge.arbiter.mode is Mode.HOLD

@@ -476,6 +476,10 @@ class TeleopConfig(_Frozen):
     gripper_button: int | None = Field(default=None, ge=0)
     teleop_only_after_halt: bool = True
     group: str | None = Field(default=None, description="controller group teleop drives")
+    policy_keeps: list[str] = Field(
+        default_factory=list,
+        description="shared autonomy: groups the policy keeps driving while the operator has the others "
+        "(e.g. [gripper] while the operator moves the arm); empty: the operator takes the whole robot")
 
 
 class CameraConfig(_Frozen):
@@ -590,6 +594,11 @@ class RuntimeConfig(_Frozen):
             raise ValueError(
                 f"teleop.group {self.teleop.group!r} is not a robot group ({sorted(self.robot.groups)})"
             )
+        unknown = [g for g in self.teleop.policy_keeps if g not in self.robot.groups]
+        if unknown:
+            raise ValueError(f"teleop.policy_keeps names groups the robot does not have: {unknown}")
+        if self.teleop.group is not None and self.teleop.group in self.teleop.policy_keeps:
+            raise ValueError(f"teleop.policy_keeps lists {self.teleop.group!r}, the group the operator drives")
         hc = self.robot.hold_controller
         if hc is not None and hc in self.robot.controller_names:
             raise ValueError(f"hold_controller {hc!r} must differ from the policy's controllers")

@@ -21,7 +21,9 @@ pieces of this package together around the :class:`~vla_runtime.core.arbiter.Arb
   (the log line last); on TELEOP every group holds where it is now and the teleop target starts at
   the measured state; on HALTED the hold controller takes over (:class:`~.controller_switching.ControllerSwitching`);
 * teleop (:class:`~.teleop_session.TeleopSession`): takeover and release, teleop under a latched
-  halt, the engage retry.
+  halt, the engage retry; shared autonomy (``teleop.policy_keeps``): in TELEOP the operator drives
+  every group except those, which go on taking the policy's chunks (bumpless on both sides: the
+  policy's groups never stop, the operator's start where the arm is and are rebased on handback).
 """
 
 from __future__ import annotations
@@ -153,8 +155,11 @@ class ControllerBridge:
                                     self.switching.hold_controller_engaged, self.stats)
         self.groups = {n: GroupState(n, g, periods[n], make_output(n, g, periods[n], self.safety))
                        for n, g in robot.groups.items()}
+        #: Shared autonomy: the groups the policy keeps in TELEOP (not under a latched halt).
+        self.policy_keeps = frozenset(cfg.teleop.policy_keeps)
         self._tp_group = self.groups.get(self.teleop.group or "")
-        self._tp_gripper = self.groups.get(self.teleop.gripper_group or "")
+        gripper = self.teleop.gripper_group or ""
+        self._tp_gripper = self.groups.get(gripper) if gripper not in self.policy_keeps else None
 
     # ------------------------------------------------------------------ measured state, halt
     def note_joint_state(self, names: Sequence[str], positions: Sequence[float], now: float,
@@ -254,6 +259,10 @@ class ControllerBridge:
             self._reject_policy(why)
             return
         mode = self.arbiter.mode
+        if mode is Mode.TELEOP and self.policy_keeps:  # shared autonomy: the policy's groups take it
+            self.arbiter.note_policy_command(now)
+            self._install(chunk, now, only=self.policy_keeps)
+            return
         if mode in (Mode.HALTED, Mode.TELEOP):
             self.stats["chunks_dropped"] += 1
             return
@@ -292,16 +301,22 @@ class ControllerBridge:
             chunk, self.pending = self.pending, None
             self._install(chunk, now)
 
-    def _install(self, chunk: ValidChunk, now: float) -> None:
-        """Hand a chunk to the groups it drives (rebased after teleop; JT groups send it at once)."""
-        if self.rebase.pending:
+    def _install(self, chunk: ValidChunk, now: float, only: frozenset[str] | None = None) -> None:
+        """Hand a chunk to the groups it drives (rebased after teleop; JT groups send it at once);
+        ``only``: to these groups alone (shared autonomy in TELEOP)."""
+        if self.rebase.pending and only is None:
             self.rebase.start(chunk, {g: self.groups[g].hold for g in chunk.mapper.groups})
         forwarded = False
         for gname in chunk.mapper.groups:
+            if only is not None and gname not in only:
+                continue
             g = self.groups[gname]
             vals = self.rebase.apply(gname, chunk.times, chunk.mapper.group_values(chunk.values, gname))
             taken = g.out.take_policy(g, chunk, vals, now)
             if isinstance(taken, SafetyResult):
+                if only is not None:  # shared autonomy: the policy's group holds, the operator drives on
+                    self._hold_policy_group(g, taken.reason, now)
+                    continue
                 self._reject_policy(taken.reason)
                 return
             if taken is Taken.STALE:
@@ -324,8 +339,29 @@ class ControllerBridge:
         for g in members:
             self._tick_group(g, mode, now)
 
+    def _hold_policy_group(self, g: GroupState, reason: str, now: float) -> None:
+        """Shared autonomy: a policy command for one of the policy's groups was refused: that group
+        holds (where it is now) until the next valid chunk; the operator's groups are unaffected."""
+        self.stats["chunks_rejected"] += 1
+        self.last_reject, self.last_reject_t = reason, now
+        g.policy = g.published = None
+        self._capture_hold([g])
+        if g.hold is not None:
+            self._send_hold(g, now)
+
     def _tick_group(self, g: GroupState, mode: Mode, now: float) -> None:
         out, tp = g.out, self.teleop
+        if mode is Mode.TELEOP and g.name in self.policy_keeps and not tp.under_halt:
+            if g.policy is not None:  # shared autonomy: this group stays with the policy
+                r = out.filter_policy(g.policy, now, self.joint_pos)
+                if not r.rejected:
+                    out.publish_sample(r.values, now)
+                    self._note_published(now)
+                    return
+                self._hold_policy_group(g, r.reason, now)
+                return
+            if not g.streaming and g.published is not None:
+                return  # its controller executes the policy's last trajectory
         if mode is Mode.POLICY and g.policy is not None:
             r = out.filter_policy(g.policy, now, self.joint_pos)
             if not r.rejected:
@@ -386,14 +422,16 @@ class ControllerBridge:
         if tr.target is not Mode.POLICY and tr.target is not Mode.HOLD:
             self.rebase.pending = False
         if tr.target is Mode.TELEOP:
-            # Everything holds where it is NOW (not where it was before POLICY); the teleop group's
-            # target starts at the measured state.
-            for g in groups:
+            # The operator's groups hold where they are NOW (not where they were before POLICY); the
+            # teleop group's target starts at the measured state. Shared autonomy: the policy's groups
+            # go on with their chunks, untouched.
+            operator = [g for g in groups if g.name not in self.policy_keeps]
+            for g in operator:
                 g.policy = g.published = g.teleop = None
             self.pending = None
             self.rebase.stop()
-            self._capture_hold(groups)
-            reset_references_to_holds(groups, self.safety, self.joint_pos)
+            self._capture_hold(operator)
+            reset_references_to_holds(operator, self.safety, self.joint_pos)
             self._begin_teleop(tr.reason)
         if tr.target in (Mode.HOLD, Mode.HALTED) and tr.source is not tr.target:
             if not (tr.target is Mode.HALTED and tr.source is Mode.HOLD):
@@ -491,11 +529,18 @@ class ControllerBridge:
         self.on_state_change()
 
     def _begin_teleop(self, reason: str) -> None:
-        """Start the teleop target at the measured state; mark the intervention."""
+        """Start the teleop target at the measured state; mark the intervention (with the groups the
+        operator takes, under shared autonomy)."""
         error = self.teleop.begin(self.clock(), self.joint_pos, self.ee_pose)
         if error:
             self.log.error(error)
-        self.mark_intervention(f"start: {reason}")
+        self.mark_intervention(f"start: {reason}{self._operator_groups_text()}")
+
+    def _operator_groups_text(self) -> str:
+        if not self.policy_keeps or self.teleop.under_halt:
+            return ""
+        ops = [n for n in self.groups if n not in self.policy_keeps]
+        return f" [operator: {', '.join(ops)}; policy: {', '.join(sorted(self.policy_keeps))}]"
 
     def _end_teleop(self, reason: str) -> None:
         self.teleop.end()
@@ -593,8 +638,8 @@ class ControllerBridge:
             "controllers": self.switching.status,
             "switch_controller": self.switching.switch_status,
             "halt_cause_present": str(self.halt_cause_present()).lower(),
-            "teleop": ("engaged" if a.mode is Mode.TELEOP else "engaged under halt" if self.teleop.under_halt
-                       else "off"),
+            "teleop": ("engaged" + self._operator_groups_text() if a.mode is Mode.TELEOP
+                       else "engaged under halt" if self.teleop.under_halt else "off"),
             "teleop_group": self.teleop.group or "none",
             "teleop_kinematics": self.teleop.kinematics,
             "interventions": str(self.safety.total_interventions),
