@@ -428,6 +428,7 @@ class GraphHarness:
                  log_dir: str | os.PathLike | None = None, log: IO[str] | None = None, name: str = "harness",
                  sigint_s: float = 5.0, sigterm_s: float = 2.0) -> None:
         self.name = name
+        self._closed = False
         self.domain_id = private_domain_id() if domain_id is None else int(domain_id)
         self.sigint_s, self.sigterm_s = sigint_s, sigterm_s
         self._tmp = tempfile.TemporaryDirectory(prefix=f"vla_{name}_") if work_dir is None else None
@@ -580,7 +581,11 @@ class GraphHarness:
                                     sigterm_s=self.sigterm_s if sigterm_s is None else sigterm_s)
 
     def close(self) -> None:
-        """Stop the nodes, close the probe within its deadline, remove the temporary work directory."""
+        """Stop the nodes, close the probe within its deadline, remove the temporary work directory
+        (once: a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.stop()
         finally:
