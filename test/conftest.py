@@ -1,32 +1,32 @@
-"""Shared fixtures: a private ROS_DOMAIN_ID per test, node processes, and an in-test probe node."""
+"""Shared fixtures: a private ROS_DOMAIN_ID per test, node processes, and an in-test probe node.
+
+They are the pieces of one :class:`vla_runtime.graph.harness.GraphHarness` per test (``harness``):
+``supervisor`` and ``probe`` are its node processes and its probe node, ``write_config`` writes
+into the test's ``tmp_path`` through it, and node logs go to ``tmp_path/logs``.
+"""
 
 from __future__ import annotations
 
-import itertools
 import os
-import random
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 # Headless rendering for every test, whether or not it was started through the Makefile.
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-from vla_runtime.graph.probe import Probe, wait_for  # noqa: F401 - re-exported for tests
+from vla_runtime.graph.harness import GraphHarness, log_tails, private_domain_id
+from vla_runtime.graph.probe import Probe, wait_for  # noqa: F401 - wait_for re-exported for tests
 
 ROOT = Path(__file__).resolve().parents[1]
-_counter = itertools.count()
-_rng = random.Random(os.getpid() ^ int(time.time()))
 
 
 @pytest.fixture
 def domain_id() -> int:
-    """A ROS_DOMAIN_ID no other test (or parallel run) is likely to use: 1..100."""
-    return 1 + (_rng.randrange(100) + next(_counter)) % 100
+    """A ROS_DOMAIN_ID no other test (or parallel run) is likely to use: 1..100 (tools use 101..200)."""
+    return private_domain_id(1, 100)
 
 
 @pytest.fixture
@@ -41,43 +41,36 @@ def ros_env(domain_id, monkeypatch) -> dict[str, str]:
 
 
 @pytest.fixture
-def supervisor(ros_env, tmp_path) -> Iterator:
-    """A Supervisor whose nodes are all stopped (SIGINT→SIGTERM→SIGKILL) after the test."""
-    from vla_runtime.graph.supervisor import Supervisor
+def harness(ros_env, domain_id, tmp_path) -> Iterator[GraphHarness]:
+    """The test's graph harness on the private domain; every node it started is stopped
+    (SIGINT→SIGTERM→SIGKILL) and its probe closed after the test."""
+    with GraphHarness(domain_id=domain_id, work_dir=tmp_path, name="probe", sigint_s=3.0, sigterm_s=1.0) as h:
+        yield h
 
-    sup = Supervisor(env=ros_env, log=None, log_dir=tmp_path / "logs")
-    yield sup
-    sup.stop(sigint_s=3.0, sigterm_s=1.0)
+
+@pytest.fixture
+def supervisor(harness):
+    """The harness's Supervisor: node logs in ``tmp_path/logs``."""
+    return harness.supervisor
+
+
+@pytest.fixture
+def probe(harness) -> Probe:
+    """The harness's probe node."""
+    return harness.probe
 
 
 def node_logs(tmp_path: Path) -> str:
     """All node logs of a test, for assertion messages."""
-    d = tmp_path / "logs"
-    if not d.exists():
-        return "<no logs>"
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(d.glob("*.log")))
+    return log_tails(tmp_path / "logs", tail=3000)
 
 
 @pytest.fixture
-def write_config(tmp_path) -> Callable[..., Path]:
-    """Write a variant of a shipped config: ``write_config('sim_panda.yaml', {'rates': {...}})``."""
-    from vla_runtime.core.config import _merge, _read_yaml
+def write_config(harness) -> Callable[..., Path]:
+    """Write a variant of a shipped config: ``write_config('sim_panda.yaml', {'rates': {...}})``
+    (absolute model path, a latent name private to the test)."""
 
     def _write(base: str, overrides: dict | None = None, name: str = "config.yaml") -> Path:
-        data = _read_yaml(ROOT / "config" / base)
-        data = _merge(data, overrides or {})
-        model = data.get("model", {})
-        if isinstance(model.get("package"), str) and not os.path.isabs(model["package"]):
-            model["package"] = str(ROOT / model["package"])
-        out = tmp_path / name
-        out.write_text(yaml.safe_dump(data, sort_keys=False))
-        return out
+        return harness.write_config(ROOT / "config" / base, overrides, name)
 
     return _write
-
-
-@pytest.fixture
-def probe(ros_env, domain_id) -> Iterator[Probe]:
-    p = Probe(domain_id)
-    yield p
-    p.close()

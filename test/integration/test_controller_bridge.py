@@ -21,7 +21,7 @@ from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from test.conftest import ROOT, node_logs, wait_for
+from test.conftest import ROOT, wait_for
 from vla_runtime.core.contract import (
     SERVICE_LIST_CONTROLLERS,
     SERVICE_RESET,
@@ -30,9 +30,8 @@ from vla_runtime.core.contract import (
     TOPIC_DIAGNOSTICS,
     TOPIC_HALT,
     TOPIC_JOINT_STATES,
-    TOPIC_SAFETY_STATE,
 )
-from vla_runtime.graph.supervisor import NodeSpec
+from vla_runtime.graph.supervisor import NODE_MODULES, NodeSpec
 from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_STATE, ns_to_stamp, stamp_to_ns
 
 pytestmark = pytest.mark.integration
@@ -50,10 +49,12 @@ def kv(status: DiagnosticStatus) -> dict[str, str]:
 
 
 class FakeRos2Control:
-    """controller_manager services, joint states and a chunk streamer on the probe's node."""
+    """controller_manager services, joint states and a chunk streamer on the harness's probe node."""
 
-    def __init__(self, probe, positions: dict[str, float], states: dict[str, str] | None = None) -> None:
+    def __init__(self, harness, positions: dict[str, float], states: dict[str, str] | None = None) -> None:
+        probe = harness.probe
         node = probe.node
+        self.harness = harness
         self.node = node
         self.positions = dict(positions)
         self.states = states if states is not None else {
@@ -66,7 +67,7 @@ class FakeRos2Control:
         self.js_pub = node.create_publisher(JointState, TOPIC_JOINT_STATES, QOS_STATE)
         self.chunk_pub = node.create_publisher(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
         self.halt_pub = node.create_publisher(String, TOPIC_HALT, QOS_LATCHED)
-        self.safety = probe.collect(DiagnosticStatus, TOPIC_SAFETY_STATE, QOS_LATCHED)
+        self.safety = harness.safety.reports
         self.diagnostics = probe.collect(DiagnosticArray, TOPIC_DIAGNOSTICS, 10)
         node.create_timer(0.01, self._publish_joint_states)
         node.create_timer(0.05, self._stream)
@@ -104,21 +105,14 @@ class FakeRos2Control:
     def mode(self) -> str | None:
         return self.safety[-1][1].message if self.safety else None
 
-    def wait_mode(self, mode: str, timeout: float, tmp_path) -> DiagnosticStatus:
-        try:
-            wait_for(lambda: self.mode() == mode, timeout, what=f"safety_state {mode}")
-        except AssertionError as e:
-            last = kv(self.safety[-1][1]) if self.safety else {}
-            raise AssertionError(f"{e}; last state {last}\n{node_logs(tmp_path)}") from None
+    def wait_mode(self, mode: str, timeout: float) -> DiagnosticStatus:
+        self.harness.wait_mode(mode, timeout)
         return self.safety[-1][1]
 
-    def wait_controllers_ok(self, tmp_path) -> None:
-        try:
-            wait_for(lambda: bool(self.safety) and kv(self.safety[-1][1]).get("controllers", "").startswith("ok"),
-                     STARTUP_S, what="bridge reporting its controllers verified")
-            wait_for(lambda: self.chunk_pub.get_subscription_count() > 0, 5, what="bridge subscribed to chunks")
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n{node_logs(tmp_path)}") from None
+    def wait_controllers_ok(self) -> None:
+        self.harness.wait(lambda: bool(self.safety) and kv(self.safety[-1][1]).get("controllers", "").startswith("ok"),
+                          STARTUP_S, "bridge reporting its controllers verified")
+        self.harness.wait(lambda: self.chunk_pub.get_subscription_count() > 0, 5, "bridge subscribed to chunks")
 
 
 def chunk(names: list[str], stamp_s: float, rows: np.ndarray, period: float = 0.01) -> JointTrajectory:
@@ -139,8 +133,8 @@ def constant_chunks(values: dict[str, float], horizon: int = 20) -> Callable[[fl
     return lambda now: chunk(names, now, np.tile(row, (horizon, 1)))
 
 
-def start_bridge(supervisor, config_file) -> None:
-    supervisor.start(NodeSpec("controller_bridge", "vla_runtime.nodes.controller_bridge", str(config_file)))
+def start_bridge(harness, config_file) -> None:
+    harness.start([NodeSpec("controller_bridge", NODE_MODULES["controller_bridge"], str(config_file))])
 
 
 def multi_point(msgs) -> list[JointTrajectory]:
@@ -152,12 +146,12 @@ def home_positions(arm: np.ndarray = HOME) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------- tests
-def test_chunk_reaches_joint_trajectory_controller(supervisor, probe, tmp_path):
-    fake = FakeRos2Control(probe, home_positions())
+def test_chunk_reaches_joint_trajectory_controller(harness, probe):
+    fake = FakeRos2Control(harness, home_positions())
     traj = probe.collect(JointTrajectory, JT_TOPIC, QOS_COMMAND)
     grip = probe.collect(Float64MultiArray, "/gripper_controller/commands", QOS_COMMAND)
-    start_bridge(supervisor, SIM_PANDA)
-    fake.wait_controllers_ok(tmp_path)
+    start_bridge(harness, SIM_PANDA)
+    fake.wait_controllers_ok()
 
     vel = 0.01 * np.arange(1, 8)  # rad/s per joint: distinct, so a wrong order shows
     start = {"t0": math.inf}  # the ramp starts once POLICY is established
@@ -172,7 +166,7 @@ def test_chunk_reaches_joint_trajectory_controller(supervisor, probe, tmp_path):
         return chunk(names, now, rows)
 
     fake.chunk_fn = ramp
-    fake.wait_mode("POLICY", 10, tmp_path)
+    fake.wait_mode("POLICY", 10)
     start["t0"] = fake.now() + 0.1
     n0 = len(multi_point(traj))
     wait_for(lambda: len(multi_point(traj)) >= n0 + 8, 10, what="8 forwarded trajectories")
@@ -195,15 +189,15 @@ def test_chunk_reaches_joint_trajectory_controller(supervisor, probe, tmp_path):
     assert kv(fake.safety[-1][1])["chunks_rejected"] == "0"
 
 
-def test_forward_position_streams_at_command_rate(supervisor, probe, tmp_path, write_config):
+def test_forward_position_streams_at_command_rate(harness, probe, write_config):
     cfg = write_config("sim_panda.yaml", {"robot": {"groups": {"arm": {"controller": "forward_position"}}}})
-    fake = FakeRos2Control(probe, home_positions())
+    fake = FakeRos2Control(harness, home_positions())
     cmds = probe.collect(Float64MultiArray, "/arm_controller/commands", QOS_COMMAND)
-    start_bridge(supervisor, cfg)
-    fake.wait_controllers_ok(tmp_path)
+    start_bridge(harness, cfg)
+    fake.wait_controllers_ok()
     target = HOME + 0.0002 * np.arange(1, 8)
     fake.chunk_fn = constant_chunks(dict(zip(reversed(ARM), target[::-1].tolist())))
-    fake.wait_mode("POLICY", 10, tmp_path)
+    fake.wait_mode("POLICY", 10)
     time.sleep(0.3)
     n0, t_start = len(cmds), time.monotonic()
     time.sleep(1.5)
@@ -214,18 +208,18 @@ def test_forward_position_streams_at_command_rate(supervisor, probe, tmp_path, w
     assert last == pytest.approx(target.tolist(), abs=1e-9)  # controller's joint order
 
 
-def test_command_past_joint_limit_is_clipped(supervisor, probe, tmp_path):
+def test_command_past_joint_limit_is_clipped(harness, probe):
     upper = 2.8973
     arm = HOME.copy()
     arm[0] = upper
-    fake = FakeRos2Control(probe, home_positions(arm))
+    fake = FakeRos2Control(harness, home_positions(arm))
     traj = probe.collect(JointTrajectory, JT_TOPIC, QOS_COMMAND)
-    start_bridge(supervisor, SIM_PANDA)
-    fake.wait_controllers_ok(tmp_path)
+    start_bridge(harness, SIM_PANDA)
+    fake.wait_controllers_ok()
     wanted = dict(zip(ARM, arm.tolist()))
     wanted["panda_joint1"] = 3.5
     fake.chunk_fn = constant_chunks(wanted)
-    fake.wait_mode("POLICY", 10, tmp_path)
+    fake.wait_mode("POLICY", 10)
     wait_for(lambda: len(multi_point(traj)) >= 3, 10, what="forwarded trajectories")
     fake.chunk_fn = None
     for _, msg in traj:
@@ -240,20 +234,20 @@ def test_command_past_joint_limit_is_clipped(supervisor, probe, tmp_path):
              what="per-joint counter in /diagnostics")
 
 
-def test_nan_chunk_holds_at_measured_position(supervisor, probe, tmp_path):
+def test_nan_chunk_holds_at_measured_position(harness, probe):
     measured = HOME + 0.01
-    fake = FakeRos2Control(probe, home_positions(measured))
+    fake = FakeRos2Control(harness, home_positions(measured))
     traj = probe.collect(JointTrajectory, JT_TOPIC, QOS_COMMAND)
-    start_bridge(supervisor, SIM_PANDA)
-    fake.wait_controllers_ok(tmp_path)
+    start_bridge(harness, SIM_PANDA)
+    fake.wait_controllers_ok()
     good = dict(zip(ARM, measured.tolist()))
     fake.chunk_fn = constant_chunks(good)
-    fake.wait_mode("POLICY", 10, tmp_path)
+    fake.wait_mode("POLICY", 10)
     fake.chunk_fn = None
     bad = dict(good)
     bad["panda_joint3"] = math.nan
     fake.chunk_pub.publish(constant_chunks(bad)(fake.now()))
-    st = fake.wait_mode("HOLD", 3, tmp_path)
+    st = fake.wait_mode("HOLD", 3)
     reason = kv(st)["reason"]
     assert "panda_joint3" in reason and "nan" in reason, reason
     n = len(traj)
@@ -262,11 +256,11 @@ def test_nan_chunk_holds_at_measured_position(supervisor, probe, tmp_path):
     np.testing.assert_allclose(traj[-1][1].points[0].positions, measured, atol=1e-12)
 
 
-def test_inactive_controller_refuses_policy(supervisor, probe, tmp_path):
-    fake = FakeRos2Control(probe, home_positions(), states={
+def test_inactive_controller_refuses_policy(harness, probe):
+    fake = FakeRos2Control(harness, home_positions(), states={
         "arm_controller": "inactive", "gripper_controller": "active", "hold_controller": "inactive"})
     traj = probe.collect(JointTrajectory, JT_TOPIC, QOS_COMMAND)
-    start_bridge(supervisor, SIM_PANDA)
+    start_bridge(harness, SIM_PANDA)
     fake.chunk_fn = constant_chunks(dict(zip(ARM, HOME.tolist())))
     wait_for(lambda: fake.list_calls >= 2, STARTUP_S, what="two list_controllers calls (retry)")
     wait_for(lambda: bool(fake.safety) and "arm_controller" in kv(fake.safety[-1][1])["controllers"], 5,
@@ -281,21 +275,21 @@ def test_inactive_controller_refuses_policy(supervisor, probe, tmp_path):
     assert not multi_point(traj), "a chunk was forwarded with arm_controller inactive"
     # the periodic retry lets the policy in once the controller is active
     fake.states["arm_controller"] = "active"
-    fake.wait_mode("POLICY", 5, tmp_path)
+    fake.wait_mode("POLICY", 5)
     fake.chunk_fn = None
 
 
-def test_halt_latches_switches_and_reset_returns_to_hold(supervisor, probe, tmp_path):
-    fake = FakeRos2Control(probe, home_positions())
+def test_halt_latches_switches_and_reset_returns_to_hold(harness, probe):
+    fake = FakeRos2Control(harness, home_positions())
     traj = probe.collect(JointTrajectory, JT_TOPIC, QOS_COMMAND)
-    start_bridge(supervisor, SIM_PANDA)
-    fake.wait_controllers_ok(tmp_path)
+    start_bridge(harness, SIM_PANDA)
+    fake.wait_controllers_ok()
     fake.chunk_fn = constant_chunks(dict(zip(ARM, HOME.tolist())))
-    fake.wait_mode("POLICY", 10, tmp_path)
+    fake.wait_mode("POLICY", 10)
 
     t_halt = time.monotonic()
     fake.halt_pub.publish(String(data="test: collision detected"))
-    fake.wait_mode("HALTED", 2, tmp_path)
+    fake.wait_mode("HALTED", 2)
     assert time.monotonic() - t_halt < 1.0
     assert "collision detected" in kv(fake.safety[-1][1])["reason"]
     wait_for(lambda: bool(fake.switch_calls), 3, what="switch_controller call")
@@ -320,12 +314,12 @@ def test_halt_latches_switches_and_reset_returns_to_hold(supervisor, probe, tmp_
     fake.chunk_fn = None
     resp = probe.call(Trigger, SERVICE_RESET, Trigger.Request())
     assert resp.success, resp.message
-    fake.wait_mode("HOLD", 2, tmp_path)
+    fake.wait_mode("HOLD", 2)
     wait_for(lambda: len(fake.switch_calls) >= 2, 3, what="switch back to the policy controllers")
     back = fake.switch_calls[1]
     assert sorted(back.activate_controllers) == ["arm_controller", "gripper_controller"]
     assert list(back.deactivate_controllers) == ["hold_controller"]
     # after the reset (and re-verification), fresh chunks drive the robot again
     fake.chunk_fn = constant_chunks(dict(zip(ARM, HOME.tolist())))
-    fake.wait_mode("POLICY", 5, tmp_path)
+    fake.wait_mode("POLICY", 5)
     fake.chunk_fn = None

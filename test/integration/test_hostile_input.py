@@ -1,9 +1,10 @@
 """Hostile and broken input against the running sim graph (issue #12's table, one test per row).
 
-One graph (config/sim_panda.yaml: MuJoCo Panda, slow path, fast path with the timing policy,
-bridge) serves the module; every test starts from POLICY, attacks through a plain rclpy publisher
-as a careless or hostile user would, and checks that the node refused and counted the input, that
-nothing crashed, and that the hand moved no more than the policy alone moves it. Before the fixes
+One graph (config/sim_panda.yaml: MuJoCo Panda, slow path, fast path with the null engine — its
+plans hold one pose, so the hand stands still — and the bridge) serves the module; every test
+starts from POLICY, attacks through a plain rclpy publisher as a careless or hostile user would,
+and checks that the node refused and counted the input, that nothing crashed, and that the hand
+moved no more than the policy alone moves it. Before the fixes
 each of these moved the arm, crashed the bridge or went unnoticed.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -44,7 +46,7 @@ from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR, ns_to
 pytestmark = pytest.mark.integration
 
 ARM = [f"panda_joint{i}" for i in range(1, 8)]
-#: The timing policy moves the hand 1–3 mm per 3 s; an attack may add no more than this on top.
+#: What an attack may move the hand beyond the policy's own motion (the null engine: ~0).
 EXTRA_MOTION_M = 0.005
 HOUR_NS = 3600 * 1_000_000_000
 
@@ -148,7 +150,10 @@ def graph(tmp_path_factory):
     cfg_path.write_text(yaml.safe_dump(data))
     with Supervisor(env=env, log=None, log_dir=tmp / "logs") as sup, Probe(domain, "hostile") as probe:
         g = Graph(sup, probe, cfg_path, tmp / "logs")
-        sup.start_graph(graph_for_config(g.cfg, str(cfg_path)))
+        # The fast path runs whole (state polling, validation, scheduler, plans) with the null engine:
+        # its plans hold one pose, so the hand stands still and any motion is the attack's doing.
+        sup.start_graph([replace(s, params={**s.params, "engine": "null"}) if s.name == "action_chunk_node" else s
+                         for s in graph_for_config(g.cfg, str(cfg_path))])
         try:
             wait_for(lambda: g.mode() == "POLICY", 90, what="POLICY")
             wait_for(lambda: len(g.ee) > 50 and bool(g.diag(DIAG_FAST_PATH)), 30, what="poses and diagnostics")
@@ -301,6 +306,7 @@ def test_teleop_commands_far_over_the_limits_are_refused_and_a_timeout_does_not_
     jog = graph.probe.node.create_publisher(JointState, TOPIC_TELEOP_JOINT_JOG, QOS_COMMAND)
     engage.publish(Bool(data=True))
     wait_for(lambda: graph.mode() == "TELEOP", 5, what="TELEOP")
+    time.sleep(0.3)  # the takeover stops the arm where it is
     t0 = time.monotonic()
     for _ in range(100):
         jog.publish(JointState(name=["panda_joint1"], velocity=[1e9]))

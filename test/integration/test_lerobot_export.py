@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from test.conftest import node_logs, wait_for
-from vla_runtime.bench.teleop import GAMEPAD_TELEOP, TeleopRig
 from vla_runtime.core.config import load_config
 from vla_runtime.data.lerobot_export import ExportOptions, export_lerobot, image_to_rgb
 from vla_runtime.data.recording import bag_interventions, read_bag
 from vla_runtime.graph.supervisor import NodeSpec, graph_for_config
+from vla_runtime.graph.teleop_rig import GAMEPAD_TELEOP, TeleopRig
 
 pytestmark = pytest.mark.integration
 FPS = 30

@@ -9,30 +9,23 @@ import pytest
 import yaml
 
 from test.conftest import node_logs, wait_for
-from vla_runtime.bench.teleop import GAMEPAD_TELEOP, TeleopRig
 from vla_runtime.data.recording import read_bag, recover
-from vla_runtime.graph.supervisor import NodeSpec
+from vla_runtime.graph.supervisor import NODE_MODULES, NodeSpec
+from vla_runtime.graph.teleop_rig import GAMEPAD_TELEOP, TeleopRig, teleop_graph
 
 pytestmark = pytest.mark.integration
 
 
-def test_recorder_survives_sigkill_with_closed_parts_and_interventions(supervisor, probe, write_config, tmp_path):
+def test_recorder_survives_sigkill_with_closed_parts_and_interventions(harness, write_config, tmp_path):
     cfg = write_config("sim_panda.yaml", {"teleop": GAMEPAD_TELEOP, "cameras": []})
     bag = tmp_path / "bag"
-    rig = TeleopRig(probe)
-    for name, module, params in (
-        ("sim_robot", "vla_runtime.nodes.sim_robot", {}),
-        ("controller_bridge", "vla_runtime.nodes.controller_bridge", {}),
-        ("teleop", "vla_runtime.nodes.teleop", {}),
-        ("recorder", "vla_runtime.nodes.recorder", {"bag_dir": str(bag), "part_s": 0.5}),
-    ):
-        supervisor.start(NodeSpec(name, module, str(cfg), params=params))
-    try:
-        wait_for(lambda: rig.mode() == "POLICY", 30, what="POLICY")
-        wait_for(rig.teleop_ready, 30, what="the teleop node on the graph")
-        wait_for(lambda: (bag / "metadata.yaml").exists(), 10, what="a first closed part")
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{node_logs(tmp_path)}") from None
+    rig = TeleopRig(harness.probe)
+    harness.start(teleop_graph(str(cfg)) + [NodeSpec("recorder", NODE_MODULES["recorder"], str(cfg),
+                                                     params={"bag_dir": str(bag), "part_s": 0.5})])
+    harness.wait(lambda: rig.mode() == "POLICY", 30, "POLICY")
+    harness.wait(rig.teleop_ready, 30, "the teleop node on the graph")
+    harness.wait(lambda: (bag / "metadata.yaml").exists(), 10, "a first closed part")
+    probe, supervisor = harness.probe, harness.supervisor
     rig.deadman(True, [1.0, 0, 0, 0, 0, 0])
     wait_for(lambda: rig.mode() == "TELEOP", 5, what="TELEOP")
     time.sleep(0.4)

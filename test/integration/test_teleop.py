@@ -12,18 +12,10 @@ import numpy as np
 import pytest
 from std_msgs.msg import String
 
-from test.conftest import node_logs, wait_for
-from vla_runtime.bench.teleop import GAMEPAD_TELEOP, TeleopRig, run_trial
-from vla_runtime.graph.supervisor import NodeSpec
+from test.conftest import wait_for
+from vla_runtime.graph.teleop_rig import GAMEPAD_TELEOP, TeleopRig, run_trial, teleop_graph
 
 pytestmark = pytest.mark.integration
-
-
-def start_graph(supervisor, cfg) -> None:
-    for name, module in (("sim_robot", "vla_runtime.nodes.sim_robot"),
-                         ("controller_bridge", "vla_runtime.nodes.controller_bridge"),
-                         ("teleop", "vla_runtime.nodes.teleop")):
-        supervisor.start(NodeSpec(name, module, str(cfg)))
 
 
 def stick_up_for(rig, seconds: float) -> np.ndarray:
@@ -36,15 +28,12 @@ def stick_up_for(rig, seconds: float) -> np.ndarray:
 
 
 @pytest.fixture
-def rig(supervisor, probe, write_config, tmp_path):
+def rig(harness, write_config):
     cfg = write_config("sim_panda.yaml", {"teleop": GAMEPAD_TELEOP, "cameras": []})
-    r = TeleopRig(probe)
-    start_graph(supervisor, cfg)
-    try:
-        wait_for(lambda: r.mode() == "POLICY", 30, what="bridge in POLICY under the stand-in policy")
-        wait_for(r.teleop_ready, 30, what="the teleop node on the graph")
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{node_logs(tmp_path)}") from None
+    r = TeleopRig(harness.probe)
+    harness.start(teleop_graph(str(cfg)))
+    harness.wait(lambda: r.mode() == "POLICY", 30, "bridge in POLICY under the stand-in policy")
+    harness.wait(r.teleop_ready, 30, "the teleop node on the graph")
     return r
 
 
@@ -104,30 +93,25 @@ def test_after_halt_only_teleop_moves_the_arm(rig, tmp_path):
     assert rig.mode() == "HALTED", "teleop must not clear the latched halt"
 
 
-def test_bridge_started_after_the_press_still_hands_over(supervisor, probe, write_config, tmp_path):
+def test_bridge_started_after_the_press_still_hands_over(harness, write_config):
     """The deadman is already held when the bridge comes up (or re-matches): the engage event it
     missed is re-sent, so the operator gets the arm without re-pressing."""
     cfg = write_config("sim_panda.yaml", {"teleop": GAMEPAD_TELEOP, "cameras": []})
-    r = TeleopRig(probe)
+    r = TeleopRig(harness.probe)
     r.policy_enabled = False
-    supervisor.start(NodeSpec("sim_robot", "vla_runtime.nodes.sim_robot", str(cfg)))
-    supervisor.start(NodeSpec("teleop", "vla_runtime.nodes.teleop", str(cfg)))
+    specs = {s.name: s for s in teleop_graph(str(cfg))}
+    harness.start([specs["sim_robot"], specs["teleop"]])
     from geometry_msgs.msg import TwistStamped
 
     from vla_runtime.core.contract import TOPIC_TELEOP_TWIST
     from vla_runtime.nodes.common import QOS_COMMAND
 
-    twists = probe.collect(TwistStamped, TOPIC_TELEOP_TWIST, QOS_COMMAND)
+    twists = harness.probe.collect(TwistStamped, TOPIC_TELEOP_TWIST, QOS_COMMAND)
     r.deadman(True)  # held from now on (the rig streams Joy at 50 Hz)
-    try:
-        wait_for(lambda: len(twists) > 0, 30, what="the teleop node engaged (twist stream)")
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{node_logs(tmp_path)}") from None
-    supervisor.start(NodeSpec("controller_bridge", "vla_runtime.nodes.controller_bridge", str(cfg)))
-    try:
-        wait_for(lambda: r.mode() == "TELEOP", 30, what="TELEOP without a second press")
-    except AssertionError as e:
-        raise AssertionError(f"{e}\nmodes: {r.modes}\n{node_logs(tmp_path)}") from None
+    harness.wait(lambda: len(twists) > 0, 30, "the teleop node engaged (twist stream)")
+    harness.start([specs["controller_bridge"]])
+    harness.wait(lambda: r.mode() == "TELEOP", 30, "TELEOP without a second press",
+                 detail=lambda: f"modes: {[m.message for _, m in r.safety.reports]}")
     time.sleep(0.3)
     rise = stick_up_for(r, 0.5)
     assert rise[2] > 15.0, f"the arm did not follow the stick: {rise}"

@@ -37,7 +37,6 @@ here (``max_interventions_per_s`` 1e6); every other monitor runs with its defaul
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import tempfile
@@ -49,121 +48,80 @@ from pathlib import Path
 import numpy as np
 
 from vla_runtime.core.config import PROJECT_ROOT, load_config
-from vla_runtime.graph.probe import Probe, wait_for
-from vla_runtime.graph.supervisor import NodeSpec, Supervisor, graph_for_config, ros_environment
+from vla_runtime.graph.harness import (
+    TIMING_POLICY_DETECTOR_PARAMS,
+    FeaturesWatch,
+    GraphError,
+    GraphHarness,
+    PoseWatch,
+    node_graph,
+)
 
 DETECTOR_CONFIG = PROJECT_ROOT / "config" / "sim_panda_detector.yaml"
 #: Detector parameters for the untrained timing policy (see the module docstring).
-DETECTOR_PARAMS = {"max_interventions_per_s": 1e6}
+DETECTOR_PARAMS = TIMING_POLICY_DETECTOR_PARAMS
 SAFE_MODES = ("HOLD", "HALTED")
 
 
-@dataclass(frozen=True)
-class RemappedSpec(NodeSpec):
-    """A node spec with ROS remappings (``-r from:=to``)."""
-
-    remaps: tuple[tuple[str, str], ...] = ()
-
-    def argv(self) -> list[str]:
-        args = super().argv()
-        for a, b in self.remaps:
-            args += ["-r", f"{a}:={b}"]
-        return args
-
-
-@dataclass
-class _Stamped:
-    t: float
-    msg: object
-
-
 class GraphUnderTest:
-    """The detector graph as processes plus a probe that observes and pokes it.
+    """The detector graph under a :class:`~vla_runtime.graph.harness.GraphHarness`, with the fault
+    injector's relays and publishers.
 
     Args:
         config: Graph config (must list failure_detector).
         relay: Remap the sim's ``/joint_states`` and camera topic and relay them (fault injection).
-        detector_params: Extra ``-p`` params of the failure_detector.
-        log_dir: Node logs.
+        detector_params: Extra ``-p`` params of the failure_detector (default :data:`DETECTOR_PARAMS`).
+
+    Attributes:
+        harness: Domain, processes, probe, safety state, waits and the POLICY helpers.
+        cfg: The config the nodes read (private latent name).
+        specs: The graph's node specs by name (restarts use them).
     """
 
     def __init__(self, config: str | os.PathLike | None = None, relay: bool = False,
-                 detector_params: dict | None = None, log_dir: str | os.PathLike | None = None,
-                 domain_id: int | None = None) -> None:
-        from diagnostic_msgs.msg import DiagnosticStatus
-        from geometry_msgs.msg import PoseStamped
-        from std_msgs.msg import Float32MultiArray, String
+                 detector_params: dict | None = None) -> None:
+        from std_msgs.msg import Float32MultiArray
         from trajectory_msgs.msg import JointTrajectory
 
-        from vla_runtime.bench.graph import _private_domain
-        from vla_runtime.core.contract import (
-            TOPIC_ACTION_CHUNK,
-            TOPIC_EE_POSE,
-            TOPIC_HALT,
-            TOPIC_POLICY_FEATURES,
-            TOPIC_SAFETY_STATE,
-        )
-        from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
+        from vla_runtime.core.contract import TOPIC_ACTION_CHUNK, TOPIC_POLICY_FEATURES
+        from vla_runtime.nodes.common import QOS_COMMAND, QOS_SENSOR
 
-        self.path = Path(config or DETECTOR_CONFIG).resolve()
-        self.cfg = load_config(self.path)
-        self._tmp = None
-        if log_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="vla_faults_")
-            log_dir = self._tmp.name
-        self.log_dir = Path(log_dir)
-        self.domain = domain_id if domain_id is not None else _private_domain()
-        self.sup = Supervisor(env=ros_environment(self.domain), log=None, log_dir=self.log_dir)
-        self.probe = Probe(self.domain, "faults")
-        node = self.probe.node
-        self.jt_topic = next(g.resolved_topic for g in self.cfg.robot.groups.values()
-                             if g.controller == "joint_trajectory")
-        self.safety: list[_Stamped] = []
-        self.startup_halts: list[str] = []
-        self.halts: list[_Stamped] = []
-        self.ee: list[_Stamped] = []
-        self.jt: list[tuple[int, int]] = []  # (receive monotonic ns, number of points)
-        self.features_label = ""
-        self._lock = threading.Lock()
-        node.create_subscription(DiagnosticStatus, TOPIC_SAFETY_STATE,
-                                 lambda m: self.safety.append(_Stamped(time.monotonic(), m)), QOS_LATCHED)
-        node.create_subscription(String, TOPIC_HALT, lambda m: self.halts.append(_Stamped(time.monotonic(), m)),
-                                 QOS_LATCHED)
-        node.create_subscription(PoseStamped, TOPIC_EE_POSE, self._on_ee, QOS_SENSOR)
-        node.create_subscription(JointTrajectory, self.jt_topic,
-                                 lambda m: self.jt.append((time.monotonic_ns(), len(m.points))), QOS_COMMAND)
-        node.create_subscription(Float32MultiArray, TOPIC_POLICY_FEATURES, self._on_features, QOS_SENSOR)
-        self.chunk_pub = node.create_publisher(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
-        self.features_pub = node.create_publisher(Float32MultiArray, TOPIC_POLICY_FEATURES, QOS_SENSOR)
-        self.relay_js = threading.Event()
-        self.relay_cam = threading.Event()
-        self.relay_js.set()
-        self.relay_cam.set()
-        self.relay = relay
-        self.camera_topic = self.cfg.cameras[0].topic if self.cfg.cameras else ""
-        specs = graph_for_config(self.cfg, str(self.path))
-        out = []
-        for s in specs:
-            if s.name == "failure_detector":
-                s = replace(s, params={**s.params,
-                                       **(detector_params if detector_params is not None else DETECTOR_PARAMS)})
-            if s.name == "sim_robot" and relay:
+        self.harness = h = GraphHarness(name="faults", sigint_s=3.0, sigterm_s=1.0)
+        try:
+            config_file = h.write_config(Path(config or DETECTOR_CONFIG))
+            self.cfg = load_config(config_file)
+            params = {"failure_detector": DETECTOR_PARAMS if detector_params is None else detector_params}
+            self.camera_topic = self.cfg.cameras[0].topic if self.cfg.cameras else ""
+            specs = node_graph(self.cfg, config_file, params=params, require=("sim_robot", "failure_detector"))
+            if relay:
                 remaps = (("/joint_states", "/joint_states_sim"),)
                 if self.camera_topic:
                     remaps += ((self.camera_topic, self.camera_topic + "_sim"),)
-                s = RemappedSpec(**{k: getattr(s, k) for k in ("name", "module", "config_file", "params",
-                                                               "cpu_affinity", "nice")}, remaps=remaps)
-            out.append(s)
-        self.specs = {s.name: s for s in out}
-        if relay:
-            self._make_relays()
+                specs = [replace(s, remaps=remaps) if s.name == "sim_robot" else s for s in specs]
+            self.specs = {s.name: s for s in specs}
+            self.safety = h.safety
+            self.pose = PoseWatch(h.probe)
+            self.features = FeaturesWatch(h.probe)
+            node = h.probe.node
+            self.chunk_pub = node.create_publisher(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
+            self.features_pub = node.create_publisher(Float32MultiArray, TOPIC_POLICY_FEATURES, QOS_SENSOR)
+            self.relay_js = threading.Event()
+            self.relay_cam = threading.Event()
+            self.relay_js.set()
+            self.relay_cam.set()
+            self.startup_halts: list[str] = []
+            if relay:
+                self._make_relays()
+        except BaseException:
+            h.close()
+            raise
 
     def _make_relays(self) -> None:
         from sensor_msgs.msg import Image, JointState
 
         from vla_runtime.nodes.common import QOS_SENSOR, QOS_STATE
 
-        node = self.probe.node
+        node = self.harness.probe.node
         js_pub = node.create_publisher(JointState, "/joint_states", QOS_STATE)
         node.create_subscription(JointState, "/joint_states_sim",
                                  lambda m: js_pub.publish(m) if self.relay_js.is_set() else None, QOS_STATE)
@@ -172,33 +130,13 @@ class GraphUnderTest:
             node.create_subscription(Image, self.camera_topic + "_sim",
                                      lambda m: img_pub.publish(m) if self.relay_cam.is_set() else None, QOS_SENSOR)
 
-    def _on_ee(self, m) -> None:
-        p = m.pose.position
-        self.ee.append(_Stamped(time.monotonic(), (p.x, p.y, p.z)))
-        if len(self.ee) > 20000:
-            del self.ee[:10000]
-
-    def _on_features(self, m) -> None:
-        if not self.features_label and m.layout.dim:
-            self.features_label = m.layout.dim[0].label
-            self.features_size = len(m.data)
-
-    # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 120.0) -> None:
-        """Start the graph and bring it to POLICY. A halt raised while the graph comes up (a cold
-        machine can stall a node past a detector timeout) is reset once its cause has cleared, as
-        an operator would; its reasons are kept in :attr:`startup_halts`."""
-        self.sup.start_graph(list(self.specs.values()))
-        self.recover(timeout)
-        self.startup_halts = sorted({self._reason(s.msg) for s in list(self.safety) if s.msg.message == "HALTED"})
+        """Start the graph and bring it to POLICY (a start-up halt is reset once its cause has
+        cleared; its reasons are kept in :attr:`startup_halts`)."""
+        self.startup_halts = self.harness.start_policy(self.specs.values(), timeout)
 
     def close(self) -> None:
-        try:
-            self.sup.stop(sigint_s=3.0, sigterm_s=1.0)
-        finally:
-            self.probe.close()
-            if self._tmp is not None:
-                self._tmp.cleanup()
+        self.harness.close()
 
     def __enter__(self) -> GraphUnderTest:
         return self
@@ -206,106 +144,9 @@ class GraphUnderTest:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def logs(self, tail: int = 2000) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-tail:]}" for p in sorted(self.log_dir.glob("*.log")))
-
-    # ------------------------------------------------------------------ observations
-    def state(self) -> dict[str, str]:
-        if not self.safety:
-            return {}
-        m = self.safety[-1].msg
-        return {kv.key: kv.value for kv in m.values}
-
-    @staticmethod
-    def _reason(msg) -> str:
-        return next((kv.value for kv in msg.values if kv.key == "reason"), "")
-
-    def mode(self) -> str:
-        return self.state().get("mode", "")
-
-    def halt_signal(self) -> str | None:
-        return self.halts[-1].msg.data if self.halts else None
-
-    def wait_policy(self, timeout: float = 30.0) -> None:
-        try:
-            wait_for(lambda: self.mode() == "POLICY", timeout, interval=0.01, what="the bridge in POLICY")
-        except AssertionError as e:
-            raise AssertionError(f"{e}; last state {self.state()}\n{self.logs()}") from None
-
-    def recover(self, timeout: float = 30.0) -> None:
-        """Back to POLICY: wait for the halt cause to clear, reset, wait for POLICY."""
-        from std_srvs.srv import Trigger
-
-        from vla_runtime.core.contract import SERVICE_RESET
-
-        deadline = time.monotonic() + timeout
-        while self.mode() != "POLICY":
-            if time.monotonic() > deadline:
-                raise AssertionError(f"graph did not recover to POLICY; state {self.state()}\n{self.logs()}")
-            if self.mode() == "HALTED" and not (self.halt_signal() or "").strip():
-                self.probe.call(Trigger, SERVICE_RESET, Trigger.Request(), timeout=5.0)
-            time.sleep(0.05)
-
-    def steady_policy(self, settle_s: float = 0.5, timeout: float = 30.0) -> None:
-        """Back to POLICY (see :meth:`recover`), and POLICY without a break for ``settle_s``: a fault
-        injected now starts from a running policy, not from the tail of the last recovery."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.recover(max(1.0, deadline - time.monotonic()))
-            n = len(self.safety)
-            time.sleep(settle_s)
-            if self.mode() == "POLICY" and all(s.msg.message == "POLICY" for s in self.safety[n:]):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no steady POLICY for {settle_s} s within {timeout} s; state {self.state()}")
-
-    def safe_after(self, t0: float) -> tuple[float | None, str]:
-        """(time of the first HOLD/HALTED report after t0, the worst mode seen after t0)."""
-        first, worst = None, ""
-        for s in list(self.safety):
-            if s.t < t0:
-                continue
-            mode = s.msg.message
-            if mode in SAFE_MODES:
-                if first is None:
-                    first = s.t
-                if mode == "HALTED" or not worst:
-                    worst = mode
-        return first, worst
-
-    def ee_at(self, t: float) -> np.ndarray | None:
-        best = None
-        for s in self.ee:
-            if s.t <= t:
-                best = s.msg
-            else:
-                break
-        return None if best is None else np.array(best)
-
-    def poisoned_features(self, index: int, value: float):
-        """A features message with the fast path's own layout and one non-finite entry."""
-        from array import array
-
-        from std_msgs.msg import Float32MultiArray, MultiArrayDimension
-
-        msg = Float32MultiArray()
-        msg.layout.dim = [MultiArrayDimension(label=self.features_label, size=self.features_size,
-                                              stride=self.features_size)]
-        bad = np.zeros(self.features_size, np.float32)
-        bad[index] = value
-        msg.data = array("f", bad.tobytes())
-        return msg
-
-    def motion_mm(self, t0: float, t1: float) -> float | None:
-        """Largest hand displacement from its position at t0 over [t0, t1], in mm."""
-        p0 = self.ee_at(t0)
-        if p0 is None:
-            return None
-        pts = [np.array(s.msg) for s in self.ee if t0 <= s.t <= t1]
-        return float(max((np.linalg.norm(p - p0) for p in pts), default=0.0) * 1e3)
-
     def rejected_count(self) -> int:
-        return int(self.state().get("chunks_rejected", "0") or 0)
+        """Chunks the bridge has rejected so far."""
+        return int(self.safety.state().get("chunks_rejected", "0") or 0)
 
 
 # ============================================================================ the scenarios
@@ -338,17 +179,17 @@ def _nan_plan(g: GraphUnderTest, names: list[str], positions: float | None = Non
 
 def _run_graph_scenario(g: GraphUnderTest, sc: Scenario) -> dict:
     dims = list(g.cfg.robot.groups["arm"].joints) + ["gripper/gripper"] if "arm" in g.cfg.robot.groups else []
-    g.steady_policy(0.5)
+    g.harness.steady_policy(0.5)
     rejected0 = g.rejected_count()
     t_f = time.monotonic()
     restore = None
     refused = False
     if sc.name.startswith("kill_"):
         node = sc.name.removeprefix("kill_")
-        g.sup.kill(node, signal.SIGKILL)
+        g.harness.supervisor.kill(node, signal.SIGKILL)
         restore = ("restart", node)
     elif sc.name == "engine_stall_500ms":
-        pid = g.sup.process("action_chunk_node").pid
+        pid = g.harness.supervisor.process("action_chunk_node").pid
         os.kill(pid, signal.SIGSTOP)
         time.sleep(0.5)
         os.kill(pid, signal.SIGCONT)
@@ -377,15 +218,14 @@ def _run_graph_scenario(g: GraphUnderTest, sc: Scenario) -> dict:
             sc.extra["refusal"] = str(e)[:160]
     window = max(1.0, sc.detect_timeout_s + 1.0)
     time.sleep(window + 1.0)
-    t_safe, worst = g.safe_after(t_f)
+    t_safe, worst = g.safety.safe_after(t_f)
     rejected = g.rejected_count() - rejected0
     if restore is not None:
         kind, what = restore
         if kind == "relay":
             what.set()
         else:
-            g.sup.stop_node(what, sigint_s=1.0, sigterm_s=1.0)
-            g.sup.start(g.specs[what])
+            g.harness.restart(what, sigint_s=1.0, sigterm_s=1.0)
             if what == "slow_reasoner":
                 # The fast path's shm reader finds the restarted writer's new segment by itself.
                 sc.extra["recovery"] = "slow_reasoner restarted; the fast path re-attached on its own"
@@ -399,23 +239,22 @@ def _run_graph_scenario(g: GraphUnderTest, sc: Scenario) -> dict:
     if rejected > 0 and worst == "HOLD":
         outcome = "REJECTED"  # the bridge refused it (and held until the next valid chunk)
     tts = None if t_safe is None else (t_safe - t_f) * 1e3
-    motion = g.motion_mm(t_f, t_f + 1.0)
+    motion = g.pose.max_displacement_mm(t_f, t_f + 1.0)
     row = {"scenario": sc.name, "how": sc.how, "outcome": outcome,
            "time_to_safe_ms": None if tts is None else round(tts, 1),
            "motion_after_fault_mm": None if motion is None else round(motion, 2)}
     if sc.detect_timeout_s:
         row["detect_timeout_ms"] = round(sc.detect_timeout_s * 1e3, 1)
         row["time_to_safe_from_detection_ms"] = None if tts is None else round(tts - sc.detect_timeout_s * 1e3, 1)
-        m2 = None if t_safe is None else g.motion_mm(t_safe, t_safe + 1.0)
+        m2 = None if t_safe is None else g.pose.max_displacement_mm(t_safe, t_safe + 1.0)
         row["motion_after_safe_mm"] = None if m2 is None else round(m2, 2)
     if rejected:
         row["chunks_rejected"] = rejected
     trace, last = [], None
-    for st in list(g.safety):
-        if st.t >= t_f and st.msg.message != last and len(trace) < 4:
-            last = st.msg.message
-            reason = {kv.key: kv.value for kv in st.msg.values}.get("reason", "")
-            trace.append(f"+{(st.t - t_f) * 1e3:.0f} ms {last}: {reason[:110]}")
+    for t, msg in list(g.safety.reports):
+        if t >= t_f and msg.message != last and len(trace) < 4:
+            last = msg.message
+            trace.append(f"+{(t - t_f) * 1e3:.0f} ms {last}: {g.safety.reason(msg)[:110]}")
     row["transitions"] = trace
     row.update(sc.extra)
     return row
@@ -513,7 +352,7 @@ def bench_faults(config: str | os.PathLike | None = None, only: tuple[str, ...] 
                 continue
             try:
                 row = _run_graph_scenario(g, sc)
-            except AssertionError as e:
+            except (AssertionError, GraphError) as e:
                 row = {"scenario": sc.name, "how": sc.how, "outcome": "ERROR", "error": str(e)[:2000]}
             tts = row.get("time_to_safe_from_detection_ms", row.get("time_to_safe_ms"))
             motion = row.get("motion_after_safe_mm", row.get("motion_after_fault_mm"))
@@ -541,4 +380,3 @@ if __name__ == "__main__":  # pragma: no cover - manual run
     import sys
 
     print(json.dumps(bench_faults(only=tuple(sys.argv[1:])), indent=2))
-    _ = math

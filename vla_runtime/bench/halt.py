@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 from vla_runtime.bench.faults import DETECTOR_CONFIG, GraphUnderTest
+from vla_runtime.graph.harness import GraphError
 from vla_runtime.graph.probe import run_with_deadline, wait_for
 from vla_runtime.nodes.failure_detector import decision_ns
 
@@ -115,36 +116,45 @@ def bench_halt(trials: int = 200, config: str | os.PathLike | None = None) -> di
     """Halt latency (detector decision → hold command on the controller topic) over ``trials``."""
     from trajectory_msgs.msg import JointTrajectory
 
+    from vla_runtime.nodes.common import QOS_COMMAND
+
     lat_ms: list[float] = []
     cb_ms: list[float] = []
     already_holding: list[float] = []
     failures: list[str] = []
     with GraphUnderTest(config, relay=False) as g:
-        tap = _Tap(g.domain, JointTrajectory, g.jt_topic)
+        jt_topic = next(grp.resolved_topic for grp in g.cfg.robot.groups.values()
+                        if grp.controller == "joint_trajectory")
+        # The same end point seen by the probe's executor: (receive monotonic ns, number of points).
+        jt: list[tuple[int, int]] = []
+        g.harness.probe.node.create_subscription(
+            JointTrajectory, jt_topic, lambda m: jt.append((time.monotonic_ns(), len(m.points))), QOS_COMMAND)
+        tap = _Tap(g.harness.domain_id, JointTrajectory, jt_topic)
         try:
             g.start()
-            wait_for(lambda: bool(g.features_label), 30, what="policy features from the fast path")
+            wait_for(lambda: bool(g.features.label), 30, what="policy features from the fast path")
             # The trigger is one message: the detector must have matched the probe's publisher first.
             wait_for(lambda: g.features_pub.get_subscription_count() > 0, 10,
                      what="the detector on /vla/policy_features")
             wait_for(lambda: bool(tap.drain()), 10,
                      what="the tap receiving the controller topic")
-            msg = g.poisoned_features(0, np.nan)
+            msg = g.features.poisoned(0, np.nan)
+            halts = g.safety.halts
             t_start = time.monotonic()
             k = -1
             # ``trials`` counted trials: the excluded ones (already holding) are replaced, within a bound.
             while len(lat_ms) < trials and k < 2 * trials:
                 k += 1
                 try:
-                    g.recover(timeout=20.0)
+                    g.harness.recover(timeout=20.0)
                     wait_for(lambda: any(n > 1 for _, n in tap.drain()[-5:]), 5.0, interval=0.005,
                              what="policy trajectories on the controller topic")
-                    n_halts = len(g.halts)
+                    n_halts = len(halts)
                     g.features_pub.publish(msg)
-                    wait_for(lambda n_halts=n_halts: any((h.msg.data or "").strip() for h in g.halts[n_halts:]), 5.0,
+                    wait_for(lambda n_halts=n_halts: any((m.data or "").strip() for _, m in halts[n_halts:]), 5.0,
                              interval=0.002,
                              what="the detector's halt")
-                    reason = next(h.msg.data for h in g.halts[n_halts:] if h.msg.data.strip())
+                    reason = next(m.data for _, m in halts[n_halts:] if m.data.strip())
                     t_dec = decision_ns(reason)
                     if t_dec is None:
                         raise AssertionError(f"halt reason without a decision stamp: {reason!r}")
@@ -153,12 +163,12 @@ def bench_halt(trials: int = 200, config: str | os.PathLike | None = None) -> di
                     t_hold = tap.first_hold_after(t_dec)
                     # The probe must see HALTED before the next trial's recover(): otherwise it reads
                     # the bridge's last report (still POLICY), skips the reset and waits on a halted graph.
-                    wait_for(lambda t_dec=t_dec: any(s.msg.message == "HALTED" and s.t * 1e9 >= t_dec
-                                                     for s in g.safety[-20:]),
+                    wait_for(lambda t_dec=t_dec: any(m.message == "HALTED" and t * 1e9 >= t_dec
+                                                     for t, m in g.safety.reports[-20:]),
                              5.0, interval=0.002, what="the bridge's HALTED report")
-                    t_hold_cb = next((ns for ns, n in g.jt[-200:] if ns >= t_dec and n == 1), None)
+                    t_hold_cb = next((ns for ns, n in jt[-200:] if ns >= t_dec and n == 1), None)
                     held_before = [ns for ns, n in tap.seen[-200:] if t_dec - 100_000_000 <= ns < t_dec and n == 1]
-                    mode_at = [s.msg.message for s in g.safety[-50:] if s.t * 1e9 <= t_dec]
+                    mode_at = [m.message for t, m in g.safety.reports[-50:] if t * 1e9 <= t_dec]
                     if held_before or (mode_at and mode_at[-1] != "POLICY"):
                         # The bridge was already holding (another cause) when the detector decided:
                         # the next one-point message is a periodic re-send, not the reaction.
@@ -167,12 +177,12 @@ def bench_halt(trials: int = 200, config: str | os.PathLike | None = None) -> di
                     lat_ms.append((t_hold - t_dec) / 1e6)
                     if t_hold_cb is not None:
                         cb_ms.append((t_hold_cb - t_dec) / 1e6)
-                except AssertionError as e:
+                except (AssertionError, GraphError) as e:
                     failures.append(f"trial {k}: {str(e)[:300]}")
                     if len(failures) > 5:
                         break
             elapsed = time.monotonic() - t_start
-            realtime = {**_realtime_report(g.log_dir), "bench_tap": tap.realtime}
+            realtime = {**_realtime_report(g.harness.log_dir), "bench_tap": tap.realtime}
         finally:
             tap.close()
     stats = _percentiles(lat_ms) if lat_ms else {"p50": None, "p99": None, "max": None, "mean": None}

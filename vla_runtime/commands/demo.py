@@ -20,48 +20,44 @@ import numpy as np
 from vla_runtime.commands.check import check_config
 from vla_runtime.commands.report import write_json, write_plot
 from vla_runtime.core.config import PROJECT_ROOT, load_config
-from vla_runtime.core.contract import (
-    DIAG_FAST_PATH,
-    DIAG_SLOW_PATH,
-    TOPIC_ACTION_CHUNK,
-    TOPIC_DIAGNOSTICS,
-    TOPIC_EE_POSE,
-    TOPIC_POLICY_FEATURES,
-    TOPIC_SAFETY_STATE,
+from vla_runtime.core.contract import DIAG_FAST_PATH, DIAG_SLOW_PATH, TOPIC_ACTION_CHUNK
+from vla_runtime.graph.harness import (
+    DiagnosticsWatch,
+    FeaturesWatch,
+    GraphError,
+    GraphHarness,
+    NodeExited,
+    PoseWatch,
+    node_graph,
+    timing_summary,
 )
-from vla_runtime.graph.probe import Probe, wait_for
-from vla_runtime.graph.supervisor import Supervisor, graph_for_config, ros_environment
 
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "sim_panda_reach.yaml"  # the trained reference policy
 TIMING_CONFIG = PROJECT_ROOT / "config" / "sim_panda.yaml"  # untrained timing model: loop timing only
 
 
 class GraphRecorder:
-    """Subscribes to what a person would watch: EE pose, plans, features, safety state, diagnostics."""
+    """Records what a person would watch: EE pose, plans, features, safety state, diagnostics.
 
-    def __init__(self, probe: Probe):
-        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-        from geometry_msgs.msg import PoseStamped
-        from std_msgs.msg import Float32MultiArray
+    Poses, plans and features are kept for the whole run (the report plots all of them).
+    """
+
+    def __init__(self, harness: GraphHarness):
         from trajectory_msgs.msg import JointTrajectory
 
-        from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
+        from vla_runtime.nodes.common import QOS_COMMAND
 
-        self.ee = probe.collect(PoseStamped, TOPIC_EE_POSE, QOS_SENSOR)
-        self.plans = probe.collect(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
-        self.features = probe.collect(Float32MultiArray, TOPIC_POLICY_FEATURES, QOS_SENSOR)
-        self.safety = probe.collect(DiagnosticStatus, TOPIC_SAFETY_STATE, QOS_LATCHED)
-        self.diags = probe.collect(DiagnosticArray, TOPIC_DIAGNOSTICS, 50)
+        self.pose = PoseWatch(harness.probe, keep=None)
+        self.plans = harness.probe.collect(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
+        self.features = FeaturesWatch(harness.probe, keep=None)
+        self.safety = harness.safety
+        self.diags = DiagnosticsWatch(harness.probe)
 
     def diag(self, name: str) -> dict[str, str]:
-        for _, arr in reversed(self.diags):
-            for st in arr.status:
-                if st.name == name:
-                    return {kv.key: kv.value for kv in st.values}
-        return {}
+        return self.diags.latest(name)
 
     def modes(self) -> list[tuple[float, str]]:
-        return [(t, st.message) for t, st in self.safety]
+        return [(t, st.message) for t, st in self.safety.reports]
 
 
 def run_graph_demo(config: Path, duration: float, out_root: Path) -> dict:
@@ -70,33 +66,32 @@ def run_graph_demo(config: Path, duration: float, out_root: Path) -> dict:
     run_dir = out_root / time.strftime("demo-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     domain = int(os.environ.get("ROS_DOMAIN_ID", "0"))
-    env = ros_environment(domain)
-    print(f"demo: starting {[s.name for s in graph_for_config(cfg, str(config))]} on ROS_DOMAIN_ID={domain}")
-    with Supervisor(env=env, log=None, log_dir=run_dir / "logs") as sup, Probe(domain, "demo") as probe:
-        rec = GraphRecorder(probe)
-        sup.start_graph(graph_for_config(cfg, str(config)))
+    with GraphHarness(domain_id=domain, log_dir=run_dir / "logs", name="demo") as g:
+        config_file = g.write_config(config)
+        specs = node_graph(load_config(config_file), config_file)
+        print(f"demo: starting {[s.name for s in specs]} on ROS_DOMAIN_ID={domain}")
+        rec = GraphRecorder(g)
+        g.start(specs)
         try:
-            wait_for(lambda: sum(1 for _, m in rec.plans if m.points) >= 5, 90, interval=0.1,
-                     what="the fast path's first plans")
-        except AssertionError as e:
-            dead = {n: c for n, c in sup.poll().items() if c is not None}
-            raise SystemExit(f"demo: {e}; exited nodes {dead}; logs in {run_dir / 'logs'}") from None
+            g.wait(lambda: sum(1 for _, m in rec.plans if m.points) >= 5, 90, "the fast path's first plans",
+                   interval=0.1)
+        except GraphError as e:
+            raise SystemExit(f"demo: {e}\nlogs in {run_dir / 'logs'}") from None
         t_start = time.monotonic()
         print(f"demo: policy running; recording {duration:.0f} s")
-        while time.monotonic() - t_start < duration:
-            dead = {n: c for n, c in sup.poll().items() if c is not None}
-            if dead:
-                raise SystemExit(f"demo: node(s) died: {dead}; logs in {run_dir / 'logs'}")
-            time.sleep(0.5)
+        try:
+            g.run_for(duration)
+        except NodeExited as e:
+            raise SystemExit(f"demo: node(s) died: {e.dead}; logs in {run_dir / 'logs'}") from None
         fast = rec.diag(DIAG_FAST_PATH)
         slow = rec.diag(DIAG_SLOW_PATH)
-        how = sup.stop()
+        how = g.stop()
     t_end = t_start + duration
-    ee = [(t, m.pose.position) for t, m in rec.ee if t_start <= t <= t_end]
-    ee_xyz = np.array([[p.x, p.y, p.z] for _, p in ee]) if ee else np.zeros((0, 3))
+    ee = [(t, p) for t, p, _ in rec.pose.samples if t_start <= t <= t_end]
+    ee_xyz = np.array([p for _, p in ee]) if ee else np.zeros((0, 3))
     plan_t = np.array([t for t, m in rec.plans if m.points and t_start <= t <= t_end])
-    feat = [(t, m.data[-3]) for t, m in rec.features if t_start <= t <= t_end and len(m.data) >= 3]
-    timing = json.loads(fast.get("timing_json", "{}") or "{}")
+    feat = [(f.t, f.latent_age_s) for f in rec.features.samples if t_start <= f.t <= t_end]
+    timing = timing_summary(fast)
     summary = {
         "config": str(config),
         "duration_s": duration,

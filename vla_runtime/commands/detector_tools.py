@@ -13,7 +13,6 @@ the calibration split's SUCCESSES only at ``alpha``, evaluate on held-out, save 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -302,72 +301,68 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
 
     One graph (sim robot, slow path, fast path, bridge) runs for all episodes. Each episode:
     ``/sim/reset`` (robot home, cubes re-placed), the instruction, ``/vla/reset`` + ``/vla/resume``,
-    then ``episode_s`` of features. Induced failures at a random time in ``fault_at_s``:
-    ``target_moved`` (the target cube is teleported 25 cm away), ``arm_blocked`` (the arm's
-    controller is switched off through controller_manager), ``wrong_object`` (the instruction
-    names another object from the start). ``log``: where the nodes' output goes (a text stream;
-    None: only ``out_dir/logs``); ``progress(line)`` is called after each episode. Label: success
-    when the fingertips (the sim Panda's TCP; the ``/ee_pose`` point for other robots) came within
-    ``success_radius_m`` of the target (``/ee_pose`` vs ``/sim/objects``) and no fault was
-    induced; every induced scenario is labelled a failure.
+    a wait for the first latent computed after the instruction, then ``episode_s`` of features.
+    Induced failures at a random time in ``fault_at_s``: ``target_moved`` (the target cube is
+    teleported 25 cm away), ``arm_blocked`` (the arm's controller is switched off through
+    controller_manager), ``wrong_object`` (the instruction names another object from the start).
+    ``log``: where the nodes' output goes (a text stream; None: only ``out_dir/logs``);
+    ``progress(line)`` is called after each episode. Label: success when the fingertips (the sim
+    Panda's TCP; the ``/ee_pose`` point for other robots) came within ``success_radius_m`` of the
+    target (``/ee_pose`` vs ``/sim/objects``) and no fault was induced; every induced scenario is
+    labelled a failure.
     """
     from controller_manager_msgs.srv import SwitchController
-    from geometry_msgs.msg import PoseStamped
     from std_msgs.msg import Float32MultiArray, String
-    from std_srvs.srv import Trigger
 
-    from vla_runtime.bench.graph import _private_domain
     from vla_runtime.core.config import load_config
     from vla_runtime.core.contract import (
         SERVICE_RESET,
         SERVICE_RESUME,
         SERVICE_SIM_RESET,
         SERVICE_SWITCH_CONTROLLER,
-        TOPIC_EE_POSE,
         TOPIC_INSTRUCTION,
         TOPIC_POLICY_FEATURES,
-        TOPIC_SIM_MOVE_OBJECT,
-        TOPIC_SIM_OBJECTS,
     )
-    from vla_runtime.graph.probe import Probe, wait_for
-    from vla_runtime.graph.supervisor import Supervisor, graph_for_config, ros_environment
-    from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
+    from vla_runtime.graph.harness import GraphHarness, PoseWatch, SimObjects, node_graph
+    from vla_runtime.nodes.common import QOS_LATCHED, QOS_SENSOR
 
     path = Path(config).resolve()
     cfg = load_config(path)
     rng = np.random.default_rng(seed)
 
-    def fingertips(pose) -> np.ndarray:
+    def fingertips(position: np.ndarray, orientation) -> np.ndarray:
         """The point that touches: /ee_pose is the hand flange; the sim Panda's TCP is 9.7 cm out."""
-        p, o = pose.position, pose.orientation
         if cfg.sim is not None and cfg.sim.robot == "panda":
             from vla_runtime.sim.tasks import tcp_from_hand
 
-            return tcp_from_hand((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))
-        return np.array([p.x, p.y, p.z])
+            return tcp_from_hand(position, orientation)
+        return position
 
     arm_controller = next(g.controller_name for g in cfg.robot.groups.values() if g.controller != "gripper")
-    domain = _private_domain()
     rollouts: list[Rollout] = []
-    specs = [s for s in graph_for_config(cfg, str(path)) if s.name != "failure_detector"]
-    with Supervisor(env=ros_environment(domain), log=log, log_dir=Path(out_dir) / "logs") as sup, \
-            Probe(domain, "record_rollouts") as probe:
-        feats: list = []
-        probe.node.create_subscription(Float32MultiArray, TOPIC_POLICY_FEATURES,
-                                       lambda m: feats.append((time.monotonic(), m)), QOS_SENSOR)
-        ee = probe.collect(PoseStamped, TOPIC_EE_POSE, QOS_SENSOR)
-        objects = probe.collect(String, TOPIC_SIM_OBJECTS, QOS_LATCHED)
-        instr = probe.node.create_publisher(String, TOPIC_INSTRUCTION, QOS_LATCHED)
-        move = probe.node.create_publisher(String, TOPIC_SIM_MOVE_OBJECT, QOS_COMMAND)
-        sup.start_graph(specs)
-        wait_for(lambda: len(feats) > 10, 120, interval=0.2, what="policy features from the fast path")
+    with GraphHarness(log=log, log_dir=Path(out_dir) / "logs", name="record_rollouts") as h:
+        config_file = h.write_config(path)
+        specs = node_graph(load_config(config_file), config_file,
+                           nodes=[n for n in cfg.nodes if n != "failure_detector"])
+        feats = h.probe.collect(Float32MultiArray, TOPIC_POLICY_FEATURES, QOS_SENSOR)
+
+        def latent_newer_than(t: float) -> bool:
+            """The newest features came from a latent whose observation was taken after ``t`` (monotonic)."""
+            return bool(feats) and feats[-1][0] - FeatureLayout.tail(feats[-1][1].data)[0] > t
+
+        pose = PoseWatch(h.probe, keep=1000)
+        objects = SimObjects(h.probe)
+        instr = h.probe.node.create_publisher(String, TOPIC_INSTRUCTION, QOS_LATCHED)
+        h.start(specs)
+        h.wait(lambda: len(feats) > 10, 120, "policy features from the fast path", interval=0.2)
         for ep in range(episodes):
             scenario = scenarios[ep % len(scenarios)]
-            probe.call(Trigger, SERVICE_SIM_RESET, Trigger.Request(), timeout=10)
+            h.trigger(SERVICE_SIM_RESET, timeout=10)
             instr.publish(String(data=wrong_instruction if scenario == "wrong_object" else cfg.instruction))
-            probe.call(Trigger, SERVICE_RESET, Trigger.Request(), timeout=10)
-            probe.call(Trigger, SERVICE_RESUME, Trigger.Request(), timeout=10)
-            time.sleep(0.5)  # the slow path takes the new instruction
+            t_instructed = time.monotonic() + 0.03
+            h.trigger(SERVICE_RESET, timeout=10)
+            h.trigger(SERVICE_RESUME, timeout=10)
+            h.wait(lambda t=t_instructed: latent_newer_than(t), 10.0, "a latent computed after the instruction")
             fault_t = float(rng.uniform(*fault_at_s)) if scenario in ("target_moved", "arm_blocked") else None
             t0 = time.monotonic()
             feats.clear()
@@ -378,23 +373,21 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
                 if fault_t is not None and not faulted and now >= fault_t:
                     faulted = True
                     if scenario == "target_moved":
-                        pos = json.loads(objects[-1][1].data)["objects"][target]["position"]
-                        move.publish(String(data=json.dumps({"name": target, "position": [pos[0], pos[1] + 0.25,
-                                                                                          pos[2]]})))
+                        pos = objects.positions[target]
+                        objects.move(target, [pos[0], pos[1] + 0.25, pos[2]])
                     else:
                         req = SwitchController.Request(deactivate_controllers=[arm_controller],
                                                        strictness=SwitchController.Request.BEST_EFFORT)
-                        probe.call(SwitchController, SERVICE_SWITCH_CONTROLLER, req, timeout=5)
-                if ee and objects:
-                    p = fingertips(ee[-1][1].pose)
-                    obj = json.loads(objects[-1][1].data)["objects"].get(target)
-                    if obj is not None:
-                        best = min(best, float(np.linalg.norm(p - np.array(obj["position"]))))
+                        h.call(SwitchController, SERVICE_SWITCH_CONTROLLER, req, timeout=5)
+                hand = pose.latest()
+                obj = objects.positions.get(target)
+                if hand is not None and obj is not None:
+                    best = min(best, float(np.linalg.norm(fingertips(hand[1], hand[2]) - obj)))
                 time.sleep(0.02)
             if scenario == "arm_blocked":
                 req = SwitchController.Request(activate_controllers=[arm_controller],
                                                strictness=SwitchController.Request.BEST_EFFORT)
-                probe.call(SwitchController, SERVICE_SWITCH_CONTROLLER, req, timeout=5)
+                h.call(SwitchController, SERVICE_SWITCH_CONTROLLER, req, timeout=5)
             got = [(t, m) for t, m in feats if t >= t0]
             if len(got) < 5:
                 continue

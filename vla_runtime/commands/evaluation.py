@@ -34,12 +34,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import tempfile
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 # The simulated-time path renders offscreen in this process; MuJoCo picks its GL backend when it is
@@ -47,10 +43,18 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
-import yaml
 
-from vla_runtime.core.config import PROJECT_ROOT, RuntimeConfig, load_config
-from vla_runtime.core.contract import DIAG_FAST_PATH, FeatureLayout
+from vla_runtime.core.config import PROJECT_ROOT, load_config
+from vla_runtime.core.contract import DIAG_FAST_PATH
+from vla_runtime.graph.harness import (
+    DiagnosticsWatch,
+    FeaturesWatch,
+    GraphHarness,
+    PoseWatch,
+    SimObjects,
+    node_graph,
+    timing_summary,
+)
 from vla_runtime.sim.tasks import (
     ARM_JOINTS,
     CONTROL_HZ,
@@ -107,210 +111,59 @@ def _summary(task: str, mode: str, slow_latency_ms: float | None, config: Path, 
 
 
 # ------------------------------------------------------------------------------ graph session
-class _GraphObserver:
-    """What the harness watches and pokes, on a :class:`~vla_runtime.graph.probe.Probe` node."""
-
-    def __init__(self, probe) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-        from geometry_msgs.msg import PoseStamped
-        from std_msgs.msg import Float32MultiArray, String
-
-        from vla_runtime.core.contract import (
-            TOPIC_DIAGNOSTICS,
-            TOPIC_EE_POSE,
-            TOPIC_INSTRUCTION,
-            TOPIC_POLICY_FEATURES,
-            TOPIC_SAFETY_STATE,
-            TOPIC_SIM_MOVE_OBJECT,
-            TOPIC_SIM_OBJECTS,
-        )
-        from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
-
-        self.probe = probe
-        self.lock = threading.Lock()
-        self.tcp: np.ndarray | None = None
-        self.tcp_mono = 0.0
-        self.objects: dict[str, np.ndarray] = {}
-        self.objects_mono = 0.0
-        self.mode = ""
-        self.latent_obs_wall = 0.0        # wall time of the observation behind the newest latent
-        self.feature_count = 0
-        self.fast_diag: dict[str, str] = {}
-        self.recording: dict[str, list] | None = None
-        self._String = String
-        self._clients: dict[str, object] = {}
-        node = probe.node
-
-        def on_ee(msg: PoseStamped) -> None:
-            p, o = msg.pose.position, msg.pose.orientation
-            tcp = tcp_from_hand((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))
-            now = time.monotonic()
-            with self.lock:
-                self.tcp, self.tcp_mono = tcp, now
-                if self.recording is not None:
-                    self.recording["ee"].append((now, *tcp.tolist()))
-
-        def on_objects(msg: String) -> None:
-            try:
-                objs = json.loads(msg.data)["objects"]
-                parsed = {n: np.asarray(v["position"], float) for n, v in objs.items()}
-            except (ValueError, KeyError, TypeError):
-                return
-            with self.lock:
-                self.objects, self.objects_mono = parsed, time.monotonic()
-
-        def on_features(msg: Float32MultiArray) -> None:
-            if len(msg.data) < 3:
-                return
-            age, infer_ms, hold = FeatureLayout.tail(msg.data)
-            now_wall, now = time.time(), time.monotonic()
-            with self.lock:
-                self.latent_obs_wall = now_wall - age
-                self.feature_count += 1
-                if self.recording is not None:
-                    self.recording["latent"].append((now, age, infer_ms, hold))
-
-        def on_safety(msg: DiagnosticStatus) -> None:
-            kv = {v.key: v.value for v in msg.values}
-            with self.lock:
-                self.mode = kv.get("mode", msg.message)
-
-        def on_diag(msg: DiagnosticArray) -> None:
-            for st in msg.status:
-                if st.name == DIAG_FAST_PATH:
-                    kv = {v.key: v.value for v in st.values}
-                    with self.lock:
-                        self.fast_diag = kv
-                        if self.recording is not None:
-                            self.recording["fast_diag"].append((time.monotonic(), kv))
-
-        node.create_subscription(PoseStamped, TOPIC_EE_POSE, on_ee, QOS_SENSOR)
-        node.create_subscription(String, TOPIC_SIM_OBJECTS, on_objects, QOS_LATCHED)
-        node.create_subscription(Float32MultiArray, TOPIC_POLICY_FEATURES, on_features, QOS_SENSOR)
-        node.create_subscription(DiagnosticStatus, TOPIC_SAFETY_STATE, on_safety, QOS_LATCHED)
-        node.create_subscription(DiagnosticArray, TOPIC_DIAGNOSTICS, on_diag, 50)
-        self.instruction_pub = node.create_publisher(String, TOPIC_INSTRUCTION, QOS_LATCHED)
-        self.move_pub = node.create_publisher(String, TOPIC_SIM_MOVE_OBJECT, QOS_COMMAND)
-
-    # -------------------------------------------------------------------------------- actions
-    def trigger(self, service: str, timeout: float = 5.0) -> tuple[bool, str]:
-        """Call a std_srvs/Trigger service (clients are kept: no discovery delay per call)."""
-        from std_srvs.srv import Trigger
-
-        from vla_runtime.graph.probe import wait_for
-
-        client = self._clients.get(service)
-        if client is None:
-            client = self._clients[service] = self.probe.node.create_client(Trigger, service)
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError(f"eval: service {service} not available within {timeout:g} s")
-        fut = client.call_async(Trigger.Request())
-        if not wait_for(fut.done, timeout, interval=0.001):
-            raise TimeoutError(f"eval: no response from {service} within {timeout:g} s")
-        resp = fut.result()
-        return bool(resp.success), str(resp.message)
-
-    def move(self, name: str, position, orientation=None) -> None:
-        req = {"name": name, "position": [float(v) for v in position]}
-        if orientation is not None:
-            req["orientation"] = [float(v) for v in orientation]
-        self.move_pub.publish(self._String(data=json.dumps(req)))
-
-    def instruct(self, text: str) -> None:
-        self.instruction_pub.publish(self._String(data=text))
-
-    def snapshot(self) -> tuple[np.ndarray | None, float, dict[str, np.ndarray], str]:
-        with self.lock:
-            return self.tcp, self.tcp_mono, dict(self.objects), self.mode
-
-
 class _GraphSession:
-    """The node graph of an evaluation, started once for all its episodes."""
+    """The node graph of an evaluation, started once for all its episodes, and what it watches."""
 
     def __init__(self, mode: str, slow_latency_ms: float | None, config: Path | None, log: Callable[[str], None]):
         self.mode = mode
         self.slow_latency_ms = slow_latency_ms
         self.config = Path(config) if config else DEFAULT_CONFIG
         self.log = log
-        self.cfg: RuntimeConfig = load_config(self.config)
-        self._tmp = tempfile.TemporaryDirectory(prefix="vla_eval_")
-        self.tmp = Path(self._tmp.name)
-        self.domain = random.Random(os.getpid() ^ time.time_ns()).randrange(101, 201)
-
-    def _write_config(self) -> Path:
-        """The config with a private latent-buffer name (parallel runs never share one)."""
-        over = {
-            "include": str(self.config.resolve()),
-            "model": {"package": str(self.cfg.model_package_path)},
-            "latent": {"name": f"{self.cfg.latent.name}_eval{os.getpid()}_{self.domain}"},
-        }
-        path = self.tmp / "eval.yaml"
-        path.write_text(yaml.safe_dump(over, sort_keys=False))
-        return path
 
     def __enter__(self) -> _GraphSession:
-        from vla_runtime.graph.probe import Probe
-        from vla_runtime.graph.supervisor import Supervisor, graph_for_config, ros_environment
+        from std_msgs.msg import String
+        from std_srvs.srv import Trigger
 
-        cfg_path = self._write_config()
-        specs = [s for s in graph_for_config(self.cfg, str(cfg_path)) if s.name in GRAPH_NODES]
-        missing = set(GRAPH_NODES) - {s.name for s in specs}
-        if missing:
-            raise ValueError(f"{self.config}: evaluation needs nodes {sorted(missing)} in `nodes`")
-        params = {
-            "slow_reasoner": {"extra_latency_ms": float(self.slow_latency_ms or 0.0),
-                              "step_on_request": self.mode == "sync"},
-            "action_chunk_node": {"lockstep": self.mode == "sync"},
-        }
-        specs = [replace(s, params={**s.params, **params.get(s.name, {})}) for s in specs]
-        self.sup = Supervisor(env=ros_environment(self.domain), log=None, log_dir=self.tmp / "logs")
-        self.sup.__enter__()
+        from vla_runtime.core.contract import SERVICE_HOLD, SERVICE_RESUME, SERVICE_SIM_RESET, TOPIC_INSTRUCTION
+        from vla_runtime.nodes.common import QOS_LATCHED
+
+        self.g = g = GraphHarness(name="eval")
         try:
-            self.probe = Probe(self.domain, "eval")
-            self.obs = _GraphObserver(self.probe)
-            self.log(f"eval: starting {[s.name for s in specs]} on ROS_DOMAIN_ID={self.domain} "
+            config_file = g.write_config(self.config)
+            params = {
+                "slow_reasoner": {"extra_latency_ms": float(self.slow_latency_ms or 0.0),
+                                  "step_on_request": self.mode == "sync"},
+                "action_chunk_node": {"lockstep": self.mode == "sync"},
+            }
+            specs = node_graph(load_config(config_file), config_file, nodes=GRAPH_NODES, params=params,
+                               require=GRAPH_NODES)
+            self.pose = PoseWatch(g.probe)
+            self.objects = SimObjects(g.probe)
+            self.features = FeaturesWatch(g.probe)
+            self.diag = DiagnosticsWatch(g.probe)
+            self._String = String
+            self.instruction_pub = g.probe.node.create_publisher(String, TOPIC_INSTRUCTION, QOS_LATCHED)
+            self.log(f"eval: starting {[s.name for s in specs]} on ROS_DOMAIN_ID={g.domain_id} "
                      f"(mode {self.mode}, extra slow latency {self.slow_latency_ms or 0:g} ms)")
-            self.sup.start_graph(specs)
-            self._wait(lambda: self.obs.feature_count >= 5 and self.obs.tcp is not None and bool(self.obs.objects),
-                       STARTUP_TIMEOUT_S, "the graph to come up (fast-path features, /ee_pose, /sim/objects)")
-            from std_srvs.srv import Trigger
-
-            from vla_runtime.core.contract import SERVICE_HOLD, SERVICE_RESUME, SERVICE_SIM_RESET
-
-            for name in (SERVICE_SIM_RESET, SERVICE_HOLD, SERVICE_RESUME):  # discovered once, up front
-                client = self.obs._clients[name] = self.probe.node.create_client(Trigger, name)
-                if not client.wait_for_service(timeout_sec=30.0):
-                    raise TimeoutError(f"eval: service {name} did not appear")
+            g.start(specs)
+            g.wait(lambda: self.features.count >= 5 and self.pose.latest() is not None and bool(self.objects.positions),
+                   STARTUP_TIMEOUT_S, "the graph to come up (fast-path features, /ee_pose, /sim/objects)")
+            g.wait_for_services(Trigger, (SERVICE_SIM_RESET, SERVICE_HOLD, SERVICE_RESUME), 30.0)  # discovered once
         except BaseException:
-            self.__exit__(None, None, None)
+            g.close()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        probe = getattr(self, "probe", None)
-        if probe is not None:
-            probe.close()
-        self.sup.__exit__(*exc) if exc and exc[0] is not None else self.sup.__exit__(None, None, None)
-        self._tmp.cleanup()
+        self.g.close()
 
-    def _dead(self) -> dict[str, int]:
-        return {n: c for n, c in self.sup.poll().items() if c is not None}
-
-    def _wait(self, pred: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred():
-                return
-            dead = self._dead()
-            if dead:
-                raise RuntimeError(f"eval: node(s) exited while waiting for {what}: {dead}; "
-                                   f"logs: {self._log_tail()}")
-            time.sleep(0.01)
-        raise TimeoutError(f"eval: timed out after {timeout:g} s waiting for {what}; logs: {self._log_tail()}")
-
-    def _log_tail(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1200:]}"
-                         for p in sorted((self.tmp / "logs").glob("*.log")))
+    def _tcp(self) -> tuple[np.ndarray | None, float]:
+        """The newest fingertip point (the sim Panda's TCP) and its receive time."""
+        sample = self.pose.latest()
+        if sample is None:
+            return None, 0.0
+        t, p, q = sample
+        return tcp_from_hand(p, q), t
 
     # ---------------------------------------------------------------------------- one episode
     def episode(self, task: str, seed: int, record: bool = False) -> dict:
@@ -318,18 +171,16 @@ class _GraphSession:
         from vla_runtime.core.contract import SERVICE_HOLD, SERVICE_RESUME, SERVICE_SIM_RESET
         from vla_runtime.sim.scene import sample_cube_poses
 
-        obs = self.obs
+        g = self.g
         # 1. Reset with the bridge in POLICY, then hold at once: the hold target is captured from the
         #    measured (re-homed) state. In sync mode the bridge is in HOLD between chunks: wait.
-        try:
-            self._wait(lambda: "POLICY" in obs.mode, 5.0, "the bridge to be in POLICY before the reset")
-        except TimeoutError:
-            self.trigger_resume(SERVICE_RESUME)
-            self._wait(lambda: "POLICY" in obs.mode, 5.0, "the bridge to enter POLICY")
-        ok, msg = obs.trigger(SERVICE_SIM_RESET)
+        if not g.wait(lambda: g.safety.mode() == "POLICY", 5.0):
+            g.trigger(SERVICE_RESUME)
+            g.wait_mode("POLICY", 5.0)
+        ok, msg = g.trigger(SERVICE_SIM_RESET)
         if not ok:
             raise RuntimeError(f"eval: /sim/reset failed: {msg}")
-        ok, msg = obs.trigger(SERVICE_HOLD)
+        ok, msg = g.trigger(SERVICE_HOLD)
         if not ok:
             raise RuntimeError(f"eval: /vla/hold refused: {msg}")
         # 2. Scene for this seed, then the instruction.
@@ -339,21 +190,21 @@ class _GraphSession:
         while not self._objects_match(want):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"eval: /sim/objects does not show the cube poses of seed {seed}: "
-                                   f"{self.obs.snapshot()[2]} vs {want}")
+                                   f"{self.objects.positions} vs {want}")
             for name, (pos, quat) in poses.items():  # the topic keeps only the newest request: one at a time
-                obs.move(name, pos, quat)
+                self.objects.move(name, pos, quat)
                 time.sleep(0.02)
-            time.sleep(0.25)  # /sim/objects comes at 10 Hz
+            g.wait(lambda: self._objects_match(want), 0.25)  # /sim/objects comes at 10 Hz
         spec = make_episode(task, seed, poses)
-        obs.instruct(spec.instruction)
+        self.instruction_pub.publish(self._String(data=spec.instruction))
         ready_wall = time.time() + 0.03
-        self._wait(lambda: obs.latent_obs_wall > ready_wall, FRESH_LATENT_TIMEOUT_S + (self.slow_latency_ms or 0) / 1e3,
-                   "a latent computed after the new scene and instruction")
-        tcp0, _, _, _ = obs.snapshot()
+        g.wait(lambda: self.features.latent_obs_wall() > ready_wall,
+               FRESH_LATENT_TIMEOUT_S + (self.slow_latency_ms or 0) / 1e3,
+               "a latent computed after the new scene and instruction")
+        tcp0, _ = self._tcp()
         # 3. Run.
-        with obs.lock:
-            obs.recording = {"ee": [], "latent": [], "fast_diag": []} if record else None
-        ok, msg = obs.trigger(SERVICE_RESUME)
+        t_rec = time.monotonic()
+        ok, msg = g.trigger(SERVICE_RESUME)
         if not ok:
             raise RuntimeError(f"eval: /vla/resume refused: {msg}")
         t0 = time.monotonic()
@@ -369,9 +220,10 @@ class _GraphSession:
             if t > spec.time_limit_s:
                 break
             if spec.motion is not None and t - last_move >= 1.0 / MOVE_OBJECT_HZ:
-                obs.move(spec.target, spec.motion.position(t))
+                self.objects.move(spec.target, spec.motion.position(t))
                 last_move = t
-            tcp, tcp_mono, objects, _ = obs.snapshot()
+            tcp, tcp_mono = self._tcp()
+            objects = self.objects.positions
             target = spec.target_position(t, objects.get(spec.target, static)) if spec.motion is not None \
                 else objects.get(spec.target, static)
             targets.append((now, *np.asarray(target, float).tolist()))
@@ -381,12 +233,9 @@ class _GraphSession:
                 if is_success(tcp, target):
                     success_t = tcp_mono - t0
                     break
-            dead = self._dead()
-            if dead:
-                raise RuntimeError(f"eval: node(s) exited during an episode: {dead}; logs: {self._log_tail()}")
+            g.check_alive("an episode")
             time.sleep(0.005)
-        with obs.lock:
-            rec, obs.recording = obs.recording, None
+        t_end = time.monotonic()
         row = {
             "task": task,
             "seed": seed,
@@ -398,27 +247,23 @@ class _GraphSession:
             "final_distance_m": d if math.isfinite(d) else None,
             "start_tcp": tcp0.tolist() if tcp0 is not None else None,
         }
-        if record:
+        if record:  # what came from just before the resume to the end of the episode
+            latent = [f for f in self.features.since(t_rec) if f.t <= t_end]
+            rec = {
+                "ee": [(t, *tcp_from_hand(p, q).tolist()) for t, p, q in self.pose.since(t_rec) if t <= t_end],
+                "latent": [(f.t, f.latent_age_s, f.infer_ms, f.hold) for f in latent],
+                "fast_diag": [(t, kv) for t, kv in self.diag.since(DIAG_FAST_PATH, t_rec) if t <= t_end],
+            }
             row["trace"] = _trace(rec, targets, t0)
         return row
 
-    def trigger_resume(self, service: str) -> None:
-        try:
-            self.obs.trigger(service)
-        except AssertionError:
-            pass
-
     def _objects_match(self, want: dict[str, np.ndarray]) -> bool:
-        _, _, objs, _ = self.obs.snapshot()
+        objs = self.objects.positions
         return all(n in objs and np.linalg.norm(objs[n][:2] - p[:2]) < 0.01 for n, p in want.items())
 
     def fast_timing(self) -> dict:
-        with self.obs.lock:
-            kv = dict(self.obs.fast_diag)
-        try:
-            timing = json.loads(kv.get("timing_json", "{}") or "{}")
-        except ValueError:
-            timing = {}
+        kv = self.diag.fast_path()
+        timing = timing_summary(kv)
         return {"achieved_hz": timing.get("achieved_hz"), "deadline_miss_rate": timing.get("deadline_miss_rate"),
                 "infer_ms": timing.get("infer_ms"), "hold_ticks": kv.get("hold_ticks"), "chunks": kv.get("chunks"),
                 "provider": kv.get("provider")}

@@ -55,6 +55,7 @@ class Probe:
         self.node = rclpy.create_node(f"{name}_{os.getpid()}", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+        self._clients: dict[str, object] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, name=f"{name}_spin", daemon=True)
         self._thread.start()
@@ -74,17 +75,21 @@ class Probe:
         self.node.create_subscription(msg_type, topic, lambda m: got.append((time.monotonic(), m)), qos)
         return got
 
+    def client(self, srv_type, name: str):
+        """The client of service ``name``: created on first use and kept, so later calls skip discovery."""
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self.node.create_client(srv_type, name)
+        return client
+
     def call(self, srv_type, name: str, request, timeout: float = 5.0):
-        """Call a service with a deadline; AssertionError naming it on timeout."""
-        client = self.node.create_client(srv_type, name)
-        try:
-            if not client.wait_for_service(timeout_sec=timeout):
-                raise AssertionError(f"service {name} not available within {timeout}s")
-            fut = client.call_async(request)
-            wait_for(fut.done, timeout, what=f"response of {name}")
-            return fut.result()
-        finally:
-            self.node.destroy_client(client)
+        """Call a service with a deadline (through its kept client); AssertionError naming it on timeout."""
+        client = self.client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise AssertionError(f"service {name} not available within {timeout}s")
+        fut = client.call_async(request)
+        wait_for(fut.done, timeout, interval=0.001, what=f"response of {name}")
+        return fut.result()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop spinning and tear the node and context down, waiting at most ``timeout`` for it.

@@ -55,7 +55,10 @@ START_ORDER = [
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One node process."""
+    """One node process.
+
+    ``remaps`` are ROS remappings (``-r from:=to``), e.g. to put a relay between a node and a topic.
+    """
 
     name: str
     module: str
@@ -63,6 +66,7 @@ class NodeSpec:
     params: dict[str, str | int | float | bool] = field(default_factory=dict)
     cpu_affinity: tuple[int, ...] = ()
     nice: int | None = None
+    remaps: tuple[tuple[str, str], ...] = ()
 
     def argv(self) -> list[str]:
         """Command line that runs the node with this interpreter."""
@@ -71,6 +75,8 @@ class NodeSpec:
         for k, v in self.params.items():
             val = str(v).lower() if isinstance(v, bool) else str(v)
             args += ["-p", f"{k}:={val}"]
+        for a, b in self.remaps:
+            args += ["-r", f"{a}:={b}"]
         return args
 
 
