@@ -48,5 +48,5 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     if which == "fuzz":
         from vla_runtime.bench.fuzz import bench_fuzz
 
-        return bench_fuzz(config_cases=args.cases or 120, seed=args.seed)
+        return bench_fuzz(config_cases=args.cases or 120, seed=args.seed, cases_per_class=args.trials or 80)
     raise ValueError(f"unknown benchmark {which!r}")

@@ -9,7 +9,12 @@ Two parts, one JSON:
   graphs, corrupt ONNX files, corrupt detector heads, broken vocabularies) go through
   :func:`~vla_runtime.commands.check.check_config` in this process. Each case is refused with a
   reason or passes every check including the dry run; an exception escaping ``check`` is a crash.
-* **the running graph** (:func:`fuzz_graph`): see its docstring.
+* **the running graph** (:func:`fuzz_graph`): generated messages on every topic the runtime
+  subscribes to (joint states, end-effector pose, plans, camera frames, the instruction, policy
+  features, the detector heartbeat, the teleop topics), some of each kind that broke things before
+  (NaN, 1e30, names twice, lengths that disagree, stamps an hour away) and the rest random but
+  valid CDR; it counts node crashes, tracebacks in the node logs, every node's refusals per reason,
+  and the largest hand motion over the baseline.
 
 Every case is reproducible from its seed; the report lists cases per class, refusals, crashes
 (with their traceback) and what was accepted.
@@ -22,10 +27,12 @@ import math
 import random
 import shutil
 import tempfile
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from vla_runtime.core.config import PROJECT_ROOT, _read_yaml
@@ -268,16 +275,273 @@ def fuzz_configs(cases: int = 120, seed: int = 0) -> dict:
             "accepted": accepted, "refusal_examples": examples}
 
 
-def bench_fuzz(config_cases: int = 120, seed: int = 0) -> dict:
+# ------------------------------------------------------------------------------ the running graph
+GRAPH_CONFIG = PROJECT_ROOT / "config" / "sim_panda_detector.yaml"
+_WORDS = ("", "x", "panda_joint1", "gripper/gripper", "arm/x", "élan ✓", "\x00", "a" * 300, "../../etc",
+          "touch the red cube", "panda_joint99")
+
+
+def _floats(rng: np.random.Generator, n: int) -> list[float]:
+    """``n`` values from a mix of sane numbers and the kinds that break things."""
+    pool = np.concatenate([rng.normal(0, 1, 8), [np.nan, np.inf, -np.inf, 1e30, -1e30, 1e9, 0.0, -0.0, 5e-324]])
+    return [float(v) for v in rng.choice(pool, size=n)]
+
+
+def _stamp(rng: np.random.Generator):
+    from vla_runtime.nodes.common import ns_to_stamp
+
+    now = time.time_ns()
+    return ns_to_stamp(int(rng.choice([now, now, now + 3600 * 10**9, now - 3600 * 10**9, 0, now + 10**8,
+                                       2**62])))
+
+
+def _graph_classes(cfg, names: list[str]) -> list[tuple[str, str, type, Callable]]:
+    """(class, topic, message type, make(rng) → message) of every input class the runtime takes."""
+    from geometry_msgs.msg import PoseStamped, TwistStamped
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float32MultiArray, Float64, Header, MultiArrayDimension, String
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from vla_runtime.core.contract import (
+        TOPIC_ACTION_CHUNK,
+        TOPIC_DETECTOR_HEARTBEAT,
+        TOPIC_EE_POSE,
+        TOPIC_INSTRUCTION,
+        TOPIC_JOINT_STATES,
+        TOPIC_POLICY_FEATURES,
+        TOPIC_TELEOP_GRIPPER,
+        TOPIC_TELEOP_JOINT_JOG,
+        TOPIC_TELEOP_POSE,
+        TOPIC_TELEOP_TWIST,
+    )
+
+    def js_nonfinite(rng):
+        m = JointState(name=names, position=[float(v) for v in rng.normal(0, 0.5, len(names))])
+        m.position[int(rng.integers(len(names)))] = float(rng.choice([np.nan, np.inf, -np.inf]))
+        m.header.stamp = _stamp(rng)
+        return m
+
+    def js_spoof(rng):
+        k = int(rng.integers(0, 2 * len(names)))
+        pick = [str(rng.choice(names)) for _ in range(len(names))] if rng.random() < 0.3 else names
+        m = JointState(name=pick, position=_floats(rng, k), velocity=_floats(rng, int(rng.integers(0, 12))))
+        m.header.stamp = _stamp(rng)
+        return m
+
+    def js_random(rng):
+        n = int(rng.integers(0, 20))
+        m = JointState(name=[str(rng.choice(_WORDS + tuple(names))) for _ in range(n)],
+                       position=_floats(rng, int(rng.integers(0, 20))), effort=_floats(rng, int(rng.integers(0, 3))))
+        m.header.frame_id = str(rng.choice(_WORDS))
+        m.header.stamp = _stamp(rng)
+        return m
+
+    def pose(rng):
+        m = PoseStamped()
+        p, o = m.pose.position, m.pose.orientation
+        p.x, p.y, p.z = _floats(rng, 3)
+        o.x, o.y, o.z, o.w = _floats(rng, 4) if rng.random() < 0.7 else (0.0, 0.0, 0.0, 0.0)
+        m.header.stamp = _stamp(rng)
+        return m
+
+    dims = [*names[:7], "gripper/gripper"]
+
+    def plan(rng):
+        m = JointTrajectory(joint_names=dims if rng.random() < 0.6 else
+                            [str(rng.choice(_WORDS + tuple(dims))) for _ in range(int(rng.integers(0, 10)))])
+        m.header.stamp = _stamp(rng)
+        m.header.frame_id = str(rng.choice(_WORDS))
+        for k in range(int(rng.integers(0, 30))):
+            pt = JointTrajectoryPoint(positions=_floats(rng, len(m.joint_names) if rng.random() < 0.8 else
+                                                         int(rng.integers(0, 12))))
+            pt.time_from_start.nanosec = int(rng.integers(0, 999_999_999)) if rng.random() < 0.2 else k * 10_000_000
+            m.points.append(pt)
+        return m
+
+    cam = cfg.cameras[0]
+
+    def image(rng):
+        h, w = int(rng.choice([0, 1, cam.height, 4096])), int(rng.choice([0, 3, cam.width]))
+        enc = str(rng.choice(["rgb8", "bgr8", "mono8", "16UC1", "", "rgb8\x00"]))
+        step = int(rng.choice([w * 3, w, 0, 7]))
+        n = int(rng.choice([h * step, 0, 17, min(h * step, 1 << 20) + 1]))
+        m = Image(height=h, width=w, encoding=enc, step=step, data=bytes(min(n, 1 << 21)))
+        m.header.stamp = _stamp(rng)
+        return m
+
+    def instruction(rng):
+        return String(data=str(rng.choice(_WORDS)) * int(rng.integers(1, 40)))
+
+    def features(rng):
+        m = Float32MultiArray(data=[float(np.float32(v)) if np.isfinite(v) else float(v)
+                                    for v in _floats(rng, int(rng.integers(0, 300)))])
+        label = str(rng.choice(["latent_mean:64|chunk_raw:16x8|latent_age_s,infer_ms,hold", *_WORDS]))
+        m.layout.dim = [MultiArrayDimension(label=label, size=len(m.data), stride=len(m.data))]
+        return m
+
+    def heartbeat(rng):
+        m = Header(frame_id=str(rng.choice(_WORDS)))
+        m.stamp = _stamp(rng)
+        return m
+
+    def twist(rng):
+        m = TwistStamped()
+        m.header.frame_id = str(rng.choice(["", "base", "world", *_WORDS]))
+        t = m.twist
+        t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z = _floats(rng, 6)
+        return m
+
+    def jog(rng):
+        n = int(rng.integers(0, 9))
+        return JointState(name=[str(rng.choice(names + list(_WORDS))) for _ in range(n)],
+                          velocity=_floats(rng, int(rng.integers(0, 9))))
+
+    def teleop_pose(rng):
+        m = pose(rng)
+        m.header.frame_id = str(rng.choice(["", "base", *_WORDS]))
+        return m
+
+    def gripper(rng):
+        return Float64(data=_floats(rng, 1)[0])
+
+    return [
+        ("joint_states: non-finite", TOPIC_JOINT_STATES, JointState, js_nonfinite),
+        ("joint_states: spoofed names/lengths", TOPIC_JOINT_STATES, JointState, js_spoof),
+        ("joint_states: random", TOPIC_JOINT_STATES, JointState, js_random),
+        ("ee_pose: random", TOPIC_EE_POSE, PoseStamped, pose),
+        ("action_chunk: random plans", TOPIC_ACTION_CHUNK, JointTrajectory, plan),
+        ("camera: random images", cam.topic, Image, image),
+        ("instruction: random text", TOPIC_INSTRUCTION, String, instruction),
+        ("policy_features: random", TOPIC_POLICY_FEATURES, Float32MultiArray, features),
+        ("detector_heartbeat: spoofed", TOPIC_DETECTOR_HEARTBEAT, Header, heartbeat),
+        ("teleop twist (not engaged)", TOPIC_TELEOP_TWIST, TwistStamped, twist),
+        ("teleop joint jog (not engaged)", TOPIC_TELEOP_JOINT_JOG, JointState, jog),
+        ("teleop pose (not engaged)", TOPIC_TELEOP_POSE, PoseStamped, teleop_pose),
+        ("teleop gripper (not engaged)", TOPIC_TELEOP_GRIPPER, Float64, gripper),
+    ]
+
+
+def _rejection_counts(kv: Mapping[str, str]) -> dict[str, int]:
+    """The per-reason refusal counters of a node's diagnostics (``<what>_rejected.<reason>``, …)."""
+    out = {}
+    for k, v in kv.items():
+        if ("rejected." in k or "rejected_by." in k or k in ("chunks_rejected", "rejected_images", "callback_errors",
+                                                            "internal_errors")) and str(v).isdigit():
+            out[k] = int(v)
+    return out
+
+
+def fuzz_graph(cases_per_class: int = 80, seed: int = 0, settle_s: float = 1.0, rate_hz: float = 100.0) -> dict:
+    """Generated bad input on every topic the running graph subscribes to.
+
+    The graph: ``config/sim_panda_detector.yaml`` (MuJoCo Panda, slow path, fast path, bridge,
+    failure detector), the fast path with the null engine, so the hand stands still and any motion
+    is the input's doing. For each input class (:func:`_graph_classes`): from a steady POLICY,
+    ``cases_per_class`` generated messages at ``rate_hz`` on its topic; then the graph is brought
+    back to POLICY (a halt a class provoked is reset, as an operator would) for the next class.
+
+    Returns:
+        ``per_class`` {class: {topic, cases, motion_mm, modes seen, refusals (counter deltas of
+        every node)}}, ``crashes`` (nodes that exited), ``tracebacks`` (node logs with one),
+        ``baseline_motion_mm``, ``max_extra_motion_mm``.
+    """
+    from sensor_msgs.msg import JointState
+
+    from vla_runtime.core.config import load_config
+    from vla_runtime.core.contract import (
+        DIAG_DETECTOR,
+        DIAG_FAST_PATH,
+        DIAG_SLOW_PATH,
+        TOPIC_EE_POSE,
+        TOPIC_JOINT_STATES,
+    )
+    from vla_runtime.core.kinematics import kinematics_for
+    from vla_runtime.graph.harness import DiagnosticsWatch, GraphHarness, PoseWatch, node_graph
+    from vla_runtime.nodes.common import QOS_COMMAND, QOS_SENSOR
+
+    rng = np.random.default_rng(seed)
+    with GraphHarness(name="fuzz") as h:
+        path = h.write_config(GRAPH_CONFIG, {"detector": {"learned": "off"}})
+        cfg = load_config(path)
+        diags, poses = DiagnosticsWatch(h.probe), PoseWatch(h.probe)
+        joints = h.probe.collect(JointState, TOPIC_JOINT_STATES, QOS_SENSOR)
+        chain = kinematics_for(cfg.robot.name, cfg.robot.groups["arm"].joints)
+
+        def hand_motion_mm(t0: float, t1: float, topic: str) -> float:
+            """The hand's largest distance from where it was at ``t0``, from a stream the class did
+            not fuzz: /ee_pose, or (while /ee_pose is fuzzed) the joint states through the arm's model."""
+            if topic != TOPIC_EE_POSE:
+                return poses.max_displacement_mm(t0, t1) or 0.0
+            arm = list(chain.joints)
+            pts = [chain.forward([m.position[list(m.name).index(j)] for j in arm])[:3, 3]
+                   for t, m in list(joints) if t0 <= t <= t1 and set(arm) <= set(m.name)]
+            return float(np.linalg.norm(np.array(pts) - pts[0], axis=1).max() * 1e3) if pts else 0.0
+        h.start_policy(node_graph(cfg, path, params={"action_chunk_node": {"engine": "null"}}))
+        h.steady_policy(settle_s)
+
+        def counters() -> dict[str, int]:
+            out = {f"bridge.{k}": v for k, v in _rejection_counts(h.safety.state()).items()}
+            for node, name in (("fast", DIAG_FAST_PATH), ("slow", DIAG_SLOW_PATH), ("detector", DIAG_DETECTOR)):
+                out.update({f"{node}.{k}": v for k, v in _rejection_counts(diags.latest(name)).items()})
+            return out
+
+        baseline = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            h.run_for(2.0)
+            baseline.append(poses.max_displacement_mm(t0, time.monotonic()) or 0.0)
+        per_class: dict[str, dict] = {}
+        crashes: dict[str, int] = {}
+        names = list(cfg.robot.joint_names)
+        for label, topic, msg_type, make in _graph_classes(cfg, names):
+            pub = h.probe.node.create_publisher(msg_type, topic, QOS_COMMAND)
+            before, n_reports = counters(), len(h.safety.reports)
+            t0 = time.monotonic()
+            for _ in range(cases_per_class):
+                pub.publish(make(rng))
+                time.sleep(1.0 / rate_hz)
+            t1 = time.monotonic()
+            h.run_for(1.2)  # what the burst set in motion lands; diagnostics refresh (1–2 Hz)
+            motion = hand_motion_mm(t0, time.monotonic(), topic)
+            after = counters()
+            dead = h.dead()
+            modes = sorted({m.message for _, m in list(h.safety.reports)[n_reports:]})
+            per_class[label] = {
+                "topic": topic, "cases": cases_per_class, "seconds": round(t1 - t0, 2), "motion_mm": round(motion, 2),
+                "modes": modes, "refusals": {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)},
+            }
+            h.probe.node.destroy_publisher(pub)
+            if dead:
+                crashes.update(dead)
+                break
+            h.steady_policy(settle_s, timeout=60.0)
+        tracebacks = sorted(p.name for p in h.log_dir.glob("*.log") if "Traceback" in p.read_text(errors="replace"))
+        base = max(baseline)
+        worst = max((c["motion_mm"] for c in per_class.values()), default=0.0)
+        return {"config": str(GRAPH_CONFIG.relative_to(PROJECT_ROOT)), "fast_engine": "null",
+                "cases": sum(c["cases"] for c in per_class.values()), "classes": len(per_class),
+                "per_class": per_class, "crashes": crashes, "tracebacks": tracebacks,
+                "baseline_motion_mm": round(base, 2), "max_extra_motion_mm": round(max(0.0, worst - base), 2),
+                "logs": h.logs() if crashes or tracebacks else ""}
+
+
+def bench_fuzz(config_cases: int = 120, seed: int = 0, cases_per_class: int = 80) -> dict:
     """The whole fuzz benchmark (see the module docstring) with its targets."""
     cfg = fuzz_configs(config_cases, seed)
+    graph = fuzz_graph(cases_per_class, seed)
     refused = sum(c["refused"] for c in cfg["per_class"].values())
+    unrefused = [k for k, c in graph["per_class"].items() if not c["refusals"]]
     targets = {
+        "runtime_cases_ge_1000": graph["cases"] >= 1000,
+        "runtime_classes_ge_10": graph["classes"] >= 10,
+        "no_node_crash": not graph["crashes"],
+        "no_traceback": not graph["tracebacks"],
+        "extra_motion_le_5mm": graph["max_extra_motion_mm"] <= 5.0,
         "config_model_cases_ge_100": cfg["cases"] >= 100,
         "config_model_no_crash": not cfg["crashes"],
     }
-    return {"benchmark": "fuzz", "configs_and_packages": {**cfg, "refused": refused},
-            "targets": targets, "passed": all(targets.values())}
+    return {"benchmark": "fuzz", "graph": {**graph, "classes_without_counted_refusal": unrefused},
+            "configs_and_packages": {**cfg, "refused": refused}, "targets": targets, "passed": all(targets.values())}
 
 
 __all__ = ["bench_fuzz", "fuzz_configs"]

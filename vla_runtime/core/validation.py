@@ -46,6 +46,7 @@ EMPTY = "empty"
 UNKNOWN_NAME = "unknown_name"
 OVER_LIMIT = "over_limit"
 MALFORMED = "malformed"
+WRONG_FRAME = "wrong_frame"
 
 #: How far a teleop velocity may exceed its configured limit before it is refused instead of clipped.
 TELEOP_REFUSE_FACTOR = 2.0

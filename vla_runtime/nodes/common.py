@@ -181,6 +181,24 @@ class PolledTopic:
         return out
 
 
+def guarded(node: Node, callback: Callable[[object], None],
+            on_error: Callable[[str], None] | None = None) -> Callable[[object], None]:
+    """A subscription callback no message can make raise out of the executor (which would end the
+    node): an exception is handed to ``on_error`` (what it means for this node: the bridge holds)
+    and logged, throttled; the node goes on with the next message."""
+    name = getattr(callback, "__name__", "callback")
+
+    def run(msg: object) -> None:
+        try:
+            callback(msg)
+        except Exception as e:  # noqa: BLE001 - counted and handled by on_error; the node must keep running
+            if on_error is not None:
+                on_error(f"{name}: {type(e).__name__}: {e}")
+            node.get_logger().error(f"{name} failed on a message: {e!r}", throttle_duration_sec=1.0)
+
+    return run
+
+
 def load_node_config(node: Node) -> RuntimeConfig:
     """Read the node's ``config_file`` parameter and validate it; exit clearly when it is bad."""
     node.declare_parameter("config_file", "")

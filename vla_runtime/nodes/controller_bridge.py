@@ -119,6 +119,7 @@ from vla_runtime.nodes.common import (
     QOS_DIAGNOSTICS,
     QOS_LATCHED,
     QOS_SENSOR,
+    guarded,
     load_node_config,
     run_node,
     stamp_to_ns,
@@ -227,23 +228,14 @@ class ControllerBridgeNode(Node):
 
     def _subscribe(self, msg_type: type, topic: str, callback: Callable[[object], None], qos: object,
                    group: object) -> None:
-        self.create_subscription(msg_type, topic, self._guarded(callback), qos, callback_group=group)
+        self.create_subscription(msg_type, topic, guarded(self, callback, self._callback_failed), qos,
+                                 callback_group=group)
 
-    def _guarded(self, callback: Callable[[object], None]) -> Callable[[object], None]:
-        """A subscription callback that no message can make raise out of the executor: a failure is
-        counted and holds the robot (a fault at run time ends in HOLD, never in a dead bridge)."""
-        @functools.wraps(callback)
-        def guarded(msg: object) -> None:
-            try:
-                callback(msg)
-            except Exception as e:  # noqa: BLE001 - counted and held on; the node must keep running
-                with self._lock:
-                    self.callback_errors += 1
-                    self.bridge.internal_error(f"{callback.__name__}: {type(e).__name__}: {e}")
-                self.get_logger().error(f"{callback.__name__} failed on a message: {e!r}; holding",
-                                        throttle_duration_sec=1.0)
-
-        return guarded
+    def _callback_failed(self, what: str) -> None:
+        """A callback raised on a message: counted, and whoever drives the robot holds."""
+        with self._lock:
+            self.callback_errors += 1
+            self.bridge.internal_error(what)
 
     def _controller_manager(self) -> RclpyControllerManager:
         from controller_manager_msgs.srv import ListControllers, SwitchController

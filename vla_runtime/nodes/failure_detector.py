@@ -89,13 +89,21 @@ from vla_runtime.core.failure_detection import (
     load_for_config,
     step_features,
 )
-from vla_runtime.core.validation import LENGTH_MISMATCH, JointStateCheck, PlanCheck, Rejections
+from vla_runtime.core.validation import (
+    LENGTH_MISMATCH,
+    MALFORMED,
+    NON_FINITE,
+    JointStateCheck,
+    PlanCheck,
+    Rejections,
+)
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
     QOS_LATCHED,
     QOS_SENSOR,
     diagnostic_status,
+    guarded,
     load_node_config,
     run_node,
     stamp_to_ns,
@@ -153,7 +161,10 @@ class FailureDetectorNode(Node):
         # no sign of life (the joint-state monitor escalates), a refused plan is a fault.
         self._js_check = JointStateCheck(self.cfg.robot, self.cfg.safety)
         self._plan_checks: dict[tuple[str, ...], PlanCheck] = {}
+        self.callback_errors = 0
+        self.last_callback_error = ""
         self.plan_rejections = Rejections()
+        self.feature_rejections = Rejections()
         self._active: dict[str, str] = {}  # cause → reason, for every cause currently present
         self._halt_out = False  # a halt of ours is standing on /vla/halt
         self.halts_published = 0
@@ -184,14 +195,14 @@ class FailureDetectorNode(Node):
         self._halt_pub = self.create_publisher(String, TOPIC_HALT, QOS_LATCHED)
         self._hb_pub = self.create_publisher(Header, TOPIC_DETECTOR_HEARTBEAT, QOS_SENSOR)
         self._diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
-        self.create_subscription(Float32MultiArray, TOPIC_POLICY_FEATURES, self._on_features, QOS_SENSOR)
-        self.create_subscription(JointTrajectory, TOPIC_ACTION_CHUNK, self._on_plan, QOS_COMMAND)
-        self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joint_state, QOS_SENSOR)
-        self.create_subscription(DiagnosticStatus, TOPIC_SAFETY_STATE, self._on_safety_state, QOS_LATCHED)
-        self.create_subscription(String, TOPIC_INSTRUCTION, self._on_instruction, QOS_LATCHED)
+        self._subscribe(Float32MultiArray, TOPIC_POLICY_FEATURES, self._on_features, QOS_SENSOR)
+        self._subscribe(JointTrajectory, TOPIC_ACTION_CHUNK, self._on_plan, QOS_COMMAND)
+        self._subscribe(JointState, TOPIC_JOINT_STATES, self._on_joint_state, QOS_SENSOR)
+        self._subscribe(DiagnosticStatus, TOPIC_SAFETY_STATE, self._on_safety_state, QOS_LATCHED)
+        self._subscribe(String, TOPIC_INSTRUCTION, self._on_instruction, QOS_LATCHED)
         for g in self.cfg.robot.groups.values():
             if g.controller == "joint_trajectory":
-                self.create_subscription(JointTrajectory, g.resolved_topic, self._on_command, QOS_COMMAND)
+                self._subscribe(JointTrajectory, g.resolved_topic, self._on_command, QOS_COMMAND)
         self._measured: dict[str, float] = {}
         self.create_timer(1.0 / float(get("check_hz")), self._check_timeouts)
         self.create_timer(1.0 / float(get("heartbeat_hz")), self._heartbeat)
@@ -230,9 +241,19 @@ class FailureDetectorNode(Node):
             self.get_logger().info("halt causes cleared: published '' on /vla/halt (reset may proceed)")
 
     # ------------------------------------------------------------------ callbacks
+    def _subscribe(self, msg_type: type, topic: str, callback, qos) -> None:
+        self.create_subscription(msg_type, topic, guarded(self, callback, self._callback_failed), qos)
+
+    def _callback_failed(self, what: str) -> None:
+        """A callback raised on a message: counted (the monitors judge what the node did not see)."""
+        self.callback_errors += 1
+        self.last_callback_error = what
+
     def _layout(self, msg: Float32MultiArray) -> FeatureLayout | None:
         label = msg.layout.dim[0].label if msg.layout.dim else ""
         if label not in self._layouts:
+            if len(self._layouts) > 16:  # a publisher that makes up labels: bounded memory and log
+                self._layouts.clear()
             try:
                 self._layouts[label] = FeatureLayout.parse(label)
             except ValueError:
@@ -246,9 +267,14 @@ class FailureDetectorNode(Node):
         r = self.monitors["features_finite"].note(vec)
         self._judge("features_finite", r)
         if not r.ok:
+            self.feature_rejections(NON_FINITE, r.reason)
             return
         layout = self._layout(msg)
-        if layout is None or vec.shape != (layout.size,):
+        if layout is None:
+            self.feature_rejections(MALFORMED, "policy features with an unknown layout label")
+            return
+        if vec.shape != (layout.size,):
+            self.feature_rejections(LENGTH_MISMATCH, f"policy features: {vec.size} values for {layout.size}")
             return
         latent_age = float(vec[layout.size - 3])
         self.monitors["latent"].note(latent_age)
@@ -384,6 +410,8 @@ class FailureDetectorNode(Node):
             values[f"monitor.{name}"] = "ok" if r.ok else r.reason
         values.update(self._js_check.rejections.as_diagnostics("joint_states_rejected"))
         values.update(self.plan_rejections.as_diagnostics("plans_rejected"))
+        values.update(self.feature_rejections.as_diagnostics("features_rejected"))
+        values.update(callback_errors=self.callback_errors, last_callback_error=self.last_callback_error)
         level = 2 if self._active else 0
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()

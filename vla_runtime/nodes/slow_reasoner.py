@@ -38,6 +38,7 @@ from vla_runtime.nodes.common import (
     QOS_LATCHED,
     QOS_SENSOR,
     diagnostic_status,
+    guarded,
     latent_buffer_config,
     load_node_config,
     run_node,
@@ -98,12 +99,12 @@ class SlowReasonerNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         cams = {c.name: c for c in self.cfg.cameras}
         self._subs = [
-            self.create_subscription(Image, cams[name].topic, self._image_cb(name), QOS_SENSOR)
+            self.create_subscription(Image, cams[name].topic, guarded(self, self._image_cb(name)), QOS_SENSOR)
             for name in self.step.cameras
         ]
-        self.create_subscription(String, TOPIC_INSTRUCTION, self._instruction_cb, QOS_LATCHED)
+        self.create_subscription(String, TOPIC_INSTRUCTION, guarded(self, self._instruction_cb), QOS_LATCHED)
         if self.step_on_request:
-            self.create_subscription(Header, TOPIC_SYNC_REQUEST, self._request_cb, QOS_COMMAND)
+            self.create_subscription(Header, TOPIC_SYNC_REQUEST, guarded(self, self._request_cb), QOS_COMMAND)
         self.diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(

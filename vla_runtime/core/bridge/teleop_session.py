@@ -34,7 +34,7 @@ from vla_runtime.core.kinematics import kinematics_for
 from vla_runtime.core.rotation import homogeneous
 from vla_runtime.core.safety_filter import SafetyFilter, SafetyResult
 from vla_runtime.core.teleop import TeleopIntegrator, TeleopLimits
-from vla_runtime.core.validation import LENGTH_MISMATCH, OUT_OF_LIMITS, TeleopCheck
+from vla_runtime.core.validation import LENGTH_MISMATCH, NON_FINITE, OUT_OF_LIMITS, WRONG_FRAME, TeleopCheck
 
 #: An operator command older than this no longer moves the teleop target (it stops, still TELEOP).
 TELEOP_INPUT_FRESH_S = 0.15
@@ -209,7 +209,8 @@ class TeleopSession:
         if frame_id in ("", self.robot.base_frame) or (g is not None and frame_id == g.frame_id):
             return None
         self.counters["teleop_inputs_ignored"] += 1
-        return f"teleop command in frame {frame_id!r}: only the base frame is accepted"
+        return self.check.rejections(WRONG_FRAME, f"teleop command in frame {frame_id!r}: only the base frame "
+                                                  "is accepted")
 
     def _take_input(self, now: float, mode: Mode) -> bool:
         """An operator command arrived: feeds the watchdogs; False when teleop is not active."""
@@ -271,8 +272,12 @@ class TeleopSession:
         return True
 
     def gripper_input(self, value: float, now: float, mode: Mode) -> bool:
-        """A gripper opening; True when taken."""
-        if math.isfinite(value) and self._take_input(now, mode):
+        """A gripper opening; True when taken (a non-finite one is refused and counted)."""
+        if not math.isfinite(value):
+            self.check.rejections(NON_FINITE, f"teleop gripper {value}")
+            self.counters["teleop_rejected"] += 1
+            return False
+        if self._take_input(now, mode):
             self.gripper = float(value)
             return True
         return False
