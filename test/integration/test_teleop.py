@@ -13,7 +13,7 @@ import pytest
 from std_msgs.msg import String
 
 from test.conftest import wait_for
-from vla_runtime.graph.teleop_rig import GAMEPAD_TELEOP, TeleopRig, run_trial, teleop_graph
+from vla_runtime.graph.teleop_rig import GAMEPAD_TELEOP, WINDOW_S, TeleopRig, run_trial, teleop_graph
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +115,65 @@ def test_bridge_started_after_the_press_still_hands_over(harness, write_config):
     time.sleep(0.3)
     rise = stick_up_for(r, 0.5)
     assert rise[2] > 15.0, f"the arm did not follow the stick: {rise}"
+
+
+def test_shared_autonomy_operator_drives_the_arm_while_the_policy_closes_the_gripper(harness, write_config):
+    """teleop.policy_keeps: [gripper]. The operator's stick moves the arm; the policy goes on closing
+    the gripper through the takeover; neither group jumps at either switch (≤ 2 mm)."""
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from vla_runtime.core.contract import TOPIC_ACTION_CHUNK
+    from vla_runtime.nodes.common import QOS_COMMAND, ns_to_stamp
+
+    cfg = write_config("sim_panda.yaml", {"teleop": {**GAMEPAD_TELEOP, "policy_keeps": ["gripper"]}, "cameras": []})
+    rig = TeleopRig(harness.probe)
+    rig.policy_enabled = False  # the policy below drives the arm (holding it) and the gripper (closing it)
+    node, pub = harness.probe.node, harness.probe.node.create_publisher(JointTrajectory, TOPIC_ACTION_CHUNK,
+                                                                        QOS_COMMAND)
+    t_start = time.monotonic()
+    hold_arm: list[float] = []
+    fingers: list[tuple[float, float]] = []
+
+    def policy() -> None:
+        if not all(j in rig.q for j in rig.arm):
+            return
+        fingers.append((time.monotonic(), rig.q["panda_finger_joint1"]))
+        if not hold_arm or rig.mode() != "POLICY" and rig.mode() != "TELEOP":
+            hold_arm[:] = [rig.q[j] for j in rig.arm]
+        g = max(0.0, 0.04 - 0.006 * (time.monotonic() - t_start))  # closing at 6 mm/s
+        msg = JointTrajectory(joint_names=[*rig.arm, "gripper/gripper"])
+        msg.header.stamp = ns_to_stamp(node.get_clock().now().nanoseconds)
+        for k in range(10):
+            pt = JointTrajectoryPoint(positions=[*hold_arm, max(0.0, g - 0.006 * 0.01 * k)])
+            pt.time_from_start.nanosec = k * 10_000_000
+            msg.points.append(pt)
+        pub.publish(msg)
+
+    node.create_timer(1 / 30, policy)
+    harness.start(teleop_graph(str(cfg)))
+    harness.wait(lambda: rig.mode() == "POLICY", 30, "POLICY")
+    harness.wait(rig.teleop_ready, 30, "the teleop node on the graph")
+    time.sleep(0.8)
+    t_take = rig.deadman(True)  # the operator takes the arm, stick centred: the hand must stay put
+    harness.wait(lambda: rig.mode() == "TELEOP", 3, "TELEOP")
+    time.sleep(WINDOW_S)
+    jump_take = rig.max_displacement_mm(t_take, t_take + WINDOW_S)
+    t_move = rig.deadman(True, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # +x
+    time.sleep(0.6)
+    rig.deadman(True)
+    time.sleep(0.3)
+    t_back = rig.deadman(False)
+    harness.wait(lambda: rig.mode() == "POLICY", 3, "POLICY again")
+    time.sleep(WINDOW_S)
+    jump_back = rig.max_displacement_mm(t_back, t_back + WINDOW_S + 0.2)
+    assert jump_take <= 2.0 and jump_back <= 2.0, (jump_take, jump_back)
+    moved = (rig.ee_at(t_back) - rig.ee_at(t_move)) * 1e3
+    assert 35.0 < moved[0] < 75.0 and abs(moved[1]) < 5.0, moved  # the operator moved the hand +x
+    f = np.array([(t, q) for t, q in fingers])
+    during = f[(f[:, 0] > t_take + 0.2) & (f[:, 0] < t_back)]
+    assert during[-1, 1] < during[0, 1] - 0.003, during[[0, -1]]  # the policy kept closing the gripper
+    for t_switch in (t_take, t_back):
+        near = f[(f[:, 0] > t_switch - 0.3) & (f[:, 0] < t_switch + 0.5)]
+        assert np.abs(np.diff(near[:, 1])).max() <= 0.002, "the gripper jumped at a switch"
+    starts = [m.data for _, m in rig.interventions if m.data.startswith("start")]
+    assert starts and "[operator: arm; policy: gripper]" in starts[-1], starts
