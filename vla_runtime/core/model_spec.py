@@ -1321,11 +1321,11 @@ class ModelSpec(_Frozen):
             if t.dtype != "uint8":
                 raise ValueError(f"{part} image input {t.name!r} has dtype {t.dtype}: with a 'cameras' block the graph "
                                  "takes the raw uint8 frame")
-            layout = "NTHWC" if self.n_obs_steps > 1 else "NHWC"
-            if t.layout != layout:
-                raise ValueError(f"{part} image input {t.name!r} has layout {t.layout}, expected {layout} "
-                                 f"(n_obs_steps = {self.n_obs_steps})")
-            if layout == "NTHWC" and t.shape[1] not in (None, self.n_obs_steps):
+            layouts = ("NTHWC",) if self.n_obs_steps > 1 else ("NHWC", "NTHWC")
+            if t.layout not in layouts:
+                raise ValueError(f"{part} image input {t.name!r} has layout {t.layout}, expected "
+                                 f"{' or '.join(layouts)} (n_obs_steps = {self.n_obs_steps})")
+            if t.layout == "NTHWC" and t.shape[1] not in (None, self.n_obs_steps):
                 raise ValueError(f"{part} image input {t.name!r} holds {t.shape[1]} frames, n_obs_steps is "
                                  f"{self.n_obs_steps}")
             if t.shape[-1] != 3 or t.image_hw != (cam.height, cam.width):
