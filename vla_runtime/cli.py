@@ -207,6 +207,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    from vla_runtime.commands.infer import cmd_infer as run
+
+    return run(args.package, args.inputs, args.out, threads=args.threads)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vla_runtime.commands.demo import run_demo
 
@@ -319,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video codec (libsvtav1: AV1 as LeRobot records; refused where SVT-AV1 could run its "
                         "threads at SCHED_FIFO 99: root, CAP_SYS_NICE, an rtprio limit)")
     q.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("infer", help="run a model package once on given inputs (.npz) and write its actions")
+    p.add_argument("package", help="model package directory, e.g. models/my_pi0")
+    p.add_argument("--inputs", required=True, help=".npz: one uint8 HxWx3 frame per camera name, prompt, state "
+                   "[, noise, step_noise, seed]")
+    p.add_argument("--out", required=True, help=".npz to write: actions [H, A] in robot units, and more")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("demo", help="the simulated-robot demo, end to end")
     p.add_argument("--config", default=None,

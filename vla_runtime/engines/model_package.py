@@ -28,7 +28,7 @@ import numpy as np
 
 from vla_runtime.core.action_space import ActionSpace, ProprioNormalizer
 from vla_runtime.core.model_spec import GraphSpec, ModelSpec, TensorSpec, load_model_spec
-from vla_runtime.core.text import WordTokenizer
+from vla_runtime.core.text import HfTokenizer, InstructionTokenizer, make_tokenizer
 from vla_runtime.engines import engine_from_config
 from vla_runtime.engines.base import Engine, EngineConfig, EngineError, TensorInfo, coerce_engine_config
 
@@ -46,12 +46,13 @@ class ModelPackage:
     Attributes:
         path: Package directory.
         spec: The validated ``model.yaml``.
-        slow_engine: Engine for the slow graph (None if not loaded).
+        slow_engine: Engine for the slow graph (None if not loaded, or the package has no slow part).
         fast_engine: Engine for the fast graph (None if not loaded).
         action_space: Decoder for the fast graph's output.
-        tokenizer: Instruction tokenizer for the slow graph.
-        proprio: Proprio normaliser for the fast graph's input.
-        slow_onnx: Resolved path of the slow graph.
+        tokenizer: Instruction tokenizer (a word list, or the policy's own ``tokenizer.json``); None when no
+            graph takes instruction tokens.
+        proprio: Proprio normaliser for the model's state inputs.
+        slow_onnx: Resolved path of the slow graph (None without a slow part).
         fast_onnx: Resolved path of the fast graph.
     """
 
@@ -60,9 +61,9 @@ class ModelPackage:
     slow_engine: Engine | None
     fast_engine: Engine | None
     action_space: ActionSpace
-    tokenizer: WordTokenizer
+    tokenizer: InstructionTokenizer | None
     proprio: ProprioNormalizer
-    slow_onnx: Path
+    slow_onnx: Path | None
     fast_onnx: Path
     _closed: bool = field(default=False, repr=False)
 
@@ -252,7 +253,8 @@ def validate_package(path: str | Path, parts: Iterable[str] = PARTS) -> ModelSpe
     """
     package_dir = _package_dir(path)
     spec = _load_spec(package_dir)
-    for part in _parts(parts):
+    _package_tokenizer(spec, package_dir)
+    for part in _present_parts(spec, _parts(parts), package_dir):
         graph: GraphSpec = getattr(spec, part)
         onnx_path = resolve_onnx(package_dir, graph.onnx)
         check_graph_io(graph, *_graph_io(onnx_path), onnx_path)
@@ -279,6 +281,30 @@ def _parts(parts: Iterable[str]) -> tuple[str, ...]:
     return out
 
 
+def _present_parts(spec: ModelSpec, wanted: tuple[str, ...], package_dir: Path) -> tuple[str, ...]:
+    """The wanted parts the package has; asking only for parts it lacks is an error."""
+    present = tuple(p for p in wanted if p in spec.parts)
+    if wanted and not present:
+        raise ModelPackageError(f"{package_dir / 'model.yaml'}: the package has no {' or '.join(wanted)} part (its "
+                                f"parts: {list(spec.parts)}; a package without a slow part feeds the cameras to its "
+                                "fast part)")
+    return present
+
+
+def _package_tokenizer(spec: ModelSpec, package_dir: Path) -> InstructionTokenizer | None:
+    """The package's tokenizer, its file checked (an hf_tokenizers file must exist and load)."""
+    if spec.tokenizer is None:
+        return None
+    try:
+        tok = make_tokenizer(spec.tokenizer, package_dir)
+    except ValueError as e:
+        raise ModelPackageError(f"{package_dir / 'model.yaml'}: tokenizer: {e}") from e
+    if isinstance(tok, HfTokenizer) and tok.pad_id >= tok.vocab_size:
+        raise ModelPackageError(f"{package_dir / 'model.yaml'}: tokenizer.pad_id = {tok.pad_id} is outside the "
+                                f"vocabulary of {tok.path.name} ({tok.vocab_size} tokens)")
+    return tok
+
+
 def load_model_package(
     path: str | Path,
     engine: EngineConfig | None = None,
@@ -296,7 +322,8 @@ def load_model_package(
         slow: Override for the slow graph.
         fast: Override for the fast graph.
         parts: Which graphs to check and load (e.g. ``("fast",)`` in the action
-            node); an unloaded part's engine is None.
+            node); an unloaded part's engine is None. Parts the package does not have are skipped
+            (a package without a slow part); asking only for those is an error.
 
     Returns:
         The package with engines, action space, tokenizer and proprio normaliser.
@@ -308,18 +335,21 @@ def load_model_package(
     """
     package_dir = _package_dir(path)
     spec = _load_spec(package_dir)
-    wanted = _parts(parts)
+    wanted = _present_parts(spec, _parts(parts), package_dir)
+    tokenizer = _package_tokenizer(spec, package_dir)
     base = coerce_engine_config(engine)
     configs = {
         "slow": coerce_engine_config(slow) if slow is not None else base,
         "fast": coerce_engine_config(fast) if fast is not None else base,
     }
-    onnx_paths = {p: resolve_onnx(package_dir, getattr(spec, p).onnx) for p in PARTS}
+    onnx_paths: dict[str, Path | None] = {p: resolve_onnx(package_dir, getattr(spec, p).onnx) if p in spec.parts
+                                          else None for p in PARTS}
     engines: dict[str, Engine | None] = {"slow": None, "fast": None}
     try:
         for part in wanted:
             graph: GraphSpec = getattr(spec, part)
             onnx_path, cfg = onnx_paths[part], configs[part]
+            assert onnx_path is not None
             if not onnx_path.is_file():
                 raise ModelPackageError(f"ONNX file not found: {onnx_path} (declared as {part}.onnx in "
                                         f"{package_dir / 'model.yaml'})")
@@ -346,8 +376,8 @@ def load_model_package(
         slow_engine=engines["slow"],
         fast_engine=engines["fast"],
         action_space=ActionSpace.from_model_spec(spec),
-        tokenizer=WordTokenizer.from_spec(spec.tokenizer),
+        tokenizer=tokenizer,
         proprio=ProprioNormalizer(spec.proprio),
         slow_onnx=onnx_paths["slow"],
-        fast_onnx=onnx_paths["fast"],
+        fast_onnx=onnx_paths["fast"],  # type: ignore[arg-type] - every package has a fast part
     )
