@@ -399,6 +399,8 @@ def _state_window(proprio: ProprioNormalizer, state: np.ndarray, n: int) -> np.n
     """Raw state ``(S,)`` or window ``(n, S)`` → normalised ``(n, S')`` (a single state repeated)."""
     st = np.asarray(state, dtype=np.float64)
     if st.ndim == 1:
+        if st.shape[0] != len(proprio.names):
+            raise ValueError(f"state has {st.shape[0]} values, expected {len(proprio.names)} ({list(proprio.names)})")
         st = np.repeat(st[None], n, axis=0)
     if st.ndim != 2 or st.shape[0] != n:
         raise ValueError(f"state must be ({len(proprio.names)},) or a window ({n}, {len(proprio.names)}), got shape "
