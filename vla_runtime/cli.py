@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=20.0, help="seconds of measurement (loop)")
     p.add_argument("--model", default=None, help="model package (engine; default: timing_reference)")
     p.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed")
+    p.add_argument("--latent-mb", type=float, default=8.0,
+                   help="handoff: also measure a K/V-cache latent of this many MB (0: skip)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("teleop", help="operator takeover from this terminal")
