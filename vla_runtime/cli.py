@@ -213,6 +213,21 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return run(args.package, args.inputs, args.out, threads=args.threads)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from vla_runtime.commands.import_lerobot import LeRobotImportError, import_lerobot
+
+    try:
+        summary = import_lerobot(args.pretrained_dir, args.out, tokenizer=args.tokenizer, name=args.name,
+                                 control_rate_hz=args.control_rate_hz, verify=args.verify, python=args.lerobot_python)
+    except LeRobotImportError as e:
+        print(f"vla-runtime import: {e}", file=sys.stderr)
+        return 1
+    print(f"imported {summary}")
+    print("next: vla-runtime infer <package> --inputs IN.npz --out OUT.npz, then vla-runtime check <config> "
+          "(docs/bring-your-own-policy.md)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vla_runtime.commands.demo import run_demo
 
@@ -335,6 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=".npz to write: actions [H, A] in robot units, and more")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("import", help="turn a trained policy into a model package")
+    src = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    q = src.add_parser("lerobot", help="a LeRobot 0.6 checkpoint (pi0, pi05, smolvla, act, diffusion); runs in "
+                       ".venv-lerobot (make lerobot-env), never in the runtime's environment")
+    q.add_argument("pretrained_dir", help="the policy's save_pretrained folder (with its processor configs)")
+    q.add_argument("--out", required=True, help="package folder to (re)create, e.g. models/my_policy")
+    q.add_argument("--tokenizer", default=None, help="folder with the prompt tokenizer's tokenizer.json "
+                   "(pi0/pi05 name google/paligemma-3b-pt-224: needed when it is not in the local HF cache)")
+    q.add_argument("--name", default=None, help="package name (default: the --out folder name)")
+    q.add_argument("--control-rate-hz", type=float, default=30.0, help="rate the chunk steps run at (dataset fps)")
+    q.add_argument("--verify", action="store_true", help="also compare the package with LeRobot on two inputs")
+    q.add_argument("--lerobot-python", default=None, help="the importer environment's python (default: "
+                   ".venv-lerobot/bin/python)")
+    q.set_defaults(func=cmd_import)
 
     p = sub.add_parser("demo", help="the simulated-robot demo, end to end")
     p.add_argument("--config", default=None,
