@@ -64,6 +64,16 @@ test-integration: venv
 clean:
 	rm -rf $(VENV) build *.egg-info vla_runtime/core/_fastpath*.so
 
+# ---- openpi-client (PyPI 0.1.2) in its own venv, for the openpi protocol test (it pins numpy < 2) ----
+OPENPI_VENV := build/venv-openpi-client
+.PHONY: openpi-client-env
+openpi-client-env: $(OPENPI_VENV)/.stamp
+
+$(OPENPI_VENV)/.stamp: requirements/openpi-client.txt
+	test -x $(OPENPI_VENV)/bin/python || $(PYTHON) -m venv $(OPENPI_VENV)
+	$(OPENPI_VENV)/bin/python -m pip install -q -r requirements/openpi-client.txt
+	touch $@
+
 # ---- LeRobot importer (issue #14): its own Python >= 3.12 environment, never used by the runtime ----
 # `make lerobot-env` builds .venv-lerobot (stamp: a second run with nothing changed installs nothing);
 # `make test-import` builds the tiny random-weight LeRobot policies, imports them with `vla-runtime import lerobot`

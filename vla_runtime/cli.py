@@ -228,6 +228,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vla_runtime.commands.serve import cmd_serve as run
+
+    return run(args.package, args.host, args.port, args.allow_remote, args.token_file, args.max_message_mb, args.seed,
+               args.threads)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vla_runtime.commands.demo import run_demo
 
@@ -365,6 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lerobot-python", default=None, help="the importer environment's python (default: "
                    ".venv-lerobot/bin/python)")
     q.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("serve", help="serve a model package over openpi's policy-server protocol (openpi-client)")
+    p.add_argument("package", help="model package directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback unless --allow-remote)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--allow-remote", action="store_true",
+                   help="permit binding beyond loopback (then an auth token is required)")
+    p.add_argument("--token-file", default=None, help="file holding the auth token clients send as "
+                   "'Authorization: Api-Key <token>' (openpi-client's api_key); default $VLA_SERVE_TOKEN")
+    p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise drawn for requests that send none")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the simulated-robot demo, end to end")
     p.add_argument("--config", default=None,

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChunkFastStep", "ChunkResult", "FastResult", "FastStep", "LatentResult", "LatentSlowStep", "ObservationWindow",
-    "PolicyOutput", "PolicyRunner", "SlowResult", "SlowStep",
+    "PolicyOutput", "PolicyRunner", "RemoteChunkStep", "SlowResult", "SlowStep",
 ]
 
 #: ``(prefix (H, A) absolute, mask (H,) bool)``, as :meth:`ChunkScheduler.prefix` returns it.
@@ -780,6 +780,73 @@ class ChunkFastStep:
         return ChunkResult(chunk, normalized, model, infer_ns, self._calls)
 
 
+class RemoteChunkStep:
+    """Observation → a whole policy on a server (engine ``openpi_remote``) → chunk in robot units.
+
+    The package describes the policy (cameras and their sizes, state names, action layout and chunk);
+    the server runs it. Frames of another size are fitted as for a local package.
+
+    Args:
+        spec: The model package spec.
+        engine: An engine whose ``infer`` takes the observation map and returns ``actions`` in robot units
+            (:class:`~vla_runtime.engines.openpi_remote.OpenpiRemoteEngine`).
+        action_space: The package's action layout.
+        camera_names: Cameras available (default: the package's own).
+    """
+
+    def __init__(self, spec: ModelSpec, engine: Engine, action_space: ActionSpace,
+                 camera_names: list[str] | None = None) -> None:
+        self.spec = spec
+        self.engine = engine
+        self.space = action_space
+        self.cams = {c.name: c for c in spec.cameras}
+        names = list(self.cams) or list(camera_names or [])
+        if camera_names is not None:
+            missing = [c for c in names if c not in camera_names]
+            if missing:
+                raise ValueError(f"the policy takes cameras {names}; {missing} not configured: {camera_names}")
+        self.cameras = names
+        self.resized: list[str] = []
+
+    def run(self, frames: Mapping[str, Image], prompt: str, state: np.ndarray, noise: np.ndarray | None = None,
+            seed: int | None = None) -> ChunkResult:
+        """One chunk from the server.
+
+        Raises:
+            KeyError: A camera's frame is missing.
+            ValueError: A bad frame or a reply of the wrong shape or with non-finite values.
+            vla_runtime.engines.base.EngineError: The server refused or did not answer.
+        """
+        feeds: dict[str, np.ndarray] = {}
+        self.resized = []
+        for cam in self.cameras:
+            if cam not in frames:
+                raise KeyError(f"no image from camera {cam!r}")
+            f = np.asarray(frames[cam])
+            c = self.cams.get(cam)
+            if c is not None and f.shape[:2] != (c.height, c.width):
+                f = fit_frame(f, c.height, c.width)
+                self.resized.append(cam)
+            feeds[cam] = np.ascontiguousarray(f)
+        feeds["state"] = np.asarray(state, dtype=np.float32).reshape(-1)
+        feeds["prompt"] = np.array(prompt)
+        if noise is not None:
+            feeds["noise"] = np.asarray(noise, dtype=np.float32)
+        if seed is not None:
+            feeds["seed"] = np.array(seed, dtype=np.int64)
+        t0 = time.perf_counter_ns()
+        actions = np.asarray(self.engine.infer(feeds)["actions"])
+        infer_ns = time.perf_counter_ns() - t0
+        want = (self.spec.chunk_horizon, self.spec.action_dim)
+        if actions.shape != want:
+            raise ValueError(f"the remote policy returned actions {list(actions.shape)}, the package's chunk is "
+                             f"{list(want)}")
+        if not np.all(np.isfinite(actions)):
+            raise ValueError("the remote policy returned non-finite actions")
+        chunk = actions.astype(np.float64)
+        return ChunkResult(chunk, self.space.encode(chunk)[0], actions, infer_ns, 1)
+
+
 class PolicyOutput(NamedTuple):
     """What :class:`PolicyRunner.infer` returns.
 
@@ -819,13 +886,21 @@ class PolicyRunner:
     def __init__(self, package: ModelPackage, camera_names: list[str] | None = None, seed: int = 0) -> None:
         self.package = package
         self.spec = package.spec
-        self.slow = LatentSlowStep.from_package(package, camera_names) if self.spec.slow is not None else None
-        self.fast = ChunkFastStep.from_package(package, camera_names=camera_names)
+        self.remote: RemoteChunkStep | None = None
+        self.slow: LatentSlowStep | None = None
+        if getattr(package.fast_engine, "whole_policy", False):  # openpi_remote: the server runs everything
+            assert package.fast_engine is not None
+            self.remote = RemoteChunkStep(self.spec, package.fast_engine, package.action_space, camera_names)
+        else:
+            self.slow = LatentSlowStep.from_package(package, camera_names) if self.spec.slow is not None else None
+            self.fast = ChunkFastStep.from_package(package, camera_names=camera_names)
         self.rng = np.random.default_rng(seed)
 
     @property
     def cameras(self) -> list[str]:
         """Every camera the package takes a frame from."""
+        if self.remote is not None:
+            return list(self.remote.cameras)
         cams = (self.slow.cameras if self.slow is not None else []) + self.fast.cameras
         return list(dict.fromkeys(cams))
 
@@ -847,6 +922,10 @@ class PolicyRunner:
             ValueError: A bad frame, state or noise (named in the message).
             vla_runtime.engines.base.EngineError: An engine failed.
         """
+        if self.remote is not None:
+            seed = None if noise is not None else int((rng if rng is not None else self.rng).integers(2**31))
+            r = self.remote.run(frames, prompt, state, noise=noise, seed=seed)
+            return PolicyOutput(r.chunk, r.normalized, None, {}, 0.0, r.infer_ns / 1e6, 1, tuple(self.remote.resized))
         rng = rng if rng is not None else self.rng
         st = np.asarray(state, dtype=np.float64)
         latent: LatentTensors = {}

@@ -305,6 +305,37 @@ def _package_tokenizer(spec: ModelSpec, package_dir: Path) -> InstructionTokeniz
     return tok
 
 
+def _remote_engine(spec: ModelSpec, part: str, cfg: EngineConfig, package_dir: Path) -> Engine:
+    """An ``openpi_remote`` fast part: the whole policy on a server, checked against what the package says.
+
+    The package (its ``model.yaml``) still describes the policy here: cameras, state names, the action
+    layout and chunk. A ``vla-runtime serve`` server says the same in its metadata; a mismatch is refused.
+    """
+    if part != "fast":
+        raise ModelPackageError(f"backend 'openpi_remote' runs a whole policy (observation → actions): it can be the "
+                                f"fast part only, not the {part} part")
+    eng = engine_from_config(package_dir / "model.yaml", cfg)
+    md = getattr(eng, "metadata", {})
+    problems = []
+    shape = md.get("action_shape")
+    if shape is not None and list(shape) != [spec.chunk_horizon, spec.action_dim]:
+        problems.append(f"the server's actions are {list(shape)}, the package's chunk is "
+                        f"[{spec.chunk_horizon}, {spec.action_dim}]")
+    names = md.get("state_names")
+    if names is not None and list(names) != list(spec.proprio.names):
+        problems.append(f"the server takes state {list(names)}, the package's proprio.names are "
+                        f"{list(spec.proprio.names)}")
+    cams = md.get("cameras")
+    if isinstance(cams, dict) and spec.cameras and sorted(cams) != sorted(c.name for c in spec.cameras):
+        problems.append(f"the server takes cameras {sorted(cams)}, the package describes "
+                        f"{sorted(c.name for c in spec.cameras)}")
+    if problems:
+        eng.close()
+        raise ModelPackageError(f"openpi_remote {cfg.url} does not serve the policy {package_dir / 'model.yaml'} "
+                                "describes: " + "; ".join(problems))
+    return eng
+
+
 def load_model_package(
     path: str | Path,
     engine: EngineConfig | None = None,
@@ -350,6 +381,9 @@ def load_model_package(
             graph: GraphSpec = getattr(spec, part)
             onnx_path, cfg = onnx_paths[part], configs[part]
             assert onnx_path is not None
+            if cfg.backend == "openpi_remote":
+                engines[part] = _remote_engine(spec, part, cfg, package_dir)
+                continue
             if not onnx_path.is_file():
                 raise ModelPackageError(f"ONNX file not found: {onnx_path} (declared as {part}.onnx in "
                                         f"{package_dir / 'model.yaml'})")
