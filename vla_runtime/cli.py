@@ -96,7 +96,15 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from vla_runtime.bench import run_benchmark
 
-    result = run_benchmark(args)
+    if args.which == "import":  # LeRobot in torch vs the runtime's ONNX path (needs .venv-lerobot)
+        from vla_runtime.commands.bench_import import bench_import
+
+        result = bench_import(n=args.trials or 20)
+        if "skipped" in result:
+            print(f"vla-runtime bench import: not measured: {result['skipped']}", file=sys.stderr)
+            return 1
+    else:
+        result = run_benchmark(args)
     if args.json:
         _print_json(result)
     else:
@@ -273,8 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_engine)
 
     p = sub.add_parser("bench", help="benchmarks; each prints JSON with --json")
-    p.add_argument("which", choices=["loop", "handoff", "max-rate", "chunks", "engine", "teleop", "halt", "faults"])
-    p.add_argument("--trials", type=int, default=None, help="trials (teleop, halt)")
+    p.add_argument("which", choices=["loop", "handoff", "max-rate", "chunks", "engine", "teleop", "halt", "faults",
+                                     "import"])
+    p.add_argument("--trials", type=int, default=None, help="trials (teleop, halt; import: steps per side)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--config", default=None, help="config for graph benchmarks (default: sim_panda)")
     p.add_argument("--rate", type=float, default=30.0, help="loop rate in Hz (loop)")

@@ -12,6 +12,9 @@ Commands:
   check-fixtures [DIR]
       Re-run the fixture packages from reference.npz and compare (numpy + onnxruntime + tokenizers;
       needs neither torch nor lerobot).
+  bench <pretrained_dir> <pkg_dir> --inputs-out IN.npz [--n N] [--threads T] [--tokenizer DIR]
+      Per-step latency of LeRobot's own inference in torch, as JSON; writes the inputs and LeRobot's actions
+      (the torch side of `vla-runtime bench import`).
 """
 
 from __future__ import annotations
@@ -55,7 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     cf = sub.add_parser("check-fixtures", help="re-run the fixture packages against reference.npz (no torch)")
     cf.add_argument("root", type=Path, nargs="?", default=Path("test/fixtures/lerobot"))
     cf.add_argument("--tol", type=float, default=1e-4)
+    bn = sub.add_parser("bench", help="per-step latency of LeRobot's inference in torch (JSON)")
+    bn.add_argument("pretrained_dir", type=Path)
+    bn.add_argument("package", type=Path)
+    bn.add_argument("--inputs-out", type=Path, required=True)
+    bn.add_argument("--n", type=int, default=20)
+    bn.add_argument("--threads", type=int, default=1)
+    bn.add_argument("--tokenizer", type=Path)
     args = ap.parse_args(argv)
+
+    if args.cmd == "bench":
+        import json
+
+        from tools.lerobot.bench import bench_torch
+
+        print(json.dumps(bench_torch(args.pretrained_dir, args.package, args.n, args.threads, args.inputs_out,
+                                     args.tokenizer)))
+        return 0
 
     if args.cmd == "check-fixtures":
         from tools.lerobot.fixtures import check_fixtures
