@@ -306,3 +306,25 @@ def test_ddpm_draws_at_every_positive_timestep_and_ends_on_the_prediction() -> N
         s.sample(through, noise=np.zeros((3, 2)), step_noise=np.zeros((1, 3, 2)))
     with pytest.raises(ValueError, match=r"denoiser returned shape \[2, 2\]"):
         s.sample(lambda x, t: np.zeros((2, 2)), rng=np.random.default_rng(0))
+
+
+# ------------------------------------------------------------------------------ a noise input
+def test_a_noise_input_is_filled_from_the_seeded_generator() -> None:
+    from vla_runtime.core.policy import ChunkFastStep, PolicyRunner
+
+    path = Path(__file__).resolve().parents[2] / "test" / "fixtures" / "noise_head"
+    state = np.arange(8.0)
+    with load_model_package(path) as pkg:
+        assert pkg.spec.parts == ("fast",) and pkg.spec.fast.input_by_role("noise").name == "noise"
+        a = PolicyRunner(pkg, seed=3).infer({}, "", state).actions
+        b = PolicyRunner(pkg, seed=3).infer({}, "", state).actions
+        c = PolicyRunner(pkg, seed=4).infer({}, "", state).actions
+        noise = np.random.default_rng(3).standard_normal((1, 10, 8)).astype(np.float32)
+        np.testing.assert_allclose(a, 2 * (0.5 * noise[0] + state), rtol=1e-6)  # the graph, de-normalised (std 2)
+        np.testing.assert_array_equal(a, b)
+        assert not np.allclose(a, c)
+        given = np.full((10, 8), 0.25, np.float32)
+        np.testing.assert_allclose(PolicyRunner(pkg).infer({}, "", state, noise=given).actions,
+                                   2 * (0.125 + np.tile(state, (10, 1))), rtol=1e-6)
+        with pytest.raises(ValueError, match="fast input 'noise' takes noise: give rng or noise"):
+            ChunkFastStep.from_package(pkg).run(state)
