@@ -225,8 +225,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     from vla_runtime.commands.import_lerobot import LeRobotImportError, import_lerobot
 
     try:
+        names = {k: getattr(args, k).split(",") if getattr(args, k) else None for k in ("state_names", "action_names")}
         summary = import_lerobot(args.pretrained_dir, args.out, tokenizer=args.tokenizer, name=args.name,
-                                 control_rate_hz=args.control_rate_hz, verify=args.verify, python=args.lerobot_python)
+                                 control_rate_hz=args.control_rate_hz, verify=args.verify, python=args.lerobot_python,
+                                 robot=args.robot, **names)
     except LeRobotImportError as e:
         print(f"vla-runtime import: {e}", file=sys.stderr)
         return 1
@@ -380,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--verify", action="store_true", help="also compare the package with LeRobot on two inputs")
     q.add_argument("--lerobot-python", default=None, help="the importer environment's python (default: "
                    ".venv-lerobot/bin/python)")
+    q.add_argument("--robot", default="panda", help="the robot the action layout is for")
+    q.add_argument("--state-names", default=None, help="comma-separated names of the checkpoint's state dims, in its "
+                   "order: robot joints and '<group>/gripper' (default: the Panda's 7 joints + gripper/gripper)")
+    q.add_argument("--action-names", default=None, help="comma-separated names of its action dims (same default)")
     q.set_defaults(func=cmd_import)
 
     p = sub.add_parser("serve", help="serve a model package over openpi's policy-server protocol (openpi-client)")

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--name", help="package name (default: the --out folder name)")
     imp.add_argument("--control-rate-hz", type=float, default=30.0, help="rate the chunk steps are executed at")
     imp.add_argument("--verify", action="store_true", help="after exporting, check the package against LeRobot")
+    imp.add_argument("--robot", default="panda", help="robot the action layout is for (model.yaml 'robot')")
+    imp.add_argument("--state-names", help="comma-separated names of the state dims (robot joints, '<group>/gripper'); "
+                     "default: the Panda's 7 joints + gripper/gripper for an 8-D state")
+    imp.add_argument("--action-names", help="comma-separated names of the action dims (same default)")
     bt = sub.add_parser("build-tiny", help="build tiny random-weight checkpoints (test fixtures)")
     bt.add_argument("--out", type=Path, required=True)
     bt.add_argument("--only", nargs="*")
@@ -93,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "import":
         from tools.lerobot.export import export_package
 
+        names = {k: getattr(args, k).split(",") if getattr(args, k) else None for k in ("state_names", "action_names")}
         spec = export_package(args.pretrained_dir, args.out, tokenizer=args.tokenizer, name=args.name,
-                              control_rate_hz=args.control_rate_hz)
+                              control_rate_hz=args.control_rate_hz, robot=args.robot, **names)
         sizes = {f.name: f.stat().st_size for f in sorted(args.out.iterdir())}
         print(f"exported {spec['source']['policy_type']} -> {args.out}: timings {spec['_timings']}, "
               f"sizes {sizes} (total {sum(sizes.values()) / 1e6:.2f} MB)")

@@ -49,7 +49,8 @@ def lerobot_python(explicit: str | None = None) -> Path:
 
 def import_lerobot(pretrained_dir: str | Path, out: str | Path, *, tokenizer: str | Path | None = None,
                    name: str | None = None, control_rate_hz: float = 30.0, verify: bool = False,
-                   python: str | None = None, timeout_s: float = 3600.0) -> str:
+                   python: str | None = None, timeout_s: float = 3600.0, robot: str = "panda",
+                   state_names: list[str] | None = None, action_names: list[str] | None = None) -> str:
     """Export a LeRobot ``save_pretrained`` folder into ``out`` and check the package in this environment.
 
     Args:
@@ -59,6 +60,10 @@ def import_lerobot(pretrained_dir: str | Path, out: str | Path, *, tokenizer: st
         name: Package name (default: the folder name).
         control_rate_hz: The rate the chunk's steps are executed at (the dataset's fps).
         verify: Also compare the package with LeRobot on two inputs (tol 1e-4).
+        robot: The robot the action layout is for.
+        state_names: Names of the state dims in the checkpoint's order: the robot's joints, ``<group>/gripper``
+            (default: the Panda's 7 joints + ``gripper/gripper`` for an 8-D state, else ``state_<i>``).
+        action_names: Names of the action dims (same default).
         python: The importer environment's interpreter (default: ``.venv-lerobot``).
         timeout_s: Give up after this long.
 
@@ -84,6 +89,13 @@ def import_lerobot(pretrained_dir: str | Path, out: str | Path, *, tokenizer: st
         cmd += ["--name", name]
     if verify:
         cmd.append("--verify")
+    cmd += ["--robot", robot]
+    for flag, names in (("--state-names", state_names), ("--action-names", action_names)):
+        if names:
+            bad = [n for n in names if not n or "," in n]
+            if bad:
+                raise LeRobotImportError(f"{flag}: empty or comma-containing names {bad}")
+            cmd += [flag, ",".join(names)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     try:
         proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s,
