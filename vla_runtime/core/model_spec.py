@@ -106,6 +106,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 #: The newest schema this runtime writes and reads; :data:`SCHEMA_VERSIONS` lists every one it reads.
 SCHEMA_VERSION = 2
 SCHEMA_VERSIONS = (1, 2)
+#: The rates at which a policy's chunk steps can be meant to execute.
+MIN_CONTROL_RATE_HZ = 1.0
+MAX_CONTROL_RATE_HZ = 1000.0
 
 DType = Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"]
 
@@ -1040,6 +1043,9 @@ class ModelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _cross_check(self) -> ModelSpec:
+        if not MIN_CONTROL_RATE_HZ <= self.control_rate_hz <= MAX_CONTROL_RATE_HZ:
+            raise ValueError(f"control_rate_hz = {self.control_rate_hz} is not a robot control rate "
+                             f"({MIN_CONTROL_RATE_HZ:g}..{MAX_CONTROL_RATE_HZ:g} Hz)")
         self._check_version()
         if self.action.dim != self.action_dim:
             raise ValueError(f"action_dim is {self.action_dim} but action.groups define {self.action.dim} dims")
