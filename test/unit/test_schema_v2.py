@@ -328,3 +328,24 @@ def test_a_noise_input_is_filled_from_the_seeded_generator() -> None:
                                    2 * (0.125 + np.tile(state, (10, 1))), rtol=1e-6)
         with pytest.raises(ValueError, match="fast input 'noise' takes noise: give rng or noise"):
             ChunkFastStep.from_package(pkg).run(state)
+
+
+def test_rtc_guidance_of_an_imported_flow_head_pulls_its_prefix_towards_the_executing_plan() -> None:
+    from vla_runtime.core.flow import RtcGuidance
+    from vla_runtime.core.policy import PolicyRunner
+
+    ref = np.load(FIX / "pi0" / "reference.npz")
+    with load_model_package(FIX / "pi0") as pkg:
+        runner = PolicyRunner(pkg)
+        frames = {c: ref[f"in0_image_{c}"] for c in ("scene", "wrist")}
+        state = ref["in0_state"]
+        free = runner.infer(frames, str(ref["in0_prompt"]), state, noise=ref["in0_noise"]).actions
+        plan = free + 0.2  # an executing plan 0.2 rad away from what the model would do now
+        fast = runner.fast
+        y = fast.encode_plan(plan, state)
+        assert y.shape == (10, 12) and not y[:, 8:].any()  # the padded dims are pulled to 0, what they train on
+        guided = fast.run(state, rng=None, noise=ref["in0_noise"], guidance=RtcGuidance(y, delay=3, exec_horizon=3),
+                          latent=runner.slow.run(frames, str(ref["in0_prompt"])).tensors).chunk
+    before = np.abs(free[:3] - plan[:3]).mean()
+    after = np.abs(guided[:3] - plan[:3]).mean()
+    assert after < 0.5 * before, (before, after)  # the frozen prefix moves to the plan
