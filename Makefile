@@ -64,10 +64,21 @@ test-integration: venv
 clean:
 	rm -rf $(VENV) build *.egg-info vla_runtime/core/_fastpath*.so
 
+# ---- openpi-client (PyPI 0.1.2) in its own venv, for the openpi protocol test (it pins numpy < 2) ----
+OPENPI_VENV := build/venv-openpi-client
+.PHONY: openpi-client-env
+openpi-client-env: $(OPENPI_VENV)/.stamp
+
+$(OPENPI_VENV)/.stamp: requirements/openpi-client.txt
+	test -x $(OPENPI_VENV)/bin/python || $(PYTHON) -m venv $(OPENPI_VENV)
+	$(OPENPI_VENV)/bin/python -m pip install -q -r requirements/openpi-client.txt
+	touch $@
+
 # ---- LeRobot importer (issue #14): its own Python >= 3.12 environment, never used by the runtime ----
 # `make lerobot-env` builds .venv-lerobot (stamp: a second run with nothing changed installs nothing);
-# `make test-import` builds the tiny random-weight LeRobot policies, exports them to packages under
-# build/lerobot_import/ and checks each against LeRobot (onnxruntime + numpy loop). Not part of `make test`.
+# `make test-import` builds the tiny random-weight LeRobot policies, imports them with `vla-runtime import lerobot`
+# into packages under build/lerobot_import/, records LeRobot's outputs beside each (verify --reference: LeRobot vs
+# the importer's numpy loop) and runs the runtime's own parity tests on them. Not part of `make test`.
 LEROBOT_VENV := .venv-lerobot
 LEROBOT_PY   := $(LEROBOT_VENV)/bin/python
 LEROBOT_OUT  := build/lerobot_import
@@ -85,16 +96,20 @@ $(LEROBOT_VENV)/.stamp: tools/lerobot/requirements.txt tools/lerobot/find_python
 	nice -n 19 $(LEROBOT_PY) -m pip install -q -r tools/lerobot/requirements.txt
 	touch $@
 
-test-import: lerobot-env
+test-import: lerobot-env venv
 	HF_HUB_OFFLINE=1 nice -n 19 $(LEROBOT_PY) -m tools.lerobot build-tiny --out $(LEROBOT_OUT)/checkpoints \
 	  --only $(LEROBOT_TYPES)
 	@set -e; for t in $(LEROBOT_TYPES); do \
 	  tok=""; if [ -d $(LEROBOT_OUT)/checkpoints/$$t/paligemma_tokenizer ]; then \
 	    tok="--tokenizer $(LEROBOT_OUT)/checkpoints/$$t/paligemma_tokenizer"; fi; \
-	  HF_HUB_OFFLINE=1 nice -n 19 $(LEROBOT_PY) -m tools.lerobot import $(LEROBOT_OUT)/checkpoints/$$t \
-	    --out $(LEROBOT_OUT)/packages/$$t --name tiny_$$t $$tok --verify; \
+	  nice -n 19 $(VPY) -m vla_runtime.cli import lerobot $(LEROBOT_OUT)/checkpoints/$$t \
+	    --out $(LEROBOT_OUT)/packages/$$t --name tiny_$$t $$tok; \
+	  HF_HUB_OFFLINE=1 nice -n 19 $(LEROBOT_PY) -m tools.lerobot verify $(LEROBOT_OUT)/checkpoints/$$t \
+	    $(LEROBOT_OUT)/packages/$$t $$tok --reference $(LEROBOT_OUT)/packages/$$t/reference.npz; \
 	done
 	$(LEROBOT_PY) -m tools.lerobot check-fixtures test/fixtures/lerobot
+	VLA_LEROBOT_PACKAGES=$(LEROBOT_OUT)/packages $(VPY) -m pytest test/unit/test_lerobot_parity.py -q \
+	  -k "$(shell echo $(LEROBOT_TYPES) | sed 's/ / or /g')"
 
 # Rebuild the committed CI fixtures (test/fixtures/lerobot/<type>/) from the tiny checkpoints.
 lerobot-fixtures: lerobot-env

@@ -96,7 +96,15 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from vla_runtime.bench import run_benchmark
 
-    result = run_benchmark(args)
+    if args.which == "import":  # LeRobot in torch vs the runtime's ONNX path (needs .venv-lerobot)
+        from vla_runtime.commands.bench_import import bench_import
+
+        result = bench_import(n=args.trials or 20)
+        if "skipped" in result:
+            print(f"vla-runtime bench import: not measured: {result['skipped']}", file=sys.stderr)
+            return 1
+    else:
+        result = run_benchmark(args)
     if args.json:
         _print_json(result)
     else:
@@ -207,6 +215,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    from vla_runtime.commands.infer import cmd_infer as run
+
+    return run(args.package, args.inputs, args.out, threads=args.threads)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from vla_runtime.commands.import_lerobot import LeRobotImportError, import_lerobot
+
+    try:
+        names = {k: getattr(args, k).split(",") if getattr(args, k) else None for k in ("state_names", "action_names")}
+        summary = import_lerobot(args.pretrained_dir, args.out, tokenizer=args.tokenizer, name=args.name,
+                                 control_rate_hz=args.control_rate_hz, verify=args.verify, python=args.lerobot_python,
+                                 robot=args.robot, **names)
+    except LeRobotImportError as e:
+        print(f"vla-runtime import: {e}", file=sys.stderr)
+        return 1
+    print(f"imported {summary}")
+    print("next: vla-runtime infer <package> --inputs IN.npz --out OUT.npz, then vla-runtime check <config> "
+          "(docs/bring-your-own-policy.md)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vla_runtime.commands.serve import cmd_serve as run
+
+    return run(args.package, args.host, args.port, args.allow_remote, args.token_file, args.max_message_mb, args.seed,
+               args.threads)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vla_runtime.commands.demo import run_demo
 
@@ -246,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks; each prints JSON with --json")
     p.add_argument("which", choices=["loop", "handoff", "max-rate", "chunks", "engine", "teleop", "halt", "faults",
-                                     "fuzz"])
-    p.add_argument("--trials", type=int, default=None, help="trials (teleop, halt)")
+                                     "fuzz", "import"])
+    p.add_argument("--trials", type=int, default=None,
+                   help="trials (teleop, halt; fuzz: cases per input class; import: steps per side)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--config", default=None, help="config for graph benchmarks (default: sim_panda)")
     p.add_argument("--rate", type=float, default=30.0, help="loop rate in Hz (loop)")
@@ -256,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=None, help="generated cases (fuzz: config/model cases)")
     p.add_argument("--seed", type=int, default=0, help="seed of generated cases (fuzz)")
     p.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed")
+    p.add_argument("--latent-mb", type=float, default=8.0,
+                   help="handoff: also measure a K/V-cache latent of this many MB (0: skip)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("teleop", help="operator takeover from this terminal")
@@ -322,6 +363,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video codec (libsvtav1: AV1 as LeRobot records; refused where SVT-AV1 could run its "
                         "threads at SCHED_FIFO 99: root, CAP_SYS_NICE, an rtprio limit)")
     q.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("infer", help="run a model package once on given inputs (.npz) and write its actions")
+    p.add_argument("package", help="model package directory, e.g. models/my_pi0")
+    p.add_argument("--inputs", required=True, help=".npz: one uint8 HxWx3 frame per camera name, prompt, state "
+                   "[, noise, step_noise, seed]")
+    p.add_argument("--out", required=True, help=".npz to write: actions [H, A] in robot units, and more")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("import", help="turn a trained policy into a model package")
+    src = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    q = src.add_parser("lerobot", help="a LeRobot 0.6 checkpoint (pi0, pi05, smolvla, act, diffusion); runs in "
+                       ".venv-lerobot (make lerobot-env), never in the runtime's environment")
+    q.add_argument("pretrained_dir", help="the policy's save_pretrained folder (with its processor configs)")
+    q.add_argument("--out", required=True, help="package folder to (re)create, e.g. models/my_policy")
+    q.add_argument("--tokenizer", default=None, help="folder with the prompt tokenizer's tokenizer.json "
+                   "(pi0/pi05 name google/paligemma-3b-pt-224: needed when it is not in the local HF cache)")
+    q.add_argument("--name", default=None, help="package name (default: the --out folder name)")
+    q.add_argument("--control-rate-hz", type=float, default=30.0, help="rate the chunk steps run at (dataset fps)")
+    q.add_argument("--verify", action="store_true", help="also compare the package with LeRobot on two inputs")
+    q.add_argument("--lerobot-python", default=None, help="the importer environment's python (default: "
+                   ".venv-lerobot/bin/python)")
+    q.add_argument("--robot", default="panda", help="the robot the action layout is for")
+    q.add_argument("--state-names", default=None, help="comma-separated names of the checkpoint's state dims, in its "
+                   "order: robot joints and '<group>/gripper' (default: the Panda's 7 joints + gripper/gripper)")
+    q.add_argument("--action-names", default=None, help="comma-separated names of its action dims (same default)")
+    q.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("serve", help="serve a model package over openpi's policy-server protocol (openpi-client)")
+    p.add_argument("package", help="model package directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback unless --allow-remote)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--allow-remote", action="store_true",
+                   help="permit binding beyond loopback (then an auth token is required)")
+    p.add_argument("--token-file", default=None, help="file holding the auth token clients send as "
+                   "'Authorization: Api-Key <token>' (openpi-client's api_key); default $VLA_SERVE_TOKEN")
+    p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise drawn for requests that send none")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the simulated-robot demo, end to end")
     p.add_argument("--config", default=None,

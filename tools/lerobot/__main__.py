@@ -12,6 +12,9 @@ Commands:
   check-fixtures [DIR]
       Re-run the fixture packages from reference.npz and compare (numpy + onnxruntime + tokenizers;
       needs neither torch nor lerobot).
+  bench <pretrained_dir> <pkg_dir> --inputs-out IN.npz [--n N] [--threads T] [--tokenizer DIR]
+      Per-step latency of LeRobot's own inference in torch, as JSON; writes the inputs and LeRobot's actions
+      (the torch side of `vla-runtime bench import`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--name", help="package name (default: the --out folder name)")
     imp.add_argument("--control-rate-hz", type=float, default=30.0, help="rate the chunk steps are executed at")
     imp.add_argument("--verify", action="store_true", help="after exporting, check the package against LeRobot")
+    imp.add_argument("--robot", default="panda", help="robot the action layout is for (model.yaml 'robot')")
+    imp.add_argument("--state-names", help="comma-separated names of the state dims (robot joints, '<group>/gripper'); "
+                     "default: the Panda's 7 joints + gripper/gripper for an 8-D state")
+    imp.add_argument("--action-names", help="comma-separated names of the action dims (same default)")
     bt = sub.add_parser("build-tiny", help="build tiny random-weight checkpoints (test fixtures)")
     bt.add_argument("--out", type=Path, required=True)
     bt.add_argument("--only", nargs="*")
@@ -55,7 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     cf = sub.add_parser("check-fixtures", help="re-run the fixture packages against reference.npz (no torch)")
     cf.add_argument("root", type=Path, nargs="?", default=Path("test/fixtures/lerobot"))
     cf.add_argument("--tol", type=float, default=1e-4)
+    bn = sub.add_parser("bench", help="per-step latency of LeRobot's inference in torch (JSON)")
+    bn.add_argument("pretrained_dir", type=Path)
+    bn.add_argument("package", type=Path)
+    bn.add_argument("--inputs-out", type=Path, required=True)
+    bn.add_argument("--n", type=int, default=20)
+    bn.add_argument("--threads", type=int, default=1)
+    bn.add_argument("--tokenizer", type=Path)
     args = ap.parse_args(argv)
+
+    if args.cmd == "bench":
+        import json
+
+        from tools.lerobot.bench import bench_torch
+
+        print(json.dumps(bench_torch(args.pretrained_dir, args.package, args.n, args.threads, args.inputs_out,
+                                     args.tokenizer)))
+        return 0
 
     if args.cmd == "check-fixtures":
         from tools.lerobot.fixtures import check_fixtures
@@ -74,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "import":
         from tools.lerobot.export import export_package
 
+        names = {k: getattr(args, k).split(",") if getattr(args, k) else None for k in ("state_names", "action_names")}
         spec = export_package(args.pretrained_dir, args.out, tokenizer=args.tokenizer, name=args.name,
-                              control_rate_hz=args.control_rate_hz)
+                              control_rate_hz=args.control_rate_hz, robot=args.robot, **names)
         sizes = {f.name: f.stat().st_size for f in sorted(args.out.iterdir())}
         print(f"exported {spec['source']['policy_type']} -> {args.out}: timings {spec['_timings']}, "
               f"sizes {sizes} (total {sum(sizes.values()) / 1e6:.2f} MB)")

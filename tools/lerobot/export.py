@@ -1,11 +1,13 @@
-"""Export a LeRobot checkpoint folder to a model package (ONNX graphs + ``model.yaml`` v2).
+"""Export a LeRobot checkpoint folder to a model package (ONNX graphs + ``model.yaml``, schema 2).
 
 ``export_package(checkpoint_dir, out_dir)`` loads the policy and its pre/post-processors offline,
 cuts the policy into graphs (:mod:`tools.lerobot.graphs`), exports them with
 ``torch.onnx.export`` (dynamo; the TorchScript exporter where dynamo fails) and writes, as data,
 everything the runtime must do around the graphs: tokenizer and prompt format, cameras, state and
 action normalisation, padding, the sampler (flow-matching Euler or the Diffusion scheduler with its
-constants), chunk size and execution horizon. ``docs/lerobot-export.md`` specifies the contract.
+constants), chunk size and execution horizon. ``docs/lerobot-export.md`` specifies the contract; the
+schema is the runtime's own (``vla_runtime/core/model_spec.py``, ``schema_version: 2``), which
+:func:`export_package` writes and the runtime validates.
 
 Runs only in the LeRobot environment (torch, lerobot, onnx).
 """
@@ -269,7 +271,7 @@ def _export_vla(ck: Checkpoint, out: Path, cams: list[dict[str, Any]], spec: dic
     fast = graphs.VlaVelocity(ck.policy, t, n_layers)
     f_args: list[Any] = [torch.zeros(1, H, A_max), torch.ones(1)]
     f_names = ["x_t", "t"]
-    f_roles = {"x_t": {"role": "noisy_actions"}, "t": {"role": "time"}, "v_t": {"role": "velocity"}}
+    f_roles = {"x_t": {"role": "noisy_actions"}, "t": {"role": "flow_time"}, "v_t": {"role": "velocity"}}
     if t == "pi0":
         f_args.append(state)
         f_names.append("state")
@@ -281,26 +283,17 @@ def _export_vla(ck: Checkpoint, out: Path, cams: list[dict[str, Any]], spec: dic
     how = _export(fast, tuple(f_args), out / "fast.onnx", f_names, ["v_t"])
     spec["_export_log"].append({"graph": "fast.onnx", "exporter": how, "seconds": round(time.monotonic() - t0, 1)})
     f_in, f_out = _tensor_specs(out / "fast.onnx", f_roles)
-    spec["graphs"] = {
-        "slow": {"onnx": "slow.onnx", "runs": "once per observation", "inputs": s_in, "outputs": s_out},
-        "fast": {"onnx": "fast.onnx", "runs": "once per flow step", "inputs": f_in, "outputs": f_out},
-    }
-    spec["latent"] = {"tensors": [{k: o[k] for k in ("name", "shape", "dtype")} for o in s_out],
-                      "kind": "kv_prefix_cache", "layers": n_layers,
+    spec["latent"] = {"kind": "kv_prefix_cache", "layers": n_layers,
                       "layout": "past_key_i / past_value_i: [batch, kv_heads, prefix_len, head_dim], post-RoPE; "
-                                "prefix_mask: [batch, prefix_len] int64, 1 = valid prefix token"}
+                                "prefix_mask: [batch, prefix_len] int64, 1 = valid prefix token",
+                      "tensors": [{k: o[k] for k in ("name", "shape", "dtype")} for o in s_out]}
+    spec["slow"] = {"onnx": "slow.onnx", "runs": "once per observation", "inputs": s_in, "outputs": s_out}
+    # One velocity evaluation; the runtime runs the Euler loop: t = 1 is pure noise (LeRobot's convention),
+    # x <- x + dt * v with dt = -1/steps at t_k = 1 - k/steps.
     steps = int(cfg.num_steps if t == "smolvla" else cfg.num_inference_steps)
-    dt = -1.0 / steps
-    spec["sampler"] = {
-        "kind": "flow_matching_euler",
-        "num_steps": steps,
-        "time_start": 1.0,
-        "dt": dt,
-        "times": [float(np.float32(1.0 + k * dt)) for k in range(steps)],
-        "update": "x = x + dt * v_t(x, t)",
-        "noise": {"input": "x_t", "shape": [1, H, A_max], "dtype": "float32", "distribution": "standard_normal"},
-        "time_convention": "t = 1 is pure noise, t = 0 the action chunk; x_t = t * noise + (1 - t) * actions",
-    }
+    spec["fast"] = {"onnx": "fast.onnx", "runs": "once per flow step", "kind": "flow_matching",
+                    "flow": {"steps": steps, "time_convention": "noise_at_1", "schedule": "uniform_euler"},
+                    "inputs": f_in, "outputs": f_out}
 
 
 def _export_act(ck: Checkpoint, out: Path, cams: list[dict[str, Any]], spec: dict[str, Any]) -> None:
@@ -319,8 +312,8 @@ def _export_act(ck: Checkpoint, out: Path, cams: list[dict[str, Any]], spec: dic
     how = _export(module, args, out / "policy.onnx", names, ["actions"])
     spec["_export_log"].append({"graph": "policy.onnx", "exporter": how, "seconds": round(time.monotonic() - t0, 1)})
     i, o = _tensor_specs(out / "policy.onnx", roles)
-    spec["graphs"] = {"policy": {"onnx": "policy.onnx", "runs": "once per chunk", "inputs": i, "outputs": o}}
-    spec["sampler"] = {"kind": "none"}
+    spec["fast"] = {"onnx": "policy.onnx", "runs": "once per chunk (the whole policy: no slow part)",
+                    "kind": "one_shot", "inputs": i, "outputs": o}
     if cfg.temporal_ensemble_coeff is not None:
         spec["temporal_ensemble"] = {"coeff": float(cfg.temporal_ensemble_coeff)}
 
@@ -348,27 +341,26 @@ def _export_diffusion(ck: Checkpoint, out: Path, cams: list[dict[str, Any]], spe
     H, A = int(cfg.horizon), int(cfg.action_feature.shape[0])
     den = graphs.DiffusionDenoiser(ck.policy)
     d_args = (torch.zeros(1, H, A), torch.tensor([10], dtype=torch.int64), gc)
-    d_roles = {"x_t": {"role": "noisy_actions"}, "timestep": {"role": "timestep"},
-               "global_cond": {"role": "latent"}, "model_output": {"role": "model_output"}}
+    d_roles = {"x_t": {"role": "noisy_actions"}, "timestep": {"role": "diffusion_timestep"},
+               "global_cond": {"role": "latent"}, "model_output": {"role": "denoiser_output"}}
     t0 = time.monotonic()
     how = _export(den, d_args, out / "fast.onnx", ["x_t", "timestep", "global_cond"], ["model_output"])
     spec["_export_log"].append({"graph": "fast.onnx", "exporter": how, "seconds": round(time.monotonic() - t0, 1)})
     f_in, f_out = _tensor_specs(out / "fast.onnx", d_roles)
-    spec["graphs"] = {
-        "slow": {"onnx": "slow.onnx", "runs": "once per observation window", "inputs": s_in, "outputs": s_out},
-        "fast": {"onnx": "fast.onnx", "runs": "once per denoising step", "inputs": f_in, "outputs": f_out},
-    }
-    spec["latent"] = {"tensors": [{k: o[k] for k in ("name", "shape", "dtype")} for o in s_out],
-                      "kind": "global_conditioning"}
-    spec["observation_window"] = {"n_obs_steps": n_obs, "order": "oldest first",
-                                  "fill": "at the first step (empty queue) the observation is repeated n_obs_steps "
-                                          "times; then each new observation is appended and the oldest dropped"}
-    spec["sampler"] = _scheduler_block(dm, cfg, H, A)
-    spec["execution"] = {"first_action_index": n_obs - 1,
-                         "note": "actions = sample[:, n_obs_steps - 1 : n_obs_steps - 1 + n_action_steps]"}
+    # The window of n_obs_steps observations (oldest first; the first call repeats its observation) and the
+    # slice of the sampled chunk LeRobot executes: steps n_obs_steps - 1 .. n_obs_steps - 2 + n_action_steps.
+    spec["n_obs_steps"] = n_obs
+    spec["chunk_offset"] = n_obs - 1
+    spec["latent"] = {"kind": "global_conditioning",
+                      "tensors": [{k: o[k] for k in ("name", "shape", "dtype")} for o in s_out]}
+    spec["slow"] = {"onnx": "slow.onnx", "runs": "once per observation window", "inputs": s_in, "outputs": s_out}
+    spec["fast"] = {"onnx": "fast.onnx", "runs": "once per denoising step", "kind": "diffusion",
+                    "diffusion": _scheduler_block(dm), "inputs": f_in, "outputs": f_out}
 
 
-def _scheduler_block(dm: Any, cfg: Any, H: int, A: int) -> dict[str, Any]:
+def _scheduler_block(dm: Any) -> dict[str, Any]:
+    """The policy's diffusers scheduler as a ``fast.diffusion`` block: its settings and, per inference step, the
+    constants the runtime's DDPM/DDIM step uses (``vla_runtime/core/diffusion.py``)."""
     sch = dm.noise_scheduler
     sch.set_timesteps(dm.num_inference_steps)
     kind = type(sch).__name__
@@ -384,33 +376,28 @@ def _scheduler_block(dm: Any, cfg: Any, H: int, A: int) -> dict[str, Any]:
             a_prev = float(ac[prev]) if prev >= 0 else 1.0
         steps.append({"timestep": t, "prev_timestep": int(prev), "alpha_prod_t": float(ac[t]),
                       "alpha_prod_t_prev": a_prev})
+    if bool(sch.config.thresholding):
+        raise ValueError("scheduler thresholding is not supported by the exporter")
     block: dict[str, Any] = {
-        "kind": "ddim" if kind == "DDIMScheduler" else "ddpm",
+        "scheduler": "ddim" if kind == "DDIMScheduler" else "ddpm",
         "num_train_timesteps": int(sch.config.num_train_timesteps),
-        "num_inference_steps": int(sch.num_inference_steps),
-        "beta_schedule": sch.config.beta_schedule,
-        "beta_start": float(sch.config.beta_start),
-        "beta_end": float(sch.config.beta_end),
         "prediction_type": sch.config.prediction_type,
         "clip_sample": bool(sch.config.clip_sample),
         "clip_sample_range": float(sch.config.clip_sample_range),
-        "thresholding": bool(sch.config.thresholding),
-        "steps": steps,
-        "alphas_cumprod": [float(x) for x in ac],
-        "betas": [float(x) for x in sch.betas.detach().cpu().numpy().astype(np.float32)],
-        "noise": {"input": "x_t", "shape": [1, H, A], "dtype": "float32", "distribution": "standard_normal"},
     }
     if kind == "DDIMScheduler":
         block["eta"] = 0.0
-        block["final_alpha_cumprod"] = float(sch.final_alpha_cumprod)
     else:
-        block["variance_type"] = sch.config.variance_type
         if sch.config.variance_type != "fixed_small":
             raise ValueError(f"DDPM variance_type {sch.config.variance_type!r} is not supported (only fixed_small)")
-        block["step_noise"] = {"shape": [1, H, A], "dtype": "float32", "distribution": "standard_normal",
-                               "drawn": "one fresh draw per step whose timestep > 0"}
-    if block["thresholding"]:
-        raise ValueError("scheduler thresholding is not supported by the exporter")
+        block["variance_type"] = "fixed_small"
+    block.update({
+        "beta_schedule": sch.config.beta_schedule,
+        "beta_start": float(sch.config.beta_start),
+        "beta_end": float(sch.config.beta_end),
+        "steps": steps,
+        "alphas_cumprod": [float(x) for x in ac],
+    })
     return block
 
 
@@ -426,31 +413,20 @@ def _tokenizer_block(ck: Checkpoint, out: Path) -> dict[str, Any] | None:
     shutil.copyfile(ck.tokenizer_dir / "tokenizer.json", out / "tokenizer.json")
     tok = step.input_tokenizer
     t = ck.policy_type
-    if t == "pi05":
-        prompt = {"kind": "pi05_state_prompt",
-                  "template": "Task: {task}, State: {state};\nAction: ",
-                  "task_cleanup": "task.strip(), then '_' -> ' ' and '\\n' -> ' '",
-                  "state_tokens": {"source": "normalised state (after the package's state normalisation, "
-                                             "unpadded)", "bins": 256, "low": -1.0, "high": 1.0,
-                                   "rule": "k = digitize(x, linspace(-1, 1, 257)[:-1]) - 1 (numpy), "
-                                           "so x < -1 -> -1, x >= 1 - 2/256 -> 255",
-                                   "join": "decimal integers joined by single spaces"}}
-    else:
-        prompt = {"kind": "newline_terminated", "template": "{task}\n",
-                  "rule": "append '\\n' unless the task already ends with one"}
+    # pi05: "Task: {clean task}, State: {256 state bins};\nAction: "; pi0 and SmolVLA: the task ending in "\n".
+    prompt = {"kind": "pi05_state_prompt", "state_bins": 256} if t == "pi05" else {"kind": "newline_terminated"}
+    # The slow graph has a fixed token length (max_len): a checkpoint with padding "longest" (SmolVLA's default)
+    # gives the same actions padded further, as the padded positions are masked everywhere.
     return {
         "kind": "hf_tokenizers",
         "file": "tokenizer.json",
         "source": _portable_name(preprocessor_tokenizer_name(ck.path)),
         "max_len": int(step.max_length),
-        "padding": step.padding,
-        "pad_to": int(step.max_length),
         "padding_side": step.padding_side,
         "truncation": bool(step.truncation),
         "truncation_side": getattr(tok, "truncation_side", "right"),
         "add_special_tokens": True,
         "pad_id": int(tok.pad_token_id),
-        "mask_dtype": "int64",
         "prompt": prompt,
     }
 
@@ -466,14 +442,29 @@ def _portable_name(name: str | None) -> str | None:
 # The package
 
 
-def _action_groups(names: list[str]) -> list[dict[str, Any]]:
-    joints = [n for n in names if "/" not in n]
+def _action_groups(names: list[str], relative: list[bool] | None = None) -> list[dict[str, Any]]:
+    """Action groups for the dim names: joints (absolute, or ``joint_delta`` where LeRobot's relative-action step
+    adds the state), then one gripper group per ``<group>/gripper`` dim."""
+    rel = relative or [False] * len(names)
     groups: list[dict[str, Any]] = []
-    if joints:
-        groups.append({"name": "arm", "kind": "joint_position", "joints": joints})
-    for n in names:
+    for i, n in enumerate(names):
         if n.endswith("/gripper"):
+            if rel[i]:
+                raise ValueError(f"action dim {n!r} is relative to the state: only joint dims can be (joint_delta)")
             groups.append({"name": n.split("/", 1)[0], "kind": "gripper"})
+            continue
+        if "/" in n:
+            raise ValueError(f"action dim {n!r}: the exporter names joints or '<group>/gripper' dims")
+        kind = "joint_delta" if rel[i] else "joint_position"
+        last = groups[-1] if groups else None
+        if last is not None and last["kind"] == kind:
+            last["joints"].append(n)
+        else:
+            groups.append({"name": "arm" if kind == "joint_position" else "arm_delta", "kind": kind, "joints": [n]})
+    arm_names = [g["name"] for g in groups]
+    for k, g in enumerate(groups):  # several runs of one kind: number them
+        if arm_names.count(g["name"]) > 1:
+            g["name"] = f"{g['name']}{sum(1 for h in groups[:k] if h['name'].startswith(g['name']))}"
     return groups
 
 
@@ -505,6 +496,8 @@ def export_package(checkpoint: Path, out: Path, *, tokenizer: Path | None = None
     if unsupported or "observation.state" not in cfg.input_features:
         raise ValueError(f"{checkpoint}: the exporter supports camera images + observation.state inputs; this policy "
                          f"has inputs {sorted(cfg.input_features)}")
+    if t == "smolvla" and cfg.adapt_to_pi_aloha:
+        raise ValueError("SmolVLA with adapt_to_pi_aloha=True is not supported by the exporter")
     keys = camera_keys(cfg)
     cams = _camera_blocks(ck, keys)
     S = int(cfg.input_features["observation.state"].shape[0])
@@ -515,6 +508,7 @@ def export_package(checkpoint: Path, out: Path, *, tokenizer: Path | None = None
         raise ValueError(f"{len(state_names)} state names / {len(action_names)} action names given for a policy with "
                          f"state dim {S} and action dim {A}")
     horizon = int(cfg.horizon if t == "diffusion" else cfg.chunk_size)
+    # The package's key order is the order model.yaml reads best in (dicts keep insertion order).
     spec: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "name": name or out.name,
@@ -540,30 +534,40 @@ def export_package(checkpoint: Path, out: Path, *, tokenizer: Path | None = None
         _export_act(ck, out, cams, spec)
     else:
         _export_diffusion(ck, out, cams, spec)
-    state_norm = normalization_of(ck, "observation.state")
-    spec["state"] = {"names": state_names, "dim": S, "normalization": state_norm}
-    if t in ("pi0", "pi05", "smolvla"):
-        spec["state"]["padding"] = {"to": int(cfg.max_state_dim), "value": 0.0, "where": "in_graph"
-                                    if t != "pi05" else "not_used (pi05 puts the state in the prompt)"}
-    spec["action"] = {"names": action_names, "head": "continuous",
-                      "normalization": normalization_of(ck, "action", "post"),
-                      "groups": _action_groups(action_names)}
-    if t in ("pi0", "pi05", "smolvla"):
-        spec["action"]["padding"] = {"model_dim": int(cfg.max_action_dim), "keep": A,
-                                     "rule": "actions = x[..., :action_dim] after the last flow step"}
+    spec["proprio"] = {"names": state_names, "normalization": normalization_of(ck, "observation.state")}
+    if t in ("pi0", "smolvla"):  # pi05 puts the state into the prompt, not into a graph
+        spec["proprio"]["padding"] = {"to": int(cfg.max_state_dim), "value": 0.0, "where": "in_graph"}
     rel = ck.step("relative_actions_processor")
-    if rel is not None and rel.enabled:
-        spec["action"]["relative"] = {"enabled": True, "mask": [bool(m) for m in rel._build_mask(A)],
-                                      "rule": "after unnormalising: action[:, d] += raw_state[d] where mask[d]"}
-    if t == "smolvla" and cfg.adapt_to_pi_aloha:
-        raise ValueError("SmolVLA with adapt_to_pi_aloha=True is not supported by the exporter")
+    mask = [bool(m) for m in rel._build_mask(A)] if rel is not None and rel.enabled else None
+    if mask is not None and any(mask) and list(state_names[:A]) != list(action_names):
+        raise ValueError("relative actions add the state dim of the same index: the exporter needs the state's first "
+                         f"{A} names to be the action names, got {state_names} / {action_names}")
+    spec["action"] = {"head": "continuous", "normalization": normalization_of(ck, "action", "post"),
+                      "groups": _action_groups(action_names, mask)}
+    if t in ("pi0", "pi05", "smolvla"):
+        spec["action"]["padding"] = {"model_dim": int(cfg.max_action_dim)}
     timings = spec.pop("_export_log")
     spec["export"] = {"tool": "tools/lerobot/export.py", "opset": OPSET,
                       "graphs": [{"onnx": g["graph"], "exporter": g["exporter"]} for g in timings]}
     (out / "model.yaml").write_text(_header(spec) + dump_yaml(spec), encoding="utf-8")
+    _validate_with_runtime_schema(out)
     spec["_timings"] = {"total_s": round(time.monotonic() - t_start, 1),
                         **{g["graph"]: g["seconds"] for g in timings}}
     return spec
+
+
+def _validate_with_runtime_schema(out: Path) -> None:
+    """Refuse a package the runtime would refuse: ``model.yaml`` through the runtime's own schema.
+
+    ``vla_runtime.core.model_spec`` needs only pydantic and pyyaml (both in this environment); the runtime
+    then checks the graphs against it when it loads the package.
+    """
+    from vla_runtime.core.model_spec import load_model_spec
+
+    try:
+        load_model_spec(out)
+    except ValueError as e:
+        raise ValueError(f"the exporter wrote a model.yaml the runtime refuses (an exporter bug): {e}") from e
 
 
 class _Dumper(yaml.SafeDumper):
@@ -594,7 +598,8 @@ def dump_yaml(data: Any) -> str:
 def _header(spec: dict[str, Any]) -> str:
     return (f"# {spec['name']} — imported from LeRobot {spec['source']['policy_type']} "
             f"(tools/lerobot/export.py); do not edit by hand.\n"
-            "# schema_version 2 (proposal): see docs/lerobot-export.md for every field and the algorithm.\n")
+            "# schema_version 2 (vla_runtime/core/model_spec.py); docs/lerobot-export.md: every field and the "
+            "algorithm.\n")
 
 
 def _lerobot_version() -> str:

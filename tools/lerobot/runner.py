@@ -1,4 +1,4 @@
-"""Reference implementation of the runtime side of a v2 model package: numpy + onnxruntime + tokenizers.
+"""Reference implementation of the runtime side of an imported package: numpy + onnxruntime + tokenizers.
 
 This module reads only the package (``model.yaml``, the ONNX graphs, ``tokenizer.json``); it never
 imports torch or lerobot. It is the executable form of the algorithm in ``docs/lerobot-export.md``
@@ -21,7 +21,7 @@ def normalize(x: np.ndarray, norm: dict[str, Any]) -> np.ndarray:
     """Raw -> normalised, in float32, in the same operation order as LeRobot's ``NormalizerProcessorStep``."""
     x = np.asarray(x, dtype=F32)
     kind = norm["kind"]
-    if kind == "identity":
+    if kind in ("identity", "none"):
         return x
     eps = F32(norm["eps"])
     if kind == "mean_std":
@@ -36,7 +36,7 @@ def unnormalize(x: np.ndarray, norm: dict[str, Any]) -> np.ndarray:
     """Normalised -> raw, in float32, in the same operation order as LeRobot's ``UnnormalizerProcessorStep``."""
     x = np.asarray(x, dtype=F32)
     kind = norm["kind"]
-    if kind == "identity":
+    if kind in ("identity", "none"):
         return x
     if kind == "mean_std":
         return x * np.asarray(norm["std"], F32) + np.asarray(norm["mean"], F32)
@@ -60,7 +60,7 @@ def pi05_state_string(norm_state: np.ndarray, bins: int = 256) -> str:
 
 
 class PackageRunner:
-    """Runs a v2 package the way the runtime must (one observation, batch 1)."""
+    """Runs a schema-2 package the way the runtime must (one observation, batch 1)."""
 
     def __init__(self, package: Path) -> None:
         import onnxruntime as ort
@@ -71,8 +71,9 @@ class PackageRunner:
             raise ValueError(f"{self.dir}: expected schema_version 2, got {self.spec.get('schema_version')!r}")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
-        self.sessions = {k: ort.InferenceSession(str(self.dir / g["onnx"]), opts, providers=["CPUExecutionProvider"])
-                         for k, g in self.spec["graphs"].items()}
+        self.sessions = {k: ort.InferenceSession(str(self.dir / self.spec[k]["onnx"]), opts,
+                                                 providers=["CPUExecutionProvider"])
+                         for k in ("slow", "fast") if self.spec.get(k)}
         tok = self.spec.get("tokenizer")
         self.tokenizer = None
         if tok is not None:
@@ -83,7 +84,7 @@ class PackageRunner:
                 self.tokenizer.enable_truncation(max_length=tok["max_len"], direction=tok["truncation_side"])
             # The slow graph has a fixed token length: pad to max_len whatever the checkpoint's padding
             # mode ("longest" gives the same actions: padded positions are masked out everywhere).
-            self.tokenizer.enable_padding(direction=tok["padding_side"], pad_id=tok["pad_id"], length=tok["pad_to"])
+            self.tokenizer.enable_padding(direction=tok["padding_side"], pad_id=tok["pad_id"], length=tok["max_len"])
 
     # -- pieces -----------------------------------------------------------------------------------
     def prompt(self, task: str, norm_state: np.ndarray | None) -> str:
@@ -92,7 +93,7 @@ class PackageRunner:
         if p["kind"] == "pi05_state_prompt":
             clean = task.strip().replace("_", " ").replace("\n", " ")
             assert norm_state is not None
-            return f"Task: {clean}, State: {pi05_state_string(norm_state, p['state_tokens']['bins'])};\nAction: "
+            return f"Task: {clean}, State: {pi05_state_string(norm_state, p['state_bins'])};\nAction: "
         return task if task.endswith("\n") else task + "\n"
 
     def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +104,7 @@ class PackageRunner:
 
     def _feeds(self, graph: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {}
-        for t in self.spec["graphs"][graph]["inputs"]:
+        for t in self.spec[graph]["inputs"]:
             feeds[t["name"]] = np.ascontiguousarray(values[t["name"]], dtype=t["dtype"])
         return feeds
 
@@ -130,7 +131,7 @@ class PackageRunner:
         kind = s["source"]["policy_type"]
         mid: dict[str, Any] = {}
         state = np.asarray(state, F32)
-        ns = normalize(state, s["state"]["normalization"])
+        ns = normalize(state, s["proprio"]["normalization"])
         mid["state_norm"] = ns
         values: dict[str, np.ndarray] = {f"image_{c['name']}": frames[c["name"]][None] for c in s["cameras"]}
         values["state"] = ns[None]
@@ -141,36 +142,36 @@ class PackageRunner:
             values.update(lang_tokens=ids, lang_mask=mask)
             latents = self.run("slow", values)
             mid.update(latents)
-            samp = s["sampler"]
+            n_steps = s["fast"]["flow"]["steps"]
             x = np.asarray(noise, F32)[None]
-            dt = F32(samp["dt"])
-            for k in range(samp["num_steps"]):
-                t = F32(samp["times"][k])  # float32(1.0 + k * dt) with the product taken in float64
+            dt = F32(-1.0 / n_steps)
+            for k in range(n_steps):
+                t = F32(1.0 + k * (-1.0 / n_steps))  # t = 1 is pure noise; the product is taken in float64
                 v = self.run("fast", {**latents, "x_t": x, "t": np.array([t], F32), "state": ns[None]})["v_t"]
                 if k == 0:
                     mid["v_t0"] = v
                 x = x + dt * v
             norm_actions = x[0, :, : s["action_dim"]]
         elif kind == "act":
-            norm_actions = self.run("policy", values)["actions"][0]
+            norm_actions = self.run("fast", values)["actions"][0]
         else:
             gc = self.run("slow", values)["global_cond"]
             mid["global_cond"] = gc
             x = np.asarray(noise, F32)[None]
-            samp = s["sampler"]
+            samp = s["fast"]["diffusion"]
             for k, st in enumerate(samp["steps"]):
                 out = self.run("fast", {"x_t": x, "timestep": np.array([st["timestep"]], np.int64), "global_cond": gc})
                 if k == 0:
                     mid["model_output0"] = out["model_output"]
                 vn = None if step_noise is None or st["timestep"] == 0 else np.asarray(step_noise[k], F32)[None]
                 x = scheduler_step(samp, st, out["model_output"], x, vn)
-            start = s["execution"]["first_action_index"]
-            norm_actions = x[0, start: start + s["n_action_steps"]]
+            start = s.get("chunk_offset", 0)
+            norm_actions = x[0, start: start + s["chunk_horizon"]]
         mid["actions_norm"] = norm_actions
         actions = unnormalize(norm_actions, s["action"]["normalization"])
-        rel = s["action"].get("relative")
-        if rel:
-            m = np.asarray(rel["mask"], bool)
+        m = np.concatenate([[g["kind"] == "joint_delta"] * len(g.get("joints") or [None])
+                            for g in s["action"]["groups"]]).astype(bool)
+        if m.any():  # LeRobot's relative actions: joint_delta dims add the raw state of the same index
             actions = actions.copy()
             actions[:, : len(m)] += np.where(m, state[-1] if state.ndim == 2 else state, 0)[None]
         mid["actions"] = actions
@@ -193,7 +194,7 @@ def scheduler_step(samp: dict[str, Any], st: dict[str, Any], model_output: np.nd
     if samp["clip_sample"]:
         r = F32(samp["clip_sample_range"])
         x0 = np.clip(x0, -r, r)
-    if samp["kind"] == "ddim":
+    if samp["scheduler"] == "ddim":
         return a_prev ** F32(0.5) * x0 + (F32(1) - a_prev) ** F32(0.5) * eps
     cur_alpha = a_t / a_prev
     cur_beta = F32(1) - cur_alpha

@@ -65,7 +65,7 @@ def make_inputs(spec: dict[str, Any], k: int) -> dict[str, Any]:
     """Deterministic input set ``k`` for a package: frames, prompt, raw state, noise."""
     rng = np.random.default_rng(1000 + k)
     kind = spec["source"]["policy_type"]
-    n_obs = spec.get("observation_window", {}).get("n_obs_steps")
+    n_obs = spec.get("n_obs_steps") if kind == "diffusion" else None
     frames = {}
     for c in spec["cameras"]:
         h, w = c["height"], c["width"]
@@ -74,8 +74,8 @@ def make_inputs(spec: dict[str, Any], k: int) -> dict[str, Any]:
         shape = (n_obs, h, w, 3) if n_obs else (h, w, 3)
         noise = rng.integers(-40, 40, size=shape)
         frames[c["name"]] = np.clip(base + noise, 0, 255).astype(np.uint8)
-    norm = spec["state"]["normalization"]
-    dim = spec["state"]["dim"]
+    norm = spec["proprio"]["normalization"]
+    dim = len(spec["proprio"]["names"])
     bounds = {"min_max": ("min", "max"), "quantiles": ("q01", "q99"), "quantile10": ("q10", "q90")}.get(norm["kind"])
     if norm["kind"] == "mean_std":
         centre, scale = np.asarray(norm["mean"]), np.asarray(norm["std"])
@@ -89,13 +89,14 @@ def make_inputs(spec: dict[str, Any], k: int) -> dict[str, Any]:
     if kind == "pi05":  # both ends of the state tokens: below q01 -> -1, above q99 -> 255
         state[..., 0] = np.float32(norm["q01"][0]) - 0.5
         state[..., -1] = np.float32(norm["q99"][-1]) + 0.5
-    samp = spec["sampler"]
+    fast = spec["fast"]
     noise = step_noise = None
-    if samp["kind"] != "none":
-        noise = rng.standard_normal(samp["noise"]["shape"][1:]).astype(np.float32)
-    if samp["kind"] == "ddpm":
-        n = sum(1 for st in samp["steps"] if st["timestep"] > 0)
-        step_noise = rng.standard_normal((n, *samp["noise"]["shape"][1:])).astype(np.float32)
+    chunk = [spec["model_horizon"], spec["action"].get("padding", {}).get("model_dim", spec["action_dim"])]
+    if fast["kind"] != "one_shot":
+        noise = rng.standard_normal(chunk).astype(np.float32)
+    if fast["kind"] == "diffusion" and fast["diffusion"]["scheduler"] == "ddpm":
+        n = sum(1 for st in fast["diffusion"]["steps"] if st["timestep"] > 0)
+        step_noise = rng.standard_normal((n, *chunk)).astype(np.float32)
     return {"frames": frames, "prompt": PROMPTS[k] if spec.get("tokenizer") else "", "state": state, "noise": noise,
             "step_noise": step_noise}
 

@@ -14,6 +14,10 @@ so comparable across processes on one host):
 The writer paces itself (``interval_s``) so a reader can observe most versions;
 newest-wins means skipped versions are simply not measured. Results from a
 child come back through a ``.npy`` file (no pickle).
+
+``tensors`` measures a latent of several named tensors instead (:func:`kv_cache_layout`: a
+π0-style K/V prefix cache of a given size in MB): the reader copies every tensor into its own
+arrays, so the latency includes the copy and the CRC of the whole payload.
 """
 
 from __future__ import annotations
@@ -52,13 +56,34 @@ def _pct_us(lat_ns: np.ndarray) -> dict[str, float | int | None]:
     }
 
 
+def kv_cache_layout(mb: float, layers: int = 18, head_dim: int = 256) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    """A π0-style K/V prefix cache of about ``mb`` MB: per layer a key and a value ``[1, 1, P, head_dim]``
+    float32 (Gemma 2B: 18 layers, one KV head, head_dim 256) and the int64 ``prefix_mask [1, P]``."""
+    if not mb > 0:
+        raise ValueError(f"latent size must be > 0 MB, got {mb}")
+    p = max(1, round(mb * 1e6 / (2 * layers * head_dim * 4)))
+    return tuple((f"past_{kv}_{i}", (1, 1, p, head_dim), "float32") for i in range(layers)
+                 for kv in ("key", "value")) + (("prefix_mask", (1, p), "int64"),)
+
+
+def _latent_buffers(cfg: LatentBufferConfig) -> np.ndarray | dict[str, np.ndarray]:
+    if cfg.is_multi:
+        return {t.name: np.zeros(t.shape, dtype=t.dtype) for t in cfg.tensors}
+    return np.zeros(cfg.shape, dtype=cfg.np_dtype)
+
+
+def _fill(latent: np.ndarray | dict[str, np.ndarray], v: int) -> None:
+    for a in (latent.values() if isinstance(latent, dict) else (latent,)):
+        a.fill(v)
+
+
 def _child_reader(cfg_json: str, n: int, out_path: str, ready, mode: str) -> None:
     """Child process: read until version n (or timeout) and save latencies."""
     cfg = LatentBufferConfig.model_validate_json(cfg_json)
     lat = np.zeros(n + 16, dtype=np.int64)
     count = 0
     reader = open_latent_reader(cfg)
-    out = np.zeros(cfg.shape, dtype=cfg.np_dtype)
+    out = _latent_buffers(cfg)
     deadline = time.monotonic() + _CHILD_TIMEOUT_S
     last = 0
     try:
@@ -117,12 +142,12 @@ def _run_cross_process(
             if not ready.wait(_CHILD_TIMEOUT_S):
                 proc.kill()
                 raise TimeoutError("reader child did not start")
-            latent = np.zeros(wcfg.shape, dtype=wcfg.np_dtype)
+            latent = _latent_buffers(wcfg)
             time.sleep(0.3)  # let the child attach / connect (CURVE handshake)
             deadline = time.monotonic() + _CHILD_TIMEOUT_S
             v = 0
             while v < n and proc.is_alive() and time.monotonic() < deadline:
-                latent.fill(v + 1)
+                _fill(latent, v + 1)
                 v = writer.write(latent, time.monotonic_ns())
                 # Sleep to the next write, spinning at the end so writes stay regular.
                 t_next = time.monotonic() + interval_s
@@ -144,6 +169,7 @@ def bench_handoff(
     shape: tuple[int, int] = (8, 256),
     transports: tuple[str, ...] = ("inproc", "shm", "zmq"),
     interval_s: float = 0.0005,
+    tensors: tuple[tuple[str, tuple[int, ...], str], ...] | None = None,
 ) -> dict:
     """Measure write → read latency for each LatentBuffer transport.
 
@@ -152,20 +178,31 @@ def bench_handoff(
         shape: Latent (K, D), float32.
         transports: Subset of ``inproc``, ``shm``, ``zmq``.
         interval_s: Writer pacing for the cross-process transports.
+        tensors: A latent of several named tensors ``(name, shape, dtype)`` instead of ``shape``.
 
     Returns:
-        ``{transport: {"p50_us", "p99_us", "max_us", "n"}, "shape": [K, D], "n_writes": n}``.
+        ``{transport: {"p50_us", "p99_us", "max_us", "n"}, "shape": [K, D], "n_writes": n}`` (with
+        ``tensors``: ``"tensors"`` and ``"mb"`` instead of ``"shape"``).
     """
     if n < 2:
         raise ValueError(f"n must be ≥ 2, got {n}")
-    results: dict = {"shape": list(shape), "n_writes": n}
+
+    def config(**kw) -> LatentBufferConfig:
+        if tensors:
+            return LatentBufferConfig(**kw).with_tensors(tensors)
+        return LatentBufferConfig(**kw, shape=shape)
+
+    probe = config(transport="inproc", name="probe")
+    results: dict = ({"tensors": len(tensors), "mb": round(probe.nbytes / 1e6, 2)} if tensors
+                     else {"shape": list(shape)})
+    results["n_writes"] = n
     tag = f"{os.getpid()}_{time.monotonic_ns() % 1_000_000}"
     if "inproc" in transports:
-        cfg = LatentBufferConfig(transport="inproc", name=f"bench_{tag}", shape=shape)
+        cfg = config(transport="inproc", name=f"bench_{tag}")
         w = open_latent_writer(cfg, clock_ns=time.monotonic_ns)
         r = open_latent_reader(cfg)
-        out = np.zeros(shape, dtype=np.float32)
-        src = np.zeros(shape, dtype=np.float32)
+        out = _latent_buffers(cfg)
+        src = _latent_buffers(cfg)
         lat = np.zeros(n, dtype=np.int64)
         for i in range(n):
             w.write(src, 0)
@@ -174,7 +211,7 @@ def bench_handoff(
         w.close()
         results["inproc"] = _pct_us(lat)
     if "shm" in transports:
-        cfg = LatentBufferConfig(transport="shm", name=f"vla_bench_{tag}", shape=shape)
+        cfg = config(transport="shm", name=f"vla_bench_{tag}")
         results["shm"] = _run_cross_process(cfg, cfg, n, interval_s, "spin")
     if "zmq" in transports:
         with tempfile.TemporaryDirectory() as keys:
@@ -183,11 +220,10 @@ def bench_handoff(
             base = {
                 "transport": "zmq",
                 "name": f"bench_{tag}",
-                "shape": shape,
                 "endpoint": f"tcp://127.0.0.1:{_free_port()}",
             }
-            wcfg = LatentBufferConfig(**base, server_secret_key=ssec, allowed_client_keys=(cpub,))
-            rcfg = LatentBufferConfig(**base, server_public_key=spub, client_secret_key=csec)
+            wcfg = config(**base, server_secret_key=ssec, allowed_client_keys=(cpub,))
+            rcfg = config(**base, server_public_key=spub, client_secret_key=csec)
             results["zmq"] = _run_cross_process(wcfg, rcfg, n, max(interval_s, 0.001), "wait")
             results["zmq"]["curve"] = True
     return results

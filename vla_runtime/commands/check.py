@@ -114,7 +114,7 @@ def normalization_problems(cfg: RuntimeConfig, spec: ModelSpec) -> list[str]:
     problems = []
     for what, names, norm in (("action", list(dim_names(spec.action)), spec.action.normalization),
                               ("proprio", list(spec.proprio.names), spec.proprio.normalization)):
-        if norm.kind == "none":
+        if norm.is_identity:
             continue
         for i, name in enumerate(names):
             if name not in ranges:
@@ -130,10 +130,11 @@ def normalization_problems(cfg: RuntimeConfig, spec: ModelSpec) -> list[str]:
                 if std > span:
                     problems.append(f"{what}.normalization.std[{i}] ({name}) = {std} is wider than its whole range "
                                     f"[{lo}, {hi}]: not statistics of this robot")
-            elif norm.kind == "min_max":
-                a, b = norm.min[i], norm.max[i]
+            elif norm.bounds() is not None:  # min_max, quantiles, quantile10
+                lows, highs = norm.bounds()
+                a, b = lows[i], highs[i]
                 if a < lo - slack or b > hi + slack:
-                    problems.append(f"{what}.normalization min/max[{i}] ({name}) = [{a}, {b}] exceeds its range "
+                    problems.append(f"{what}.normalization {norm.kind}[{i}] ({name}) = [{a}, {b}] exceeds its range "
                                     f"[{lo}, {hi}]")
     return problems
 
@@ -203,10 +204,15 @@ def dry_run_problems(cfg: RuntimeConfig, pkg) -> tuple[list[str], str]:
     Returns:
         (problems, a one-line summary of what the dry run saw).
     """
-    from vla_runtime.core.kinematics import kinematics_for
     from vla_runtime.core.policy import FastStep, SlowStep
 
     cams = {c.name: np.full((c.height, c.width, 3), 128, dtype=np.uint8) for c in cfg.cameras}
+    if pkg.spec.schema_version >= 2:
+        problems, chunk, what = _dry_run_v2(cfg, pkg, cams)
+        if chunk is None:
+            return problems, ""
+        more, hand = _chunk_problems(cfg, list(pkg.action_space.dim_names), chunk)
+        return problems + more, what + (", hand inside the workspace" if hand is not None and not more else "")
     slow_engine, fast_engine = _Recording(pkg.slow_engine), _Recording(pkg.fast_engine)
     try:
         slow = SlowStep(pkg.spec, slow_engine, pkg.tokenizer, [c.name for c in cfg.cameras])
@@ -225,7 +231,55 @@ def dry_run_problems(cfg: RuntimeConfig, pkg) -> tuple[list[str], str]:
         chunk = fast.decode(raw, state)
     except ValueError as e:
         return problems + [f"dry run: {e}"], ""
-    dims = list(pkg.action_space.dim_names)
+    more, hand = _chunk_problems(cfg, list(pkg.action_space.dim_names), chunk)
+    span = np.ptp(chunk, axis=0).max() if len(chunk) else 0.0
+    summary = (f"dry run: home pose + grey frames + {cfg.instruction!r} → chunk {list(chunk.shape)}, "
+               f"largest motion in a dim {span:.3g}" + (", hand inside the workspace" if hand is not None else ""))
+    return problems + more, summary
+
+
+def _dry_run_v2(cfg: RuntimeConfig, pkg, cams: dict) -> tuple[list[str], np.ndarray | None, str]:
+    """The dry run of a schema-2 package: slow + fast once through :class:`PolicyRunner` (seeded noise).
+
+    Every camera the package takes must be configured; one of another size is named in the summary
+    (its frames are centre-cropped to the package's aspect ratio and resized bilinearly).
+    """
+    from vla_runtime.core.policy import PolicyRunner
+
+    spec = pkg.spec
+    missing = [c.name for c in spec.cameras if c.name not in cams]
+    if missing:
+        return [f"cameras: the model package takes cameras {[c.name for c in spec.cameras]}; {missing} "
+                f"{'is' if len(missing) == 1 else 'are'} not configured (cameras[].name)"], None, ""
+    try:
+        state = nominal_state(cfg, list(spec.proprio.names))
+        runner = PolicyRunner(pkg, [c.name for c in cfg.cameras], seed=0)
+        out = runner.infer(cams, cfg.instruction, state)
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        return [f"dry run: {msg}"], None, ""
+    chunk = out.actions
+    span = np.ptp(chunk, axis=0).max() if len(chunk) else 0.0
+    fitted = ""
+    if out.resized:
+        sizes = {c.name: (c.height, c.width) for c in spec.cameras}
+        fitted = "; " + ", ".join(f"camera {c!r} is fitted to the package's {sizes[c][0]}x{sizes[c][1]} (centre "
+                                  "crop + bilinear resize)" for c in out.resized)
+    what = (f"dry run: home pose + grey frames + {cfg.instruction!r} → chunk {list(chunk.shape)} "
+            f"({spec.fast.kind}, {out.fast_calls} fast call(s), slow {out.slow_ms:.1f} ms, fast {out.fast_ms:.1f} ms), "
+            f"largest motion in a dim {span:.3g}{fitted}")
+    return [], chunk, what
+
+
+def _chunk_problems(cfg: RuntimeConfig, dims: list[str], chunk: np.ndarray) -> tuple[list[str], np.ndarray | None]:
+    """A first chunk that leaves a joint's limits or puts the hand outside the workspace box.
+
+    Returns:
+        (problems, the hand positions checked against the box, or None where none could be).
+    """
+    from vla_runtime.core.kinematics import kinematics_for
+
+    problems: list[str] = []
     tol = cfg.safety.state_limit_tolerance
     for j in cfg.robot.joints:
         if j.name in dims:
@@ -251,10 +305,7 @@ def dry_run_problems(cfg: RuntimeConfig, pkg) -> tuple[list[str], str]:
                 k = int(np.argmax(out.any(axis=1)))
                 problems.append(f"dry run: the first chunk puts the hand at {np.round(hand[k], 3).tolist()} "
                                 f"(step {k}), outside the workspace {list(box.min)}..{list(box.max)}")
-    span = np.ptp(chunk, axis=0).max() if len(chunk) else 0.0
-    summary = (f"dry run: home pose + grey frames + {cfg.instruction!r} → chunk {list(chunk.shape)}, "
-               f"largest motion in a dim {span:.3g}" + (", hand inside the workspace" if hand is not None else ""))
-    return problems, summary
+    return problems, hand
 
 
 def check_config(path: str, load_models: bool = True) -> CheckReport:

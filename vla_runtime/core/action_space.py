@@ -47,6 +47,14 @@ Reference = Literal["absolute", "delta", "velocity"]
 class Normalizer:
     """Per-dim (de)normalisation from a :class:`Normalization` block.
 
+    Statistics without ``eps`` (schema 1) are applied in float64: ``mean_std`` as
+    ``(x − mean)/std``, ``min_max`` as the affine map of [min, max] onto [−1, 1]. Statistics with
+    ``eps`` (schema 2, written by importers) follow LeRobot's normaliser exactly, in float32 and in its
+    operation order (``(x − mean)/(std + eps)`` but ``n·std + mean`` back; ``2(x − lo)/d − 1`` with
+    ``d = hi − lo``, ``eps`` where ``d == 0``; back ``(n + 1)/2·d + lo`` for ``min_max`` and
+    ``(n + 1)·d/2 + lo`` for the quantile kinds), which is what parity with the policy's own outputs
+    takes. Nothing is clipped.
+
     Args:
         stats: The statistics.
         size: Expected number of dims (checked against the stats).
@@ -57,7 +65,23 @@ class Normalizer:
         self.size = size
         if stats.size is not None and stats.size != size:
             raise ValueError(f"normalization covers {stats.size} dims, expected {size}")
-        if stats.kind == "mean_std":
+        #: LeRobot's formulas in float32 (statistics with ``eps``), else the float64 affine map.
+        self.float32 = stats.eps is not None and not stats.is_identity
+        f32 = np.float32
+        if self.float32:
+            eps = f32(stats.eps)
+            if stats.kind == "mean_std":
+                self._mean = np.asarray(stats.mean, dtype=f32)
+                self._std = np.asarray(stats.std, dtype=f32)
+                self._std_eps = self._std + eps
+            else:
+                bounds = stats.bounds()
+                assert bounds is not None
+                self._lo = np.asarray(bounds[0], dtype=f32)
+                d = np.asarray(bounds[1], dtype=f32) - self._lo
+                self._d = np.where(d == 0, eps, d).astype(f32)
+            self._offset = self._scale = np.zeros(0)
+        elif stats.kind == "mean_std":
             self._offset = np.asarray(stats.mean, dtype=np.float64)
             self._scale = np.asarray(stats.std, dtype=np.float64)
         elif stats.kind == "min_max":
@@ -70,13 +94,29 @@ class Normalizer:
             self._scale = np.ones(size)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
-        """Physical → normalised (last axis is the dim axis)."""
+        """Physical → normalised (last axis is the dim axis); float64 result."""
+        if self.float32:
+            x32 = np.asarray(x, dtype=np.float32)
+            self._check(x32)
+            f32 = np.float32
+            if self.kind == "mean_std":
+                return ((x32 - self._mean) / self._std_eps).astype(np.float64)
+            return (f32(2) * (x32 - self._lo) / self._d - f32(1)).astype(np.float64)
         x = np.asarray(x, dtype=np.float64)
         self._check(x)
         return (x - self._offset) / self._scale
 
     def denormalize(self, x: np.ndarray) -> np.ndarray:
-        """Normalised → physical (last axis is the dim axis)."""
+        """Normalised → physical (last axis is the dim axis); float64 result."""
+        if self.float32:
+            x32 = np.asarray(x, dtype=np.float32)
+            self._check(x32)
+            f32 = np.float32
+            if self.kind == "mean_std":
+                return (x32 * self._std + self._mean).astype(np.float64)
+            if self.kind == "min_max":
+                return ((x32 + f32(1)) / f32(2) * self._d + self._lo).astype(np.float64)
+            return ((x32 + f32(1)) * self._d / f32(2) + self._lo).astype(np.float64)
         x = np.asarray(x, dtype=np.float64)
         self._check(x)
         return x * self._scale + self._offset
@@ -87,7 +127,7 @@ class Normalizer:
 
 
 class ProprioNormalizer:
-    """Builds the fast model's normalised proprio input.
+    """Builds the model's normalised proprio input.
 
     Args:
         spec: The package's ``proprio`` block.
@@ -97,6 +137,10 @@ class ProprioNormalizer:
         self.names: tuple[str, ...] = spec.names
         self._index = {n: i for i, n in enumerate(self.names)}
         self._norm = Normalizer(spec.normalization, len(self.names))
+        pad = spec.padding
+        #: Pad the normalised state to this many dims (``proprio.padding.where: runtime``), else None.
+        self.pad_to = pad.to if pad is not None and pad.where == "runtime" else None
+        self.pad_value = pad.value if pad is not None else 0.0
 
     def __call__(self, state: np.ndarray | Mapping[str, float]) -> np.ndarray:
         """Normalise one state vector.
@@ -106,7 +150,7 @@ class ProprioNormalizer:
                 holding at least every name.
 
         Returns:
-            ``(1, P)`` float32, ready to feed.
+            ``(1, P)`` float32, ready to feed (``(1, pad_to)`` when the package pads at run time).
 
         Raises:
             KeyError: A mapping lacks a proprio name (the name is in the message).
@@ -122,10 +166,33 @@ class ProprioNormalizer:
             if vec.shape[0] != len(self.names):
                 raise ValueError(f"proprio state has {vec.shape[0]} values, expected {len(self.names)} "
                                  f"({list(self.names)})")
-        return self._norm.normalize(vec).astype(np.float32)[None, :]
+        return self.pad(self._norm.normalize(vec).astype(np.float32)[None, :])
+
+    def window(self, states: np.ndarray) -> np.ndarray:
+        """Normalise a window of states, ``(T, P)`` in ``names`` order → ``(T, P)`` float32 (padded as :meth:`pad`).
+
+        Raises:
+            ValueError: The array is not ``(T, P)``.
+        """
+        arr = np.asarray(states)
+        if arr.ndim != 2 or arr.shape[1] != len(self.names):
+            raise ValueError(f"state window must be (T, {len(self.names)}), got shape {list(arr.shape)}")
+        return self.pad(self._norm.normalize(arr).astype(np.float32))
+
+    def pad(self, normalised: np.ndarray) -> np.ndarray:
+        """Pad the last axis to :attr:`pad_to` with the package's value (unchanged without runtime padding)."""
+        if self.pad_to is None or normalised.shape[-1] == self.pad_to:
+            return normalised
+        out = np.full((*normalised.shape[:-1], self.pad_to), self.pad_value, dtype=normalised.dtype)
+        out[..., : normalised.shape[-1]] = normalised
+        return out
+
+    def normalize(self, state: np.ndarray) -> np.ndarray:
+        """Normalise without padding (any leading dims; float64): e.g. for a prompt made from the state."""
+        return self._norm.normalize(state)
 
     def denormalize(self, x: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`__call__` (any leading dims)."""
+        """Inverse of :meth:`__call__` (any leading dims; the unpadded dims)."""
         return self._norm.denormalize(x)
 
 

@@ -253,7 +253,7 @@ class RobotProfile(_Frozen):
         return self
 
 
-EngineBackend = Literal["onnxruntime", "tensorrt", "null"]
+EngineBackend = Literal["onnxruntime", "tensorrt", "null", "openpi_remote"]
 EngineProvider = Literal["cpu", "cuda", "tensorrt"]
 
 
@@ -278,7 +278,10 @@ class EngineConfig(_Frozen):
     """How to run one ONNX graph (the engines layer takes this model as it is).
 
     Attributes:
-        backend: ``onnxruntime``, ``tensorrt`` (native) or ``null`` (zeros; overhead measurement).
+        backend: ``onnxruntime``, ``tensorrt`` (native), ``null`` (zeros; overhead measurement) or
+            ``openpi_remote`` (the fast part is a whole policy behind an openpi-protocol server at ``url``,
+            e.g. ``vla-runtime serve`` or openpi's ``serve_policy``; our scheduler, safety filter, arbiter
+            and detector stay in the loop).
         provider: ONNX Runtime execution provider: ``cpu``, ``cuda`` or ``tensorrt``. The engine
             refuses to run on any other provider than the one asked for.
         device_id: GPU index for GPU providers / native TensorRT.
@@ -291,6 +294,10 @@ class EngineConfig(_Frozen):
         calibration_dir: Directory of ``.npz`` files, one feed dict each (no pickle).
         trt_cache_dir: Where TensorRT engines are cached (None: beside the ONNX file in ``.trt_cache``).
         latency_window: Size of each engine's latency ring buffer.
+        url: ``openpi_remote``: the server, ``ws://host:port`` or ``wss://``.
+        api_key_file: ``openpi_remote``: a file holding the token sent as ``Authorization: Api-Key <token>``.
+        timeout_s: ``openpi_remote``: connect and reply timeout; a server that does not answer in time fails
+            the call (the fast path holds), never blocks it.
         inject_delay_ms: Testing only, off by default: extra latency on every inference, either a number
             of milliseconds or ``{fixed_ms, jitter_ms, seed}`` (:class:`InjectedDelay`). The engine then
             reports ``INJECTED DELAY`` in its provider, so diagnostics show it.
@@ -308,6 +315,9 @@ class EngineConfig(_Frozen):
     calibration_dir: str | None = None
     trt_cache_dir: str | None = None
     latency_window: int = Field(default=1000, ge=1)
+    url: str | None = None
+    api_key_file: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0, le=600)
     inject_delay_ms: InjectedDelay | None = None
 
     @field_validator("inject_delay_ms", mode="before")
@@ -330,6 +340,12 @@ class EngineConfig(_Frozen):
             raise ValueError("backend 'tensorrt' runs on the GPU: provider must be 'tensorrt' or 'cuda', got 'cpu'")
         if self.int8 and self.calibration_dir is None:
             raise ValueError("int8 needs calibration_dir (a directory of .npz feed dicts)")
+        if self.backend == "openpi_remote":
+            if not self.url or not self.url.startswith(("ws://", "wss://")):
+                raise ValueError(f"backend 'openpi_remote' needs url: ws://host:port or wss://..., got {self.url!r}")
+        elif self.url is not None or self.api_key_file is not None:
+            raise ValueError(f"'url'/'api_key_file' apply to backend 'openpi_remote' only, got backend "
+                             f"{self.backend!r}")
         return self
 
 

@@ -33,17 +33,21 @@ import numpy as np
 
 from vla_runtime.core.contract import FeatureLayout
 from vla_runtime.core.measured_state import MeasuredState
-from vla_runtime.core.policy_io import FastFeeds, Image, SlowFeeds
+from vla_runtime.core.policy_io import FastFeeds, Image, SlowFeeds, fit_frame, image_tensor
 
 if TYPE_CHECKING:
     from vla_runtime.core.action_space import ActionSpace, ProprioNormalizer
     from vla_runtime.core.config import RobotProfile
-    from vla_runtime.core.model_spec import ModelSpec
-    from vla_runtime.core.text import TokenizedText, WordTokenizer
+    from vla_runtime.core.flow import RtcGuidance
+    from vla_runtime.core.model_spec import GraphSpec, ModelSpec, TensorSpec
+    from vla_runtime.core.text import InstructionTokenizer, TokenizedText, WordTokenizer
     from vla_runtime.engines.base import Engine
     from vla_runtime.engines.model_package import ModelPackage
 
-__all__ = ["FastResult", "FastStep", "SlowResult", "SlowStep"]
+__all__ = [
+    "ChunkFastStep", "ChunkResult", "FastResult", "FastStep", "LatentResult", "LatentSlowStep", "ObservationWindow",
+    "PolicyOutput", "PolicyRunner", "RemoteChunkStep", "SlowResult", "SlowStep",
+]
 
 #: ``(prefix (H, A) absolute, mask (H,) bool)``, as :meth:`ChunkScheduler.prefix` returns it.
 Prefix = tuple[np.ndarray, np.ndarray]
@@ -258,3 +262,680 @@ class FastStep:
                       infer_ms: float, hold: bool) -> np.ndarray:
         """The failure detector's feature vector of one step, written into ``out`` (``feature_layout.size``)."""
         return self.feature_layout.pack_into(out, latent, raw, latent_age_s, infer_ms, hold)
+
+
+# ============================================================================================== schema 2
+# The steps of packages with several cameras, a policy tokenizer, state into the slow part, a latent of
+# several named tensors, no slow part (ACT), and fast parts the runtime samples (flow matching,
+# diffusion). They also run schema-1 packages (a single latent is a one-tensor dict), so one code path
+# serves `vla-runtime infer`, `vla-runtime serve`, the parity tests and (after the fast node's wiring)
+# the nodes.
+
+#: Named latent tensors, as the slow graph outputs them (batch dim included) and the fast graph takes them.
+LatentTensors = dict[str, np.ndarray]
+
+
+def _zeros(spec: TensorSpec) -> np.ndarray:
+    return np.zeros(tuple(1 if d is None else int(d) for d in spec.shape), dtype=spec.dtype)
+
+
+class ObservationWindow:
+    """The last ``n`` observations (frames per camera + raw state), oldest first, as LeRobot queues them.
+
+    The first :meth:`push` after construction or :meth:`reset` fills the window with ``n`` copies of
+    that observation; each later one appends and drops the oldest.
+
+    Args:
+        n: Window length (``n_obs_steps``).
+    """
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"observation window length must be >= 1, got {n}")
+        self.n = n
+        self._frames: list[dict[str, np.ndarray]] = []
+        self._states: list[np.ndarray] = []
+
+    def reset(self) -> None:
+        """Forget every observation (a new episode)."""
+        self._frames.clear()
+        self._states.clear()
+
+    def push(self, frames: Mapping[str, np.ndarray], state: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Add one observation; returns the window: camera → ``(n, H, W, 3)`` and ``(n, S)`` states."""
+        f = {k: np.asarray(v) for k, v in frames.items()}
+        st = np.asarray(state, dtype=np.float32).reshape(-1)
+        if not self._frames:
+            self._frames = [f] * self.n
+            self._states = [st] * self.n
+        else:
+            self._frames = (self._frames + [f])[-self.n:]
+            self._states = (self._states + [st])[-self.n:]
+        return ({k: np.stack([fr[k] for fr in self._frames]) for k in f}, np.stack(self._states))
+
+
+class _ObservationFeeds:
+    """Feeds of one graph's observation inputs (cameras, instruction, state) by role.
+
+    Images: with a ``cameras`` block the raw uint8 frame at the camera's size (:func:`fit_frame` where a
+    camera differs), ``NHWC`` or a ``NTHWC`` window; without one (schema 1) what :class:`SlowFeeds` does.
+    """
+
+    def __init__(self, spec: ModelSpec, graph: GraphSpec, camera_names: list[str] | None, part: str) -> None:
+        self.part = part
+        self.cams = {c.name: c for c in spec.cameras}
+        self.images: list[tuple[TensorSpec, str]] = []
+        free = list(camera_names) if camera_names is not None else [c.name for c in spec.cameras]
+        for t in graph.inputs_by_role("image"):
+            cam = t.camera
+            if cam is None:
+                if not free:
+                    raise ValueError(f"{part} input {t.name!r} needs a camera; configured cameras: {camera_names}")
+                cam = free.pop(0)
+            elif camera_names is not None and cam not in camera_names:
+                raise ValueError(f"{part} input {t.name!r} wants camera {cam!r}; configured cameras: {camera_names}")
+            elif cam in free:
+                free.remove(cam)
+            self.images.append((t, cam))
+        self.ids = graph.input_by_role("instruction_ids")
+        self.mask = graph.input_by_role("instruction_mask")
+        self.proprio = graph.input_by_role("proprio")
+        self.window = spec.n_obs_steps
+        #: Camera names whose frames were resized to the package's size on the last :meth:`images_into`.
+        self.resized: list[str] = []
+
+    @property
+    def cameras(self) -> list[str]:
+        return [cam for _, cam in self.images]
+
+    def image_tensor(self, t: TensorSpec, cam: str, frame: np.ndarray) -> np.ndarray:
+        if cam not in self.cams:  # schema 1: resize nearest, layout and dtype as declared
+            return image_tensor(t, np.asarray(frame))
+        c = self.cams[cam]
+        arr = np.asarray(frame)
+        if t.layout == "NTHWC":
+            if arr.ndim == 3:
+                arr = np.stack([arr] * self.window)
+            if arr.ndim != 4 or arr.shape[0] != self.window:
+                raise ValueError(f"camera {cam!r}: {self.part} input {t.name!r} takes a window of {self.window} "
+                                 f"frames (T×H×W×3), got shape {list(arr.shape)}")
+            fitted = [fit_frame(f, c.height, c.width) for f in arr]
+            if any(f.shape[:2] != (c.height, c.width) for f in arr):
+                self.resized.append(cam)
+            return np.ascontiguousarray(np.stack(fitted)[None])
+        if arr.ndim != 3:
+            raise ValueError(f"camera {cam!r}: {self.part} input {t.name!r} takes one H×W×3 frame, got shape "
+                             f"{list(arr.shape)}")
+        if arr.shape[:2] != (c.height, c.width):
+            self.resized.append(cam)
+        return np.ascontiguousarray(fit_frame(arr, c.height, c.width)[None])
+
+    def fill(self, feeds: dict[str, np.ndarray], images: Mapping[str, np.ndarray] | None,
+             tokens: TokenizedText | None, proprio: np.ndarray | None) -> None:
+        """Put the observation into ``feeds`` (a dict by input name)."""
+        self.resized = []
+        for t, cam in self.images:
+            if images is None or cam not in images:
+                raise KeyError(f"no image from camera {cam!r} for {self.part} input {t.name!r}")
+            feeds[t.name] = self.image_tensor(t, cam, images[cam])
+        if self.ids is not None or self.mask is not None:
+            if tokens is None:
+                raise ValueError(f"the {self.part} part takes instruction tokens: give an instruction")
+            if self.ids is not None:
+                feeds[self.ids.name] = tokens.ids.astype(np.dtype(self.ids.dtype), copy=False)
+            if self.mask is not None:
+                feeds[self.mask.name] = tokens.mask.astype(np.dtype(self.mask.dtype), copy=False)
+        if self.proprio is not None:
+            if proprio is None:
+                raise ValueError(f"the {self.part} part takes the robot state: give one")
+            shape = tuple(1 if d is None else int(d) for d in self.proprio.shape)
+            if int(np.prod(shape)) != proprio.size:
+                raise ValueError(f"{self.part} input {self.proprio.name!r} takes {list(shape)}, the state gives "
+                                 f"{list(proprio.shape)}")
+            feeds[self.proprio.name] = np.ascontiguousarray(proprio.reshape(shape), dtype=self.proprio.dtype)
+
+
+def _state_window(proprio: ProprioNormalizer, state: np.ndarray, n: int) -> np.ndarray:
+    """Raw state ``(S,)`` or window ``(n, S)`` → normalised ``(n, S')`` (a single state repeated)."""
+    st = np.asarray(state, dtype=np.float64)
+    if st.ndim == 1:
+        if st.shape[0] != len(proprio.names):
+            raise ValueError(f"state has {st.shape[0]} values, expected {len(proprio.names)} ({list(proprio.names)})")
+        st = np.repeat(st[None], n, axis=0)
+    if st.ndim != 2 or st.shape[0] != n:
+        raise ValueError(f"state must be ({len(proprio.names)},) or a window ({n}, {len(proprio.names)}), got shape "
+                         f"{list(st.shape)}")
+    if not np.all(np.isfinite(st)):
+        raise ValueError("state contains NaN or inf")
+    return proprio.window(st)
+
+
+class LatentResult(NamedTuple):
+    """One slow step's output (:class:`LatentSlowStep`).
+
+    Attributes:
+        tensors: The latent by name (owned by the caller; batch dim included).
+        tokens: The tokenized prompt (None without a tokenizer).
+        infer_ns: Wall time of the engine call, ns.
+        resized: Cameras whose frame was resized to the package's size.
+    """
+
+    tensors: LatentTensors
+    tokens: TokenizedText | None
+    infer_ns: int
+    resized: tuple[str, ...]
+
+
+class LatentSlowStep:
+    """Cameras + instruction (+ robot state) → the slow engine → a latent of one or several named tensors.
+
+    The step of every package with a slow part: several cameras at the package's sizes, the policy's
+    tokenizer and prompt format (π0.5 puts the normalised state into the prompt), the state as a
+    graph input where the slow part takes one (SmolVLA, Diffusion's window), and every slow output
+    with role ``latent`` (a K/V prefix cache: one key and one value tensor per layer, plus its mask).
+
+    Args:
+        spec: The model package spec (with a slow part).
+        engine: The slow graph's engine.
+        tokenizer: The package's tokenizer (None when the slow graph takes no instruction).
+        proprio: The package's proprio normaliser.
+        camera_names: Cameras available at run time (default: the package's own).
+
+    Raises:
+        ValueError: The package has no slow part, or the slow graph has inputs the runtime cannot feed.
+    """
+
+    def __init__(self, spec: ModelSpec, engine: Engine, tokenizer: InstructionTokenizer | None,
+                 proprio: ProprioNormalizer, camera_names: list[str] | None = None) -> None:
+        if spec.slow is None:
+            raise ValueError(f"package {spec.name!r} has no slow part (its fast part takes the cameras)")
+        other = [(t.name, t.role) for t in spec.slow.inputs
+                 if t.role not in ("image", "instruction_ids", "instruction_mask", "proprio")]
+        if other:
+            raise ValueError(f"slow graph inputs with roles the runtime cannot feed: {other}")
+        self.spec = spec
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.proprio = proprio
+        self.obs = _ObservationFeeds(spec, spec.slow, camera_names, "slow")
+        self.latent_names: tuple[str, ...] = tuple(t.name for t in spec.slow.outputs_by_role("latent"))
+        #: Whether :meth:`run` needs the robot state (a state input, or a prompt made from it).
+        self.needs_state = spec.state_in_slow
+        self._prompt_key: tuple[str, bytes] | None = None
+        self._tokens: TokenizedText | None = None
+
+    @classmethod
+    def from_package(cls, package: ModelPackage, camera_names: list[str] | None = None) -> LatentSlowStep:
+        """The slow step of a loaded package (its slow engine must be loaded)."""
+        if package.slow_engine is None:
+            raise ValueError(f"model package {package.path} was loaded without a slow engine")
+        return cls(package.spec, package.slow_engine, package.tokenizer, package.proprio, camera_names)
+
+    @property
+    def cameras(self) -> list[str]:
+        """The cameras the step takes a frame (or a window of frames) from."""
+        return self.obs.cameras
+
+    def latent_layout(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        """``(name, shape, dtype)`` of every latent tensor: the latent buffer's layout."""
+        assert self.spec.slow is not None
+        outs = {t.name: t for t in self.spec.slow.outputs}
+        return tuple((n, tuple(1 if d is None else int(d) for d in outs[n].shape), outs[n].dtype)
+                     for n in self.latent_names)
+
+    def tokens(self, instruction: str, normalised_state: np.ndarray | None = None) -> TokenizedText | None:
+        """The tokenized prompt (cached while the instruction, and for a state prompt the state, repeat)."""
+        if self.tokenizer is None:
+            return None
+        key = (instruction, b"" if normalised_state is None or not self.tokenizer.needs_state
+               else np.asarray(normalised_state, np.float32).tobytes())
+        if key != self._prompt_key or self._tokens is None:
+            self._tokens = self.tokenizer.encode_prompt(instruction, normalised_state)
+            self._prompt_key = key
+        return self._tokens
+
+    def run(self, images: Mapping[str, Image], instruction: str = "", state: np.ndarray | None = None) -> LatentResult:
+        """One slow step.
+
+        Args:
+            images: Camera name → H×W×3 uint8 RGB frame (or, for a windowed package, the T×H×W×3
+                window, oldest first; one frame is repeated), for every camera in :attr:`cameras`.
+            instruction: The task instruction.
+            state: The raw robot state ``(S,)`` (or a ``(T, S)`` window) when :attr:`needs_state`.
+
+        Returns:
+            The latent tensors, the tokens, the engine call's wall time and the resized cameras.
+
+        Raises:
+            KeyError: A camera's frame is missing.
+            ValueError: A bad frame or state, or a missing instruction/state the package needs.
+            vla_runtime.engines.base.EngineError: The engine failed.
+        """
+        ns = None
+        if self.needs_state:
+            if state is None:
+                raise ValueError(f"the slow part of {self.spec.name!r} takes the robot state: give one")
+            ns = _state_window(self.proprio, state, self.spec.n_obs_steps)
+        feeds: dict[str, np.ndarray] = {}
+        unpadded = None if ns is None else ns[-1, : len(self.proprio.names)]
+        tokens = self.tokens(instruction, unpadded) if (self.obs.ids is not None or self.obs.mask is not None) \
+            else None
+        self.obs.fill(feeds, images, tokens, ns)
+        t0 = time.perf_counter_ns()
+        out = self.engine.infer(feeds)
+        infer_ns = time.perf_counter_ns() - t0
+        return LatentResult({n: out[n] for n in self.latent_names}, tokens, infer_ns, tuple(self.obs.resized))
+
+
+class ChunkResult(NamedTuple):
+    """One fast step's output (:class:`ChunkFastStep`).
+
+    Attributes:
+        chunk: ``(H, A)`` float64 actions in robot units (delta dims made absolute), columns as the
+            action space's ``dim_names``.
+        normalized: ``(H, A)`` float32 the same chunk in the model's normalised space (unpadded, sliced).
+        model_chunk: The model's whole output chunk (model horizon × model dims; raw for a one-shot head).
+        infer_ns: Wall time of all engine calls, ns.
+        calls: Engine calls made (sampling steps).
+    """
+
+    chunk: np.ndarray
+    normalized: np.ndarray
+    model_chunk: np.ndarray
+    infer_ns: int
+    calls: int
+
+
+class ChunkFastStep:
+    """Latent tensors + robot state (+ cameras, for a package without a slow part) → action chunk.
+
+    One step for every fast kind: ``one_shot`` (one call; a ``noise`` input is filled from the seeded
+    generator), ``flow_matching`` (the package's velocity integrated by :class:`FlowSampler`, with RTC
+    guidance when asked) and ``diffusion`` (the DDPM/DDIM scheduler of :class:`DiffusionSampler`).
+    The model's chunk is cut to the steps the runtime executes (``chunk_offset``, ``chunk_horizon``)
+    and the dims it commands (``action.padding``), de-normalised, and delta dims made absolute
+    against the state.
+
+    Args:
+        spec: The model package spec.
+        engine: The fast graph's engine.
+        action_space: The package's action decoder.
+        proprio: The package's proprio normaliser.
+        tokenizer: The package's tokenizer (only a fast part that takes instructions needs it).
+        camera_names: Cameras available at run time (a fast part that takes cameras).
+
+    Raises:
+        ValueError: The fast graph has inputs the runtime cannot feed.
+    """
+
+    def __init__(self, spec: ModelSpec, engine: Engine, action_space: ActionSpace, proprio: ProprioNormalizer,
+                 tokenizer: InstructionTokenizer | None = None, camera_names: list[str] | None = None) -> None:
+        from vla_runtime.core.diffusion import DiffusionSampler
+        from vla_runtime.core.flow import FlowSampler
+
+        g = spec.fast
+        feedable = {"latent", "proprio", "image", "instruction_ids", "instruction_mask", "noise", "prev_chunk",
+                    "prefix_mask", "noisy_actions", "flow_time", "guidance_cotangent", "diffusion_timestep"}
+        other = [(t.name, t.role) for t in g.inputs if t.role not in feedable]
+        if other:
+            raise ValueError(f"fast graph inputs with roles the runtime cannot feed: {other}")
+        self.spec = spec
+        self.engine = engine
+        self.space = action_space
+        self.proprio = proprio
+        self.tokenizer = tokenizer
+        self.kind = g.kind
+        self.obs = _ObservationFeeds(spec, g, camera_names, "fast")
+        self.feeds: dict[str, np.ndarray] = {}
+        for t in g.inputs:
+            if t.role in ("latent", "noise", "prev_chunk", "prefix_mask", "noisy_actions", "flow_time",
+                          "guidance_cotangent", "diffusion_timestep"):
+                self.feeds[t.name] = _zeros(t)
+        #: The latent feeds by name (``LatentReader.read_into`` can copy straight into them).
+        self.latent_feeds: LatentTensors = {t.name: self.feeds[t.name] for t in g.inputs_by_role("latent")}
+        self._single_latent = spec.latent is not None and not spec.latent.is_multi
+        self._noise = g.inputs_by_role("noise")
+        self.h_model, self.a_model = spec.model_chunk_horizon, spec.model_action_dim
+        self.rows = slice(spec.chunk_offset, spec.chunk_offset + spec.chunk_horizon)
+        self.flow = self.diffusion = None
+        self._x_name = self._t_name = self._out_name = self._cot_name = self._vjp_name = None
+        if g.is_flow:
+            assert g.flow is not None
+            self.flow = FlowSampler(self.h_model, self.a_model, g.flow.steps, g.flow.time_convention,
+                                    g.flow.schedule)
+            self._x_name = g.input_by_role("noisy_actions").name  # type: ignore[union-attr]
+            self._t_name = g.input_by_role("flow_time").name  # type: ignore[union-attr]
+            self._out_name = g.output_by_role("velocity").name  # type: ignore[union-attr]
+            cot, vjp = g.input_by_role("guidance_cotangent"), g.output_by_role("guidance_vjp")
+            self._cot_name = None if cot is None else cot.name
+            self._vjp_name = None if vjp is None else vjp.name
+        elif g.is_diffusion:
+            self.diffusion = DiffusionSampler.from_spec(spec)
+            self._x_name = g.input_by_role("noisy_actions").name  # type: ignore[union-attr]
+            self._t_name = g.input_by_role("diffusion_timestep").name  # type: ignore[union-attr]
+            self._out_name = g.output_by_role("denoiser_output").name  # type: ignore[union-attr]
+        else:
+            self._out_name = (g.output_by_role("actions") or g.outputs[0]).name
+        delta = [n for n, d in zip(action_space.dim_names, action_space.delta_mask) if d]
+        missing = [n for n in delta if n not in proprio.names]
+        #: Delta action dims: made absolute against the state value of the same name.
+        self._delta_index = [list(proprio.names).index(n) for n in delta] if not missing else None
+        self._delta_missing = missing
+        self._calls = 0
+
+    @classmethod
+    def from_package(cls, package: ModelPackage, engine: Engine | None = None,
+                     camera_names: list[str] | None = None) -> ChunkFastStep:
+        """The fast step of a loaded package; ``engine`` replaces its fast engine."""
+        engine = engine if engine is not None else package.fast_engine
+        if engine is None:
+            raise ValueError(f"model package {package.path} was loaded without its fast engine")
+        return cls(package.spec, engine, package.action_space, package.proprio, package.tokenizer, camera_names)
+
+    @property
+    def cameras(self) -> list[str]:
+        """Cameras the fast part itself takes (a package without a slow part)."""
+        return self.obs.cameras
+
+    @property
+    def has_vjp(self) -> bool:
+        """Whether a flow graph exports its velocity's VJP (exact RTC guidance)."""
+        return self._cot_name is not None
+
+    def set_latent(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Copy the latent into the fast feeds (a schema-1 single latent may come under any name).
+
+        Raises:
+            KeyError: A latent input has no tensor (named in the message).
+            ValueError: A tensor has the wrong number of elements.
+        """
+        if self._single_latent and len(tensors) == 1 and len(self.latent_feeds) == 1:
+            (dst,), (src,) = self.latent_feeds.values(), tensors.values()
+            dst[...] = np.asarray(src).reshape(dst.shape)
+            return
+        for name, dst in self.latent_feeds.items():
+            if name not in tensors:
+                raise KeyError(f"no latent tensor {name!r} (got {sorted(tensors)})")
+            src = np.asarray(tensors[name])
+            if src.size != dst.size:
+                raise ValueError(f"latent tensor {name!r} has shape {list(src.shape)}, the fast graph takes "
+                                 f"{list(dst.shape)}")
+            dst[...] = src.reshape(dst.shape)
+
+    def _call(self) -> Mapping[str, np.ndarray]:
+        self._calls += 1
+        return self.engine.infer(self.feeds)
+
+    def _velocity(self, x: np.ndarray, t: float) -> np.ndarray:
+        self.feeds[self._x_name][...] = x.reshape(self.feeds[self._x_name].shape)  # type: ignore[index]
+        self.feeds[self._t_name][...] = t  # type: ignore[index]
+        if self._cot_name is not None:
+            self.feeds[self._cot_name][...] = 0.0
+        return np.asarray(self._call()[self._out_name]).reshape(self.h_model, self.a_model)  # type: ignore[index]
+
+    def _vjp(self, x: np.ndarray, t: float, cot: np.ndarray) -> np.ndarray:
+        self.feeds[self._x_name][...] = x.reshape(self.feeds[self._x_name].shape)  # type: ignore[index]
+        self.feeds[self._t_name][...] = t  # type: ignore[index]
+        self.feeds[self._cot_name][...] = cot.reshape(self.feeds[self._cot_name].shape)  # type: ignore[index]
+        return np.asarray(self._call()[self._vjp_name]).reshape(self.h_model, self.a_model)  # type: ignore[index]
+
+    def _denoise(self, x: np.ndarray, timestep: int) -> np.ndarray:
+        self.feeds[self._x_name][...] = x.reshape(self.feeds[self._x_name].shape)  # type: ignore[index]
+        self.feeds[self._t_name][...] = timestep  # type: ignore[index]
+        return np.asarray(self._call()[self._out_name]).reshape(self.h_model, self.a_model)  # type: ignore[index]
+
+    def encode_plan(self, plan: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """An absolute ``(H, A)`` plan in robot units → the model's space, on its whole chunk grid.
+
+        The plan's rows go to the model steps the runtime executes (``chunk_offset`` on), padded dims are
+        0 (what padded models are trained on), other rows 0. For RTC guidance of a flow head.
+        """
+        st = np.asarray(state, dtype=np.float64).reshape(-1)
+        rel = self.space.to_relative(plan, self._current(st)) if self.space.delta_mask.any() else plan
+        enc = self.space.encode(rel)[0]
+        out = np.zeros((self.h_model, self.a_model), dtype=np.float32)
+        out[self.rows, : enc.shape[1]] = enc
+        return out
+
+    def _current(self, state: np.ndarray) -> np.ndarray | None:
+        if not self.space.delta_mask.any():
+            return None
+        if self._delta_index is None:
+            raise ValueError(f"delta action dims {self._delta_missing} are not in the state "
+                             f"({list(self.proprio.names)}): cannot make them absolute")
+        cur = np.zeros(self.space.dim)
+        cur[np.nonzero(self.space.delta_mask)[0]] = state[self._delta_index]
+        return cur
+
+    def run(self, state: np.ndarray, *, latent: Mapping[str, np.ndarray] | None = None,
+            images: Mapping[str, Image] | None = None, instruction: str = "",
+            rng: np.random.Generator | None = None, noise: np.ndarray | None = None,
+            step_noise: np.ndarray | None = None, guidance: RtcGuidance | None = None) -> ChunkResult:
+        """One chunk.
+
+        Args:
+            state: Raw robot state ``(S,)`` in the package's proprio order (a ``(T, S)`` window for a
+                windowed fast part; its last row is the current state).
+            latent: The latent tensors (None: those already in :attr:`latent_feeds`).
+            images: Camera frames, for a fast part that takes cameras (ACT).
+            instruction: The task, for a fast part that takes instruction tokens.
+            rng: Seeded generator for the noise the step needs (starting noise, DDPM draws, ``noise``
+                inputs): the same seed gives the same chunk.
+            noise: The starting noise (model horizon × model dims; a one-shot ``noise`` input's shape
+                without batch) instead of drawing it.
+            step_noise: DDPM's per-step draws instead of drawing them.
+            guidance: RTC guidance towards the executing plan (flow heads; model space, on the model's
+                chunk grid: :meth:`encode_plan`).
+
+        Raises:
+            ValueError: A bad state, a missing noise source, or a non-finite / wrong-shape output.
+            vla_runtime.engines.base.EngineError: The engine failed.
+        """
+        if latent is not None:
+            self.set_latent(latent)
+        st = np.asarray(state, dtype=np.float64)
+        current = st[-1] if st.ndim == 2 else st
+        ns = _state_window(self.proprio, st, self.spec.n_obs_steps if st.ndim == 2 else 1)
+        tokens = None
+        if self.obs.ids is not None or self.obs.mask is not None:
+            if self.tokenizer is None:
+                raise ValueError("the fast part takes instruction tokens but the package has no tokenizer")
+            tokens = self.tokenizer.encode_prompt(instruction, ns[-1, : len(self.proprio.names)])
+        self.obs.fill(self.feeds, images, tokens, ns if self.obs.proprio is not None and
+                      len(self.obs.proprio.shape) == 3 else ns[-1:])
+        self._calls = 0
+        t0 = time.perf_counter_ns()
+        if self.flow is not None:
+            vjp = self._vjp if (guidance is not None and self.has_vjp) else None
+            x = self.flow.sample(self._velocity, None if noise is not None else rng, guidance, vjp,
+                                 dtype=np.float32, noise=noise)
+            if noise is None and rng is None:
+                raise ValueError("a flow-matching head needs rng or noise")
+        elif self.diffusion is not None:
+            x = self.diffusion.sample(self._denoise, rng, noise, step_noise)
+        else:
+            for t in self._noise:
+                if noise is not None:
+                    self.feeds[t.name][...] = np.asarray(noise).reshape(self.feeds[t.name].shape)
+                elif rng is not None:
+                    self.feeds[t.name][...] = rng.standard_normal(self.feeds[t.name].shape).astype(t.dtype)
+                else:
+                    raise ValueError(f"fast input {t.name!r} takes noise: give rng or noise")
+            x = np.asarray(self._call()[self._out_name])
+        infer_ns = time.perf_counter_ns() - t0
+        if self.kind == "one_shot" and self.spec.action.head == "discrete":
+            model = x[0] if x.shape[0] == 1 and x.ndim >= 3 else x
+            cut = model[self.rows]
+        else:
+            model = x.reshape(self.h_model, self.a_model)
+            cut = model[self.rows, : self.space.dim]
+        try:
+            chunk = self.space.decode(cut)
+        except ValueError as e:
+            raise ValueError(f"fast graph output {self._out_name!r}: {e}") from None
+        cur = self._current(current)
+        if cur is not None:
+            chunk = self.space.to_absolute(chunk, cur)
+        normalized = cut.astype(np.float32) if cut.dtype.kind == "f" else cut
+        return ChunkResult(chunk, normalized, model, infer_ns, self._calls)
+
+
+class RemoteChunkStep:
+    """Observation → a whole policy on a server (engine ``openpi_remote``) → chunk in robot units.
+
+    The package describes the policy (cameras and their sizes, state names, action layout and chunk);
+    the server runs it. Frames of another size are fitted as for a local package.
+
+    Args:
+        spec: The model package spec.
+        engine: An engine whose ``infer`` takes the observation map and returns ``actions`` in robot units
+            (:class:`~vla_runtime.engines.openpi_remote.OpenpiRemoteEngine`).
+        action_space: The package's action layout.
+        camera_names: Cameras available (default: the package's own).
+    """
+
+    def __init__(self, spec: ModelSpec, engine: Engine, action_space: ActionSpace,
+                 camera_names: list[str] | None = None) -> None:
+        self.spec = spec
+        self.engine = engine
+        self.space = action_space
+        self.cams = {c.name: c for c in spec.cameras}
+        names = list(self.cams) or list(camera_names or [])
+        if camera_names is not None:
+            missing = [c for c in names if c not in camera_names]
+            if missing:
+                raise ValueError(f"the policy takes cameras {names}; {missing} not configured: {camera_names}")
+        self.cameras = names
+        self.resized: list[str] = []
+
+    def run(self, frames: Mapping[str, Image], prompt: str, state: np.ndarray, noise: np.ndarray | None = None,
+            seed: int | None = None) -> ChunkResult:
+        """One chunk from the server.
+
+        Raises:
+            KeyError: A camera's frame is missing.
+            ValueError: A bad frame or a reply of the wrong shape or with non-finite values.
+            vla_runtime.engines.base.EngineError: The server refused or did not answer.
+        """
+        feeds: dict[str, np.ndarray] = {}
+        self.resized = []
+        for cam in self.cameras:
+            if cam not in frames:
+                raise KeyError(f"no image from camera {cam!r}")
+            f = np.asarray(frames[cam])
+            c = self.cams.get(cam)
+            if c is not None and f.shape[:2] != (c.height, c.width):
+                f = fit_frame(f, c.height, c.width)
+                self.resized.append(cam)
+            feeds[cam] = np.ascontiguousarray(f)
+        feeds["state"] = np.asarray(state, dtype=np.float32).reshape(-1)
+        feeds["prompt"] = np.array(prompt)
+        if noise is not None:
+            feeds["noise"] = np.asarray(noise, dtype=np.float32)
+        if seed is not None:
+            feeds["seed"] = np.array(seed, dtype=np.int64)
+        t0 = time.perf_counter_ns()
+        actions = np.asarray(self.engine.infer(feeds)["actions"])
+        infer_ns = time.perf_counter_ns() - t0
+        want = (self.spec.chunk_horizon, self.spec.action_dim)
+        if actions.shape != want:
+            raise ValueError(f"the remote policy returned actions {list(actions.shape)}, the package's chunk is "
+                             f"{list(want)}")
+        if not np.all(np.isfinite(actions)):
+            raise ValueError("the remote policy returned non-finite actions")
+        chunk = actions.astype(np.float64)
+        return ChunkResult(chunk, self.space.encode(chunk)[0], actions, infer_ns, 1)
+
+
+class PolicyOutput(NamedTuple):
+    """What :class:`PolicyRunner.infer` returns.
+
+    Attributes:
+        actions: ``(H, A)`` float64 actions in robot units.
+        normalized: ``(H, A)`` the chunk in the model's normalised space.
+        tokens: The tokenized prompt (None without a tokenizer).
+        latent: The slow part's latent tensors (empty without a slow part).
+        slow_ms: Slow engine time, ms (0 without a slow part).
+        fast_ms: Fast engine time (all sampling steps), ms.
+        fast_calls: Fast engine calls.
+        resized: Cameras whose frames were resized to the package's size.
+    """
+
+    actions: np.ndarray
+    normalized: np.ndarray
+    tokens: TokenizedText | None
+    latent: LatentTensors
+    slow_ms: float
+    fast_ms: float
+    fast_calls: int
+    resized: tuple[str, ...]
+
+
+class PolicyRunner:
+    """A whole package on one observation, outside any ROS graph: slow part, then fast part.
+
+    ``vla-runtime infer``, ``vla-runtime serve`` and the parity tests all run this; the nodes run its
+    two steps (:class:`LatentSlowStep`, :class:`ChunkFastStep`) on their own threads.
+
+    Args:
+        package: A loaded package (both parts' engines).
+        camera_names: Cameras available (default: the package's own).
+        seed: Seed of the generator that draws the noise when a call gives none.
+    """
+
+    def __init__(self, package: ModelPackage, camera_names: list[str] | None = None, seed: int = 0) -> None:
+        self.package = package
+        self.spec = package.spec
+        self.remote: RemoteChunkStep | None = None
+        self.slow: LatentSlowStep | None = None
+        if getattr(package.fast_engine, "whole_policy", False):  # openpi_remote: the server runs everything
+            assert package.fast_engine is not None
+            self.remote = RemoteChunkStep(self.spec, package.fast_engine, package.action_space, camera_names)
+        else:
+            self.slow = LatentSlowStep.from_package(package, camera_names) if self.spec.slow is not None else None
+            self.fast = ChunkFastStep.from_package(package, camera_names=camera_names)
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def cameras(self) -> list[str]:
+        """Every camera the package takes a frame from."""
+        if self.remote is not None:
+            return list(self.remote.cameras)
+        cams = (self.slow.cameras if self.slow is not None else []) + self.fast.cameras
+        return list(dict.fromkeys(cams))
+
+    def infer(self, frames: Mapping[str, Image], prompt: str, state: np.ndarray, *, noise: np.ndarray | None = None,
+              step_noise: np.ndarray | None = None, rng: np.random.Generator | None = None) -> PolicyOutput:
+        """One action chunk for one observation.
+
+        Args:
+            frames: Camera name → uint8 H×W×3 RGB frame (a windowed package also takes a T×H×W×3
+                window, oldest first; one frame stands for a window of copies, as at an episode's start).
+            prompt: The task instruction.
+            state: Raw robot state ``(S,)`` (or a ``(T, S)`` window), the package's proprio order.
+            noise: The starting noise (model horizon × model dims); default drawn from ``rng``.
+            step_noise: DDPM's per-step draws; default drawn from ``rng``.
+            rng: Generator for what is drawn (default: the runner's seeded one).
+
+        Raises:
+            KeyError: A camera's frame is missing.
+            ValueError: A bad frame, state or noise (named in the message).
+            vla_runtime.engines.base.EngineError: An engine failed.
+        """
+        if self.remote is not None:
+            seed = None if noise is not None else int((rng if rng is not None else self.rng).integers(2**31))
+            r = self.remote.run(frames, prompt, state, noise=noise, seed=seed)
+            return PolicyOutput(r.chunk, r.normalized, None, {}, 0.0, r.infer_ns / 1e6, 1, tuple(self.remote.resized))
+        rng = rng if rng is not None else self.rng
+        st = np.asarray(state, dtype=np.float64)
+        latent: LatentTensors = {}
+        tokens, slow_ns, resized = None, 0, ()
+        if self.slow is not None:
+            res = self.slow.run(frames, prompt, st)
+            latent, tokens, slow_ns, resized = res.tensors, res.tokens, res.infer_ns, res.resized
+        fast_state = st if st.ndim == 1 or self.fast.obs.proprio is not None and len(self.fast.obs.proprio.shape) == 3 \
+            else st[-1]
+        out = self.fast.run(fast_state, latent=latent or None, images=frames, instruction=prompt, rng=rng, noise=noise,
+                            step_noise=step_noise)
+        return PolicyOutput(out.chunk, out.normalized, tokens, latent, slow_ns / 1e6, out.infer_ns / 1e6, out.calls,
+                            tuple(dict.fromkeys(resized + tuple(self.fast.obs.resized))))

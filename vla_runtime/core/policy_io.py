@@ -32,6 +32,49 @@ def resize_nearest(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return img[rows[:, None], cols[None, :]]
 
 
+def fit_frame(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A camera frame at exactly the size a package's camera declares (uint8 H×W×3 RGB in and out).
+
+    A frame of that size is returned as it is (the policy's own path: LeRobot feeds the frames the
+    dataset was recorded at). A frame of another size is first cropped about its centre to the
+    declared aspect ratio (never stretched), then resized bilinearly with half-pixel centres (as
+    OpenCV's ``INTER_LINEAR`` and torch's ``align_corners=False``; no antialiasing), then rounded.
+    This is a deviation from the trained input: configure the camera at the package's size where it can be.
+
+    Raises:
+        ValueError: The frame is not H×W×3 uint8, or the target size is not positive.
+    """
+    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        got = f"{list(img.shape)} {img.dtype}" if isinstance(img, np.ndarray) else type(img).__name__
+        raise ValueError(f"a camera frame must be an H×W×3 uint8 RGB array, got {got}")
+    if height < 1 or width < 1:
+        raise ValueError(f"target frame size must be positive, got {height}x{width}")
+    h, w = img.shape[:2]
+    if (h, w) == (height, width):
+        return img
+    # Centre crop to the target aspect ratio.
+    if h * width > w * height:
+        ch, cw = max(1, round(w * height / width)), w
+    else:
+        ch, cw = h, max(1, round(h * width / height))
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    src = img[y0:y0 + ch, x0:x0 + cw].astype(np.float32)
+
+    def coords(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        c = np.clip(c, 0.0, n_in - 1)
+        i0 = np.floor(c).astype(np.intp)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (c - i0).astype(np.float32)
+
+    r0, r1, fy = coords(height, ch)
+    c0, c1, fx = coords(width, cw)
+    top = src[r0][:, c0] * (1 - fx)[None, :, None] + src[r0][:, c1] * fx[None, :, None]
+    bot = src[r1][:, c0] * (1 - fx)[None, :, None] + src[r1][:, c1] * fx[None, :, None]
+    out = top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 class SlowFeeds:
     """Feeds for the slow graph: images by camera + instruction ids/mask.
 
@@ -73,18 +116,7 @@ class SlowFeeds:
 
     def image_tensor(self, spec: TensorSpec, img: Image) -> np.ndarray:
         """One camera frame → the tensor its input declares (size, layout, dtype, [0,1] floats)."""
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"image for {spec.name!r} must be H×W×3, got shape {img.shape}")
-        layout = spec.layout or "NCHW"
-        shape = _concrete(spec.shape)
-        h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-        x = resize_nearest(img, h, w)
-        if layout == "NCHW":
-            x = x.transpose(2, 0, 1)
-        x = x[None]
-        if np.dtype(spec.dtype) == np.uint8:
-            return np.ascontiguousarray(x, dtype=np.uint8)
-        return np.ascontiguousarray(x, dtype=np.dtype(spec.dtype)) / np.asarray(255.0, dtype=spec.dtype)
+        return image_tensor(spec, img)
 
     def build(self, images: Mapping[str, Image], ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         """Feeds for one slow step."""
@@ -98,6 +130,23 @@ class SlowFeeds:
         if self.mask is not None:
             feeds[self.mask.name] = mask.astype(np.dtype(self.mask.dtype), copy=False)
         return feeds
+
+
+def image_tensor(spec: TensorSpec, img: Image) -> np.ndarray:
+    """One camera frame → the tensor a schema-1 image input declares (nearest resize to its size, its
+    layout and dtype; float inputs get [0, 1] values)."""
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image for {spec.name!r} must be H×W×3, got shape {img.shape}")
+    layout = spec.layout or "NCHW"
+    shape = _concrete(spec.shape)
+    h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    x = resize_nearest(img, h, w)
+    if layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    x = x[None]
+    if np.dtype(spec.dtype) == np.uint8:
+        return np.ascontiguousarray(x, dtype=np.uint8)
+    return np.ascontiguousarray(x, dtype=np.dtype(spec.dtype)) / np.asarray(255.0, dtype=spec.dtype)
 
 
 class FastFeeds:

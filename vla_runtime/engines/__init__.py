@@ -41,7 +41,7 @@ def engine_from_config(
     """Build the engine ``config`` describes for one ONNX graph.
 
     Args:
-        onnx_path: The graph.
+        onnx_path: The graph (unused by ``openpi_remote``: the policy runs on the server).
         config: Backend, provider and tuning options (anything :func:`coerce_engine_config` accepts).
         io: For the null backend: (inputs, outputs) to mimic. When omitted the
             graph is opened (CPU, metadata only) to read them.
@@ -91,6 +91,11 @@ def _backend_engine(onnx_path: str | Path, config: EngineConfig,
             device_id=config.device_id,
             latency_window=config.latency_window,
         )
+    if config.backend == "openpi_remote":
+        from vla_runtime.engines.openpi_remote import OpenpiRemoteEngine, read_api_key
+
+        return OpenpiRemoteEngine(str(config.url), api_key=read_api_key(config.api_key_file),
+                                  timeout_s=config.timeout_s, latency_window=config.latency_window)
     if config.backend == "null":
         if io is None:
             from vla_runtime.engines.onnx_engine import open_session, ort_tensor_info
@@ -101,7 +106,7 @@ def _backend_engine(onnx_path: str | Path, config: EngineConfig,
                 [ort_tensor_info(a, str(onnx_path)) for a in sess.get_outputs()],
             )
         return NullEngine(io[0], io[1], latency_window=config.latency_window)
-    raise EngineError(f"unknown backend {config.backend!r}; choose onnxruntime, tensorrt or null")
+    raise EngineError(f"unknown backend {config.backend!r}; choose onnxruntime, tensorrt, null or openpi_remote")
 
 
 def make_engine(

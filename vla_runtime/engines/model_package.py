@@ -28,7 +28,7 @@ import numpy as np
 
 from vla_runtime.core.action_space import ActionSpace, ProprioNormalizer
 from vla_runtime.core.model_spec import GraphSpec, ModelSpec, TensorSpec, load_model_spec
-from vla_runtime.core.text import WordTokenizer
+from vla_runtime.core.text import HfTokenizer, InstructionTokenizer, make_tokenizer
 from vla_runtime.engines import engine_from_config
 from vla_runtime.engines.base import Engine, EngineConfig, EngineError, TensorInfo, coerce_engine_config
 
@@ -46,12 +46,13 @@ class ModelPackage:
     Attributes:
         path: Package directory.
         spec: The validated ``model.yaml``.
-        slow_engine: Engine for the slow graph (None if not loaded).
+        slow_engine: Engine for the slow graph (None if not loaded, or the package has no slow part).
         fast_engine: Engine for the fast graph (None if not loaded).
         action_space: Decoder for the fast graph's output.
-        tokenizer: Instruction tokenizer for the slow graph.
-        proprio: Proprio normaliser for the fast graph's input.
-        slow_onnx: Resolved path of the slow graph.
+        tokenizer: Instruction tokenizer (a word list, or the policy's own ``tokenizer.json``); None when no
+            graph takes instruction tokens.
+        proprio: Proprio normaliser for the model's state inputs.
+        slow_onnx: Resolved path of the slow graph (None without a slow part).
         fast_onnx: Resolved path of the fast graph.
     """
 
@@ -60,9 +61,9 @@ class ModelPackage:
     slow_engine: Engine | None
     fast_engine: Engine | None
     action_space: ActionSpace
-    tokenizer: WordTokenizer
+    tokenizer: InstructionTokenizer | None
     proprio: ProprioNormalizer
-    slow_onnx: Path
+    slow_onnx: Path | None
     fast_onnx: Path
     _closed: bool = field(default=False, repr=False)
 
@@ -252,7 +253,8 @@ def validate_package(path: str | Path, parts: Iterable[str] = PARTS) -> ModelSpe
     """
     package_dir = _package_dir(path)
     spec = _load_spec(package_dir)
-    for part in _parts(parts):
+    _package_tokenizer(spec, package_dir)
+    for part in _present_parts(spec, _parts(parts), package_dir):
         graph: GraphSpec = getattr(spec, part)
         onnx_path = resolve_onnx(package_dir, graph.onnx)
         check_graph_io(graph, *_graph_io(onnx_path), onnx_path)
@@ -279,6 +281,61 @@ def _parts(parts: Iterable[str]) -> tuple[str, ...]:
     return out
 
 
+def _present_parts(spec: ModelSpec, wanted: tuple[str, ...], package_dir: Path) -> tuple[str, ...]:
+    """The wanted parts the package has; asking only for parts it lacks is an error."""
+    present = tuple(p for p in wanted if p in spec.parts)
+    if wanted and not present:
+        raise ModelPackageError(f"{package_dir / 'model.yaml'}: the package has no {' or '.join(wanted)} part (its "
+                                f"parts: {list(spec.parts)}; a package without a slow part feeds the cameras to its "
+                                "fast part)")
+    return present
+
+
+def _package_tokenizer(spec: ModelSpec, package_dir: Path) -> InstructionTokenizer | None:
+    """The package's tokenizer, its file checked (an hf_tokenizers file must exist and load)."""
+    if spec.tokenizer is None:
+        return None
+    try:
+        tok = make_tokenizer(spec.tokenizer, package_dir)
+    except ValueError as e:
+        raise ModelPackageError(f"{package_dir / 'model.yaml'}: tokenizer: {e}") from e
+    if isinstance(tok, HfTokenizer) and tok.pad_id >= tok.vocab_size:
+        raise ModelPackageError(f"{package_dir / 'model.yaml'}: tokenizer.pad_id = {tok.pad_id} is outside the "
+                                f"vocabulary of {tok.path.name} ({tok.vocab_size} tokens)")
+    return tok
+
+
+def _remote_engine(spec: ModelSpec, part: str, cfg: EngineConfig, package_dir: Path) -> Engine:
+    """An ``openpi_remote`` fast part: the whole policy on a server, checked against what the package says.
+
+    The package (its ``model.yaml``) still describes the policy here: cameras, state names, the action
+    layout and chunk. A ``vla-runtime serve`` server says the same in its metadata; a mismatch is refused.
+    """
+    if part != "fast":
+        raise ModelPackageError(f"backend 'openpi_remote' runs a whole policy (observation → actions): it can be the "
+                                f"fast part only, not the {part} part")
+    eng = engine_from_config(package_dir / "model.yaml", cfg)
+    md = getattr(eng, "metadata", {})
+    problems = []
+    shape = md.get("action_shape")
+    if shape is not None and list(shape) != [spec.chunk_horizon, spec.action_dim]:
+        problems.append(f"the server's actions are {list(shape)}, the package's chunk is "
+                        f"[{spec.chunk_horizon}, {spec.action_dim}]")
+    names = md.get("state_names")
+    if names is not None and list(names) != list(spec.proprio.names):
+        problems.append(f"the server takes state {list(names)}, the package's proprio.names are "
+                        f"{list(spec.proprio.names)}")
+    cams = md.get("cameras")
+    if isinstance(cams, dict) and spec.cameras and sorted(cams) != sorted(c.name for c in spec.cameras):
+        problems.append(f"the server takes cameras {sorted(cams)}, the package describes "
+                        f"{sorted(c.name for c in spec.cameras)}")
+    if problems:
+        eng.close()
+        raise ModelPackageError(f"openpi_remote {cfg.url} does not serve the policy {package_dir / 'model.yaml'} "
+                                "describes: " + "; ".join(problems))
+    return eng
+
+
 def load_model_package(
     path: str | Path,
     engine: EngineConfig | None = None,
@@ -296,7 +353,8 @@ def load_model_package(
         slow: Override for the slow graph.
         fast: Override for the fast graph.
         parts: Which graphs to check and load (e.g. ``("fast",)`` in the action
-            node); an unloaded part's engine is None.
+            node); an unloaded part's engine is None. Parts the package does not have are skipped
+            (a package without a slow part); asking only for those is an error.
 
     Returns:
         The package with engines, action space, tokenizer and proprio normaliser.
@@ -308,18 +366,24 @@ def load_model_package(
     """
     package_dir = _package_dir(path)
     spec = _load_spec(package_dir)
-    wanted = _parts(parts)
+    wanted = _present_parts(spec, _parts(parts), package_dir)
+    tokenizer = _package_tokenizer(spec, package_dir)
     base = coerce_engine_config(engine)
     configs = {
         "slow": coerce_engine_config(slow) if slow is not None else base,
         "fast": coerce_engine_config(fast) if fast is not None else base,
     }
-    onnx_paths = {p: resolve_onnx(package_dir, getattr(spec, p).onnx) for p in PARTS}
+    onnx_paths: dict[str, Path | None] = {p: resolve_onnx(package_dir, getattr(spec, p).onnx) if p in spec.parts
+                                          else None for p in PARTS}
     engines: dict[str, Engine | None] = {"slow": None, "fast": None}
     try:
         for part in wanted:
             graph: GraphSpec = getattr(spec, part)
             onnx_path, cfg = onnx_paths[part], configs[part]
+            assert onnx_path is not None
+            if cfg.backend == "openpi_remote":
+                engines[part] = _remote_engine(spec, part, cfg, package_dir)
+                continue
             if not onnx_path.is_file():
                 raise ModelPackageError(f"ONNX file not found: {onnx_path} (declared as {part}.onnx in "
                                         f"{package_dir / 'model.yaml'})")
@@ -346,8 +410,8 @@ def load_model_package(
         slow_engine=engines["slow"],
         fast_engine=engines["fast"],
         action_space=ActionSpace.from_model_spec(spec),
-        tokenizer=WordTokenizer.from_spec(spec.tokenizer),
+        tokenizer=tokenizer,
         proprio=ProprioNormalizer(spec.proprio),
         slow_onnx=onnx_paths["slow"],
-        fast_onnx=onnx_paths["fast"],
+        fast_onnx=onnx_paths["fast"],  # type: ignore[arg-type] - every package has a fast part
     )

@@ -10,6 +10,13 @@ Parameters: ``config_file`` (the runtime YAML), ``instruction`` (overrides the c
 ``extra_latency_ms`` (adds latency to each slow step: emulates a heavier VLM or a remote link),
 ``autostart`` (configure + activate on start), ``step_on_request`` (false).
 
+Packages of schema 2 (imported policies) run through :class:`~vla_runtime.core.policy.LatentSlowStep`:
+several cameras at the package's sizes, the policy's own tokenizer and prompt, the robot state where
+the slow part takes it (SmolVLA's state token, π0.5's state prompt, Diffusion Policy's window of
+``n_obs_steps`` observations: the node then also subscribes to ``/joint_states``) and a latent of
+several named tensors (a K/V prefix cache), written to the buffer as one version with one
+observation stamp (the oldest of the frames and the state it used).
+
 ``step_on_request:=true`` is the stop-and-go (synchronous) baseline: instead of running at its own
 pace, the node waits for a request on ``/vla/sync/request`` (std_msgs/Header, stamped when the
 requester's chunk ran out), takes the first frame captured AFTER that stamp, runs one step and
@@ -26,10 +33,16 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 
-from vla_runtime.core.contract import DIAG_SLOW_PATH, TOPIC_DIAGNOSTICS, TOPIC_INSTRUCTION, TOPIC_SYNC_REQUEST
+from vla_runtime.core.contract import (
+    DIAG_SLOW_PATH,
+    TOPIC_DIAGNOSTICS,
+    TOPIC_INSTRUCTION,
+    TOPIC_JOINT_STATES,
+    TOPIC_SYNC_REQUEST,
+)
 from vla_runtime.core.validation import FUTURE_STAMP, MALFORMED, Rejections, stamp_lead
 from vla_runtime.engines.base import LatencyStats
 from vla_runtime.nodes.common import (
@@ -69,8 +82,12 @@ class SlowReasonerNode(LifecycleNode):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.package = None
-        self.step = None  # the policy step (core/policy.SlowStep), built in on_configure
+        self.step = None  # the policy step (core/policy.SlowStep or LatentSlowStep), built in on_configure
         self.writer = None
+        self.measured = None  # the robot state, when the slow part takes it (MeasuredState)
+        self._state_ns = 0
+        self.window = None  # the observation window (n_obs_steps > 1)
+        self.waiting_for_state = 0
         self.rejected_images = 0
         self.rejections = Rejections()
         self.steps = 0
@@ -82,7 +99,8 @@ class SlowReasonerNode(LifecycleNode):
     # ----------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from vla_runtime.core.latent_buffer import open_latent_writer
-        from vla_runtime.core.policy import SlowStep
+        from vla_runtime.core.measured_state import MeasuredState
+        from vla_runtime.core.policy import LatentSlowStep, ObservationWindow, SlowStep
         from vla_runtime.engines.model_package import load_model_package
 
         try:
@@ -90,9 +108,22 @@ class SlowReasonerNode(LifecycleNode):
                 self.cfg.model_package_path, slow=self.cfg.model.slow_engine, parts=("slow",)
             )
             spec = self.package.spec
-            self.step = SlowStep.from_package(self.package, [c.name for c in self.cfg.cameras])
-            shape = (spec.latent.tokens, spec.latent.dim)
-            self.writer = open_latent_writer(latent_buffer_config(self.cfg, shape, spec.latent.dtype))
+            cams = [c.name for c in self.cfg.cameras]
+            if spec.schema_version >= 2:
+                self.step = LatentSlowStep.from_package(self.package, cams)
+                if spec.latent.is_multi:
+                    bcfg = latent_buffer_config(self.cfg, (1, 1)).with_tensors(self.step.latent_layout())
+                else:
+                    bcfg = latent_buffer_config(self.cfg, (spec.latent.tokens, spec.latent.dim), spec.latent.dtype)
+                if self.step.needs_state:
+                    self.measured = MeasuredState.for_robot(self.package.proprio.names, self.cfg.robot)
+                if spec.n_obs_steps > 1:
+                    self.window = ObservationWindow(spec.n_obs_steps)
+            else:
+                self.step = SlowStep.from_package(self.package, cams)
+                shape = (spec.latent.tokens, spec.latent.dim)
+                bcfg = latent_buffer_config(self.cfg, shape, spec.latent.dtype)
+            self.writer = open_latent_writer(bcfg)
             self.package.slow_engine.warmup(2)
         except Exception as e:  # noqa: BLE001 - any failure to load means: do not run
             self.get_logger().fatal(f"slow_reasoner cannot configure: {e}")
@@ -103,6 +134,8 @@ class SlowReasonerNode(LifecycleNode):
             for name in self.step.cameras
         ]
         self.create_subscription(String, TOPIC_INSTRUCTION, guarded(self, self._instruction_cb), QOS_LATCHED)
+        if self.measured is not None:
+            self.create_subscription(JointState, TOPIC_JOINT_STATES, guarded(self, self._joint_cb), QOS_SENSOR)
         if self.step_on_request:
             self.create_subscription(Header, TOPIC_SYNC_REQUEST, guarded(self, self._request_cb), QOS_COMMAND)
         self.diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
@@ -179,6 +212,48 @@ class SlowReasonerNode(LifecycleNode):
 
         return cb
 
+    def _joint_cb(self, msg: JointState) -> None:
+        if len(msg.name) != len(msg.position):
+            self.rejections(MALFORMED, f"joint state with {len(msg.name)} names and {len(msg.position)} positions")
+            return
+        pos = np.asarray(msg.position, dtype=np.float64)
+        if not np.all(np.isfinite(pos)):
+            self.rejections(MALFORMED, "joint state with non-finite positions")
+            return
+        with self._lock:
+            self.measured.update_joints(tuple(msg.name), pos)
+            self._state_ns = stamp_to_ns(msg.header.stamp)
+
+    def _state_snapshot(self) -> tuple[np.ndarray | None, int]:
+        """The robot state in the package's proprio order and its stamp, or (None, 0) before it is complete."""
+        with self._lock:
+            if self.measured is None or not self.measured.complete:
+                return None, 0
+            return self.measured.values[: len(self.measured.names)].copy(), self._state_ns
+
+    def _latent(self, frames: dict[str, np.ndarray], instruction: str, obs_ns: int):
+        """One slow step on these frames: (latent to write, observation stamp), or None to skip it."""
+        from vla_runtime.core.policy import LatentSlowStep
+
+        if not isinstance(self.step, LatentSlowStep):
+            return self.step.run(frames, instruction).latent, obs_ns
+        state = None
+        if self.measured is not None:
+            state, state_ns = self._state_snapshot()
+            if state is None:
+                self.waiting_for_state += 1
+                return None
+            obs_ns = min(obs_ns, state_ns) if state_ns else obs_ns
+        if self.window is not None:
+            frames, state = self.window.push(frames, state if state is not None else np.zeros(0))
+            if self.measured is None:
+                state = None
+        tensors = self.step.run(frames, instruction, state).tensors
+        spec = self.package.spec
+        if not spec.latent.is_multi:
+            return next(iter(tensors.values())).reshape(spec.latent.tokens, spec.latent.dim), obs_ns
+        return tensors, obs_ns
+
     def _request_cb(self, msg: Header) -> None:
         with self._lock:
             self._request_ns = max(self._request_ns, stamp_to_ns(msg.stamp))
@@ -234,8 +309,13 @@ class SlowReasonerNode(LifecycleNode):
             with self._lock:
                 instruction = self._instruction
             t0 = time.monotonic()
-            obs_ns = min(s for _, s in frames.values())
-            latent = self.step.run({c: img for c, (img, _) in frames.items()}, instruction).latent
+            got = self._latent({c: img for c, (img, _) in frames.items()}, instruction,
+                               min(s for _, s in frames.values()))
+            if got is None:  # the slow part takes the robot state and none has come yet
+                if self.step_on_request:
+                    self._request.set()
+                continue
+            latent, obs_ns = got
             extra = float(self.get_parameter("extra_latency_ms").value) / 1000.0
             if extra > 0 and self._stop.wait(extra):
                 return
@@ -263,6 +343,7 @@ class SlowReasonerNode(LifecycleNode):
             "latent_age_s": round(age, 3),
             "steps": self.steps,
             "sync_requests": self.requests,
+            "waiting_for_state": self.waiting_for_state,
             "rejected_images": self.rejected_images,
             **self.rejections.as_diagnostics("images_rejected"),
             "provider": self.package.slow_engine.provider if self.package else "",
