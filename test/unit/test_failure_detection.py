@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import zipfile
 
 import numpy as np
@@ -18,6 +19,7 @@ from vla_runtime.commands.detector_tools import (
     synthetic_rollouts,
     train_detector,
 )
+from vla_runtime.core.config import PROJECT_ROOT
 from vla_runtime.core.contract import FeatureLayout
 from vla_runtime.core.failure_detection import (
     FiniteMonitor,
@@ -187,6 +189,21 @@ def test_load_refuses_mismatched_weights(synthetic, tmp_path):
         LearnedDetector.load(tmp_path)
     with pytest.raises(FileNotFoundError):
         LearnedDetector.load(tmp_path / "nothing")
+
+
+def test_load_refuses_an_incomplete_calibration_record(tmp_path):
+    """The shipped head's detector.yaml cut after ``bin_s`` (as bench fuzz once cut it) still parses,
+    but its conformal quantile is gone: refused, naming what is missing, not loaded with defaults."""
+    shutil.copytree(PROJECT_ROOT / "models" / "reference_reach" / "detector", tmp_path / "detector")
+    meta = tmp_path / "detector" / "detector.yaml"
+    text = meta.read_text()
+    assert LearnedDetector.load(tmp_path).threshold.n_calibration > 0
+    meta.write_text(text[: text.index("n_calibration")])
+    with pytest.raises(ValueError, match=r"calibration lacks \['n_calibration', 'q'\]"):
+        LearnedDetector.load(tmp_path)
+    meta.write_text(text.replace("alpha: 0.1", "alpha: 1.5"))
+    with pytest.raises(ValueError, match="alpha = 1.5"):
+        LearnedDetector.load(tmp_path)
 
 
 def test_calibrate_detector_pipeline(synthetic, tmp_path):

@@ -423,13 +423,36 @@ class LearnedDetector:
         scorer = FailureScorer(a["mean"], a["std"], a["w1"], a["b1"], a["w2"], float(a["b2"]),
                                accumulate=str(meta.get("accumulate", "mean")), ema=float(meta.get("ema", 0.2)))
         cal = meta.get("calibration")
-        th = None
-        if cal:
-            q = cal.get("q")
-            th = ConformalThreshold(float(cal["bin_s"]), a["thresholds"], float(cal["alpha"]), str(cal["method"]),
-                                    int(cal.get("n_calibration", 0)), math.nan if q is None else float(q),
-                                    a.get("mu", np.zeros(0)), a.get("sigma", np.zeros(0)))
+        th = _load_threshold(cal, a, meta_path, w_path) if cal else None
         return cls(layout, scorer, th, dict(meta.get("info") or {}))
+
+
+def _load_threshold(cal, a: dict, meta_path: Path, w_path: Path) -> ConformalThreshold:
+    """The calibrated threshold of a stored head; ValueError naming the field when its record is
+    incomplete (a truncated ``detector.yaml`` must not load as a head with a different guarantee)."""
+    if not isinstance(cal, dict):
+        raise ValueError(f"{meta_path}: calibration must be a mapping, got {type(cal).__name__}")
+    need = ["bin_s", "alpha", "method", "n_calibration"] + (["q"] if cal.get("method") == "functional" else [])
+    missing = [k for k in need if cal.get(k) is None]
+    if missing:
+        raise ValueError(f"{meta_path}: calibration lacks {missing}")
+    try:
+        bin_s, alpha, n_cal = float(cal["bin_s"]), float(cal["alpha"]), int(cal["n_calibration"])
+        q = float(cal["q"]) if cal.get("q") is not None else math.nan
+    except (TypeError, ValueError):
+        raise ValueError(f"{meta_path}: calibration numbers do not parse: {cal!r}"[:300]) from None
+    if cal["method"] not in ("functional", "per_bin"):
+        raise ValueError(f"{meta_path}: calibration.method = {cal['method']!r}: expected functional or per_bin")
+    if not (bin_s > 0 and 0 < alpha < 1 and n_cal >= 1):
+        raise ValueError(f"{meta_path}: calibration bin_s = {bin_s}, alpha = {alpha}, n_calibration = {n_cal}: "
+                         "need bin_s > 0, 0 < alpha < 1, n_calibration >= 1")
+    if cal["method"] == "functional" and not math.isfinite(q):
+        raise ValueError(f"{meta_path}: calibration.q = {q}: must be finite")
+    thresholds = a.get("thresholds")
+    if thresholds is None or thresholds.ndim != 1 or not len(thresholds) or not np.all(np.isfinite(thresholds)):
+        raise ValueError(f"{w_path}: 'thresholds' must be a non-empty finite 1-D array")
+    return ConformalThreshold(bin_s, thresholds, alpha, str(cal["method"]), n_cal, q,
+                              a.get("mu", np.zeros(0)), a.get("sigma", np.zeros(0)))
 
 
 def _plain(obj):
