@@ -204,7 +204,7 @@ def dry_run_problems(cfg: RuntimeConfig, pkg) -> tuple[list[str], str]:
     Returns:
         (problems, a one-line summary of what the dry run saw).
     """
-    from vla_runtime.core.policy import FastStep, SlowStep
+    from vla_runtime.core.policy import SlowStep, fast_step_for
 
     cams = {c.name: np.full((c.height, c.width, 3), 128, dtype=np.uint8) for c in cfg.cameras}
     if pkg.spec.schema_version >= 2:
@@ -220,17 +220,17 @@ def dry_run_problems(cfg: RuntimeConfig, pkg) -> tuple[list[str], str]:
     except (KeyError, ValueError) as e:
         return [f"dry run: the slow part cannot run on the config's cameras: {e}"], ""
     problems = _output_shape_problems("slow", pkg.spec.slow, slow_engine.outputs)
-    try:
-        fast = FastStep(pkg.spec, fast_engine, pkg.action_space, pkg.proprio, cfg.scheduler.rtc_prefix)
+    try:  # the fast node's own step (one-shot, or a flow head the runtime samples)
+        fast = fast_step_for(pkg, fast_engine, use_prefix=cfg.scheduler.rtc_prefix,
+                             max_guidance=cfg.scheduler.rtc_max_guidance)
         state = nominal_state(cfg, list(fast.state_layout))
-        raw, _ = fast.infer(state, None, latent)
     except ValueError as e:
         return problems + [f"dry run: {e}"], ""
-    problems += _output_shape_problems("fast", pkg.spec.fast, fast_engine.outputs)
     try:
-        chunk = fast.decode(raw, state)
+        chunk = fast.run(state, None, latent).chunk
     except ValueError as e:
-        return problems + [f"dry run: {e}"], ""
+        return problems + _output_shape_problems("fast", pkg.spec.fast, fast_engine.outputs) + [f"dry run: {e}"], ""
+    problems += _output_shape_problems("fast", pkg.spec.fast, fast_engine.outputs)
     more, hand = _chunk_problems(cfg, list(pkg.action_space.dim_names), chunk)
     span = np.ptp(chunk, axis=0).max() if len(chunk) else 0.0
     summary = (f"dry run: home pose + grey frames + {cfg.instruction!r} → chunk {list(chunk.shape)}, "

@@ -421,7 +421,35 @@ class SchedulerConfig(_Frozen):
         default=3.0, ge=1.0, description="how far ahead each published plan reaches, in fast-loop periods"
     )
     max_infer_overrun: float = Field(
-        default=2.0, gt=0, description="inference budget in fast-loop periods; a longer inference → HOLD"
+        default=2.0, gt=0, description="inline inference: budget in fast-loop periods; a longer inference → HOLD"
+    )
+    inference: Literal["async", "inline", "sync"] = Field(
+        default="async",
+        description="async: inference on a worker thread, started by the execution horizon, the loop never "
+                    "waits for it; inline: inference inside each tick (over max_infer_overrun → HOLD); sync: "
+                    "stop-and-go on the worker (execute the whole chunk, hold while the next is computed)",
+    )
+    execution_horizon_steps: int = Field(
+        default=1, ge=1, le=10000,
+        description="async: actions of each chunk executed before the next may take over (1: re-plan as often "
+                    "as inference allows)",
+    )
+    execution_horizon_fraction: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="async: the same as a fraction of the chunk (LeRobot's chunk_size_threshold); the larger wins",
+    )
+    delay_percentile: float = Field(
+        default=90.0, ge=50.0, le=100.0,
+        description="async: the inference delay the horizon plans for, a percentile of the recent ones",
+    )
+    max_inference_s: float = Field(
+        default=1.0, gt=0, le=30.0,
+        description="async/sync: an inference in flight longer than this is a stalled engine → HOLD",
+    )
+    rtc_max_guidance: float = Field(
+        default=5.0, ge=0.0, le=100.0,
+        description="flow-matching heads: real-time chunking's largest guidance weight (beta); 0 samples "
+                    "unguided and merges with the cross-fade",
     )
 
 

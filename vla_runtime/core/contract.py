@@ -117,9 +117,16 @@ HOLD_BAD_OUTPUT = "hold: non-finite model output"
 HOLD_FUTURE_LATENT = "hold: latent stamped in the future"
 HOLD_PLAN_ENDED = "hold: plan ended"
 HOLD_STOPPED = "hold: fast path stopped"
+#: Inference off the tick (``scheduler.inference`` async/sync): no plan to execute while the worker
+#: computes one (at start, after a hold, between the chunks of stop-and-go). Bounded by
+#: ``scheduler.max_inference_s``, after which the wait is an engine stall (:data:`HOLD_OVERRUN`).
+HOLD_AWAITING_CHUNK = "hold: awaiting the first chunk"
 #: Holds the bridge makes on its own (``safety.joint_state_timeout_s``) and the detector's
 #: joint-state monitor escalates: the detector's HOLD-streak monitor does not count them.
 JOINT_STATE_HOLDS = (HOLD_NO_JOINT_STATE, HOLD_STALE_JOINT_STATE)
+#: Holds the detector's HOLD-streak monitor does not count: the joint-state ones (escalated by their
+#: own monitor) and waiting for a chunk in flight (escalated as a stall once it lasts too long).
+STREAK_EXEMPT_HOLDS = (*JOINT_STATE_HOLDS, HOLD_AWAITING_CHUNK)
 
 
 # ------------------------------------------------------------------------------ feature layout

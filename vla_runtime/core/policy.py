@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChunkFastStep", "ChunkResult", "FastResult", "FastStep", "LatentResult", "LatentSlowStep", "ObservationWindow",
-    "PolicyOutput", "PolicyRunner", "RemoteChunkStep", "SlowResult", "SlowStep",
+    "PolicyOutput", "PolicyRunner", "RemoteChunkStep", "SampledFastStep", "SlowResult", "SlowStep", "fast_step_for",
 ]
 
 #: ``(prefix (H, A) absolute, mask (H,) bool)``, as :meth:`ChunkScheduler.prefix` returns it.
@@ -248,8 +248,12 @@ class FastStep:
         except ValueError as e:
             raise ValueError(f"fast graph output {self.actions_name!r}: {e}") from None
 
-    def run(self, state: np.ndarray, prefix: Prefix | None = None, latent: np.ndarray | None = None) -> FastResult:
+    def run(self, state: np.ndarray, prefix: Prefix | None = None, latent: np.ndarray | None = None,
+            exec_steps: int = 0) -> FastResult:
         """One fast step: :meth:`infer` then :meth:`decode`.
+
+        ``exec_steps`` (the executing plan's steps already run, RTC's ``s``) is for
+        :class:`SampledFastStep`'s guidance; a one-shot graph's prefix inputs do not take it.
 
         Raises:
             ValueError: A bad ``state``, or a non-finite or wrong-shape output.
@@ -262,6 +266,137 @@ class FastStep:
                       infer_ms: float, hold: bool) -> np.ndarray:
         """The failure detector's feature vector of one step, written into ``out`` (``feature_layout.size``)."""
         return self.feature_layout.pack_into(out, latent, raw, latent_age_s, infer_ms, hold)
+
+
+class SampledFastStep:
+    """A fast part the runtime samples (``fast.kind: flow_matching``), behind the fast node's step interface.
+
+    The same interface as :class:`FastStep` (``run(state, prefix, latent, exec_steps)`` →
+    :class:`FastResult`, :attr:`state_layout`, :attr:`latent_view`, :attr:`feature_layout`), so the
+    fast node and its worker drive either. Sampling is :class:`ChunkFastStep`'s (one velocity graph,
+    the runtime's Euler loop, seeded noise). With the executing plan's prefix and
+    ``max_guidance > 0`` a chunk is sampled with real-time chunking (:class:`~vla_runtime.core.flow.
+    RtcGuidance`): its first ``d`` steps (the prefix mask: those that execute before the chunk can
+    take over) frozen to the plan, a soft mask over the rest of the plan's overlap, the guidance
+    weight clipped at ``max_guidance``; exact guidance through the graph's VJP where it exports one.
+    ``max_guidance = 0`` samples unguided (the delay-aware cross-fade then joins the chunks).
+
+    The state vector is the package's proprio, in its order (delta action dims are made absolute
+    against the proprio value of the same name). Only a single-tensor latent and no cameras in the
+    fast part, for now (refused by name otherwise).
+
+    Args:
+        package: The loaded package (its fast part must be flow matching).
+        engine: Replaces the package's fast engine (e.g. a delayed one).
+        max_guidance: RTC's β (``scheduler.rtc_max_guidance``).
+        seed: Seed of the noise generator (runs are reproducible).
+
+    Raises:
+        ValueError: A fast part this step cannot drive (named).
+    """
+
+    def __init__(self, package: ModelPackage, engine: Engine | None = None, max_guidance: float = 5.0,
+                 seed: int = 0) -> None:
+        spec = package.spec
+        if not spec.fast.is_flow:
+            raise ValueError(f"SampledFastStep drives flow-matching fast parts; {spec.name!r} has fast.kind "
+                             f"{spec.fast.kind!r}")
+        if spec.latent is None or spec.latent.is_multi:
+            raise ValueError(f"the fast node reads a single-tensor latent; {spec.name!r} has "
+                             f"{'none' if spec.latent is None else 'several tensors'}")
+        engine = engine if engine is not None else package.fast_engine
+        # An injected delay (engines/delay.py, testing only) is one inference's: once per chunk, not per
+        # denoising step; the steps call the engine it wraps.
+        self._extra_delay_s = getattr(engine, "next_delay_s", None)
+        self.step = ChunkFastStep.from_package(package, getattr(engine, "inner", engine)
+                                               if self._extra_delay_s is not None else engine)
+        if self.step.cameras:
+            raise ValueError(f"the fast part of {spec.name!r} takes cameras {self.step.cameras}: not wired in "
+                             "the fast node yet")
+        if not (max_guidance >= 0 and np.isfinite(max_guidance)):
+            raise ValueError(f"max_guidance must be finite and >= 0, got {max_guidance}")
+        self.engine = engine
+        self.space = package.action_space
+        self.proprio = package.proprio
+        self.horizon = spec.chunk_horizon
+        self.max_guidance = float(max_guidance)
+        self.uses_prefix = self.max_guidance > 0
+        self.feature_layout = FeatureLayout(spec.latent.dim, spec.chunk_horizon, self.space.dim)
+        self.state_layout: tuple[str | None, ...] = tuple(self.proprio.names)
+        self.measured_names: tuple[str, ...] = tuple(self.proprio.names)
+        self.state_size = len(self.state_layout)
+        (feed,) = self.step.latent_feeds.values()
+        self._latent_name = next(iter(self.step.latent_feeds))
+        self._latent = feed
+        self._offset = spec.chunk_offset
+        self._rng = np.random.default_rng([int(seed), 20261205])
+        #: Chunks sampled with guidance since start.
+        self.guided = 0
+
+    @property
+    def latent_view(self) -> np.ndarray:
+        """The K×D latent feed, for ``LatentReader.read_into``."""
+        return self._latent.reshape(self._latent.shape[-2:])
+
+    def measured_state(self, robot: RobotProfile) -> MeasuredState:
+        """A fresh measured state holding :attr:`measured_names`."""
+        return MeasuredState.for_robot(self.measured_names, robot)
+
+    def run(self, state: np.ndarray, prefix: Prefix | None = None, latent: np.ndarray | None = None,
+            exec_steps: int = 0) -> FastResult:
+        """One chunk; with a prefix whose mask is not empty (and β > 0), guided towards it.
+
+        Args:
+            state: ``(state_size,)`` raw proprio values.
+            prefix: The executing plan on the new chunk's grid (absolute) and the mask of the steps that
+                execute before it arrives (``ChunkScheduler.prefix``): RTC's ``d`` is the mask's count.
+            latent: ``(K, D)``; None: the one already in :attr:`latent_view`.
+            exec_steps: RTC's ``s``, steps of the executing plan already run (clipped to ``H − d``).
+
+        Raises:
+            ValueError: A bad state, or a non-finite / wrong-shape output.
+            vla_runtime.engines.base.EngineError: The engine failed.
+        """
+        from vla_runtime.core.flow import RtcGuidance
+
+        if state.shape != (self.state_size,):
+            raise ValueError(f"state must have {self.state_size} values ({list(self.state_layout)}), "
+                             f"got shape {state.shape}")
+        if latent is not None:
+            self._latent[...] = np.asarray(latent).reshape(self._latent.shape)
+        guidance = None
+        if self.uses_prefix and prefix is not None and prefix[1].any():
+            h_model = self.step.h_model
+            d = min(self._offset + int(prefix[1].sum()), h_model)
+            s = int(min(max(self._offset + int(exec_steps), 0), h_model - d))
+            plan = self.step.encode_plan(prefix[0], state)
+            guidance = RtcGuidance(plan, d, s, self.max_guidance)
+            self.guided += 1
+        r = self.step.run(state, rng=self._rng, guidance=guidance)
+        infer_ns = r.infer_ns
+        if self._extra_delay_s is not None:
+            extra = self._extra_delay_s()
+            time.sleep(extra)
+            infer_ns += int(extra * 1e9)
+        return FastResult(r.chunk, r.normalized, infer_ns)
+
+    def features_into(self, out: np.ndarray, latent: np.ndarray, raw: np.ndarray, latent_age_s: float,
+                      infer_ms: float, hold: bool) -> np.ndarray:
+        """The failure detector's feature vector of one step (as :meth:`FastStep.features_into`)."""
+        return self.feature_layout.pack_into(out, latent, raw, latent_age_s, infer_ms, hold)
+
+
+def fast_step_for(package: ModelPackage, engine: Engine | None = None, *, use_prefix: bool = True,
+                  max_guidance: float = 5.0, seed: int = 0) -> FastStep | SampledFastStep:
+    """The fast node's step for a package: :class:`SampledFastStep` for a flow-matching fast part,
+    :class:`FastStep` for a one-shot one.
+
+    Raises:
+        ValueError: A fast part the fast node cannot drive (named).
+    """
+    if package.spec.fast.is_flow:
+        return SampledFastStep(package, engine, max_guidance, seed)
+    return FastStep.from_package(package, engine, use_prefix)
 
 
 # ============================================================================================== schema 2

@@ -1,15 +1,31 @@
 """action_chunk_node: the 30 Hz fast path.
 
 Every tick of a deadline loop (its own thread, absolute-time scheduling): newest joint state +
-newest latent (with its version and age) → the policy step (core/policy.FastStep: fast engine,
-decode to absolute actions) → H×A chunk → ChunkScheduler (drops what
-is already past, cross-fades with the executing chunk, interpolates to the command rate) → the
+newest latent (with its version and age) → the policy step (core/policy: :class:`FastStep` for a
+one-shot graph, :class:`SampledFastStep` for a flow-matching one) → H×A chunk → ChunkScheduler (drops
+what is already past, cross-fades with the executing chunk, interpolates to the command rate) → the
 scheduled command trajectory on ``/vla/action_chunk`` for the controller bridge, the policy
 features on ``/vla/policy_features`` for the failure detector, and timing in diagnostics.
 
-A latent older than ``latent.max_age_s``, a missing or stale joint state, or an inference over its
-budget makes the node publish a HOLD request (an empty trajectory with the reason) instead of a
-plan: the robot holds, it never follows extrapolated motion. Nothing in the loop logs.
+Where inference runs (``scheduler.inference``):
+
+* ``async`` (default): on a worker thread (core/async_inference.InferenceWorker; ONNX Runtime
+  releases the interpreter lock while it computes, so a thread suffices). The loop never waits for
+  a model: each tick it streams the current plan, merges a finished chunk (stamped with the
+  observation it was computed from; the actions whose time passed are dropped), and starts the next
+  inference when the plan left falls to the execution horizon, timed from the measured delay (a
+  percentile of recent observation → merge delays, :class:`HorizonTrigger`). For a flow-matching
+  head the executing plan guides the new chunk (real-time chunking); a one-shot head is joined by
+  the delay-aware cross-fade. An inference in flight longer than ``scheduler.max_inference_s`` is a
+  stalled engine: HOLD.
+* ``inline``: inference inside the tick; one over ``max_infer_overrun`` periods means HOLD.
+* ``sync``: stop-and-go on the worker: the whole chunk executes, then the robot holds while the next
+  is computed (the baseline the asynchronous mode is measured against).
+
+A latent older than ``latent.max_age_s``, a missing or stale joint state, or a stalled inference
+makes the node publish a HOLD request (an empty trajectory with the reason) instead of a plan: the
+robot holds, it never follows extrapolated motion; a chunk in flight from before such a hold is
+dropped. Nothing in the loop logs.
 
 State input: by default the loop thread itself takes the newest ``/joint_states`` (and, for
 Cartesian layouts, ``/ee_pose``) at the start of each tick, from depth-1 subscriptions on a helper
@@ -61,6 +77,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_runtime.core.contract import (
     DIAG_FAST_PATH,
+    HOLD_AWAITING_CHUNK,
     HOLD_BAD_OUTPUT,
     HOLD_FUTURE_LATENT,
     HOLD_NO_JOINT_STATE,
@@ -123,16 +140,18 @@ class ActionChunkNode(LifecycleNode):
         self.package = None
         self.reader = None
         self.counters = {"ticks": 0, "hold_ticks": 0, "chunks": 0, "bad_joint_states": 0, "overruns": 0,
-                         "sync_requests": 0}
+                         "sync_requests": 0, "inferences": 0, "chunks_dropped": 0, "inference_errors": 0}
+        self.worker = None  # InferenceWorker (inference async / sync), built in on_activate
         self.last_hold_reason = ""
         self.last_latent_version = 0
         self.last_latent_age_s = float("nan")
 
     # ----------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from vla_runtime.core.async_inference import HorizonTrigger
         from vla_runtime.core.chunk_scheduler import ChunkScheduler, ChunkSchedulerConfig
         from vla_runtime.core.latent_buffer import open_latent_reader
-        from vla_runtime.core.policy import FastStep
+        from vla_runtime.core.policy import fast_step_for
         from vla_runtime.engines import make_engine
         from vla_runtime.engines.model_package import load_model_package
 
@@ -143,7 +162,8 @@ class ActionChunkNode(LifecycleNode):
             self.engine = self.package.fast_engine
             if self.get_parameter("engine").value == "null":
                 self.engine = make_engine(self.package.fast_onnx, backend="null")
-            self.step = FastStep.from_package(self.package, self.engine, use_prefix=cfg.scheduler.rtc_prefix)
+            self.step = fast_step_for(self.package, self.engine, use_prefix=cfg.scheduler.rtc_prefix,
+                                      max_guidance=cfg.scheduler.rtc_max_guidance)
             self.reader = open_latent_reader(latent_buffer_config(cfg, (spec.latent.tokens, spec.latent.dim),
                                                                   spec.latent.dtype))
             self.engine.warmup(5)
@@ -171,6 +191,24 @@ class ActionChunkNode(LifecycleNode):
         window_points = int(math.ceil(cfg.scheduler.plan_horizon_periods * self.period_s / self.dt_cmd)) + 1
         self.max_points = max(2, min(chunk_points, window_points))
         self.lockstep = bool(self.get_parameter("lockstep").value)
+        sched = cfg.scheduler
+        # Lockstep is its own baseline (one chunk per latent, inference in the tick).
+        self.inference = "inline" if self.lockstep else sched.inference
+        dt_chunk = 1.0 / self.chunk_rate
+        if self.inference == "sync":  # stop-and-go: the whole chunk, then the next
+            self.trigger = HorizonTrigger(dt_chunk, min_steps=self.horizon, margin_s=0.0)
+        else:
+            steps = max(sched.execution_horizon_steps, math.ceil(sched.execution_horizon_fraction * self.horizon))
+            self.trigger = HorizonTrigger(dt_chunk, min_steps=min(max(1, steps), self.horizon),
+                                          margin_s=0.5 * self.period_s)
+        self.max_inference_s = sched.max_inference_s
+        if self.inference != "inline":  # the worker owns the step's feeds: the loop reads into its own buffer
+            self._latent_view = np.zeros_like(self.step.latent_view)
+        self.delay_percentile = sched.delay_percentile
+        self._chunk_obs: float | None = None  # observation time of the chunk executing now
+        self._drop_before = -math.inf  # chunks observed before the last hold are not merged
+        self._stalled = False
+        self._delay_plan_s = 0.0
         self._lockstep_version = -1
         self._requested_version = -2
         self._request_t = -1e9
@@ -234,7 +272,8 @@ class ActionChunkNode(LifecycleNode):
         self.create_service(Trigger, "~/reset_stats", self._reset_stats)
         self.get_logger().info(
             f"fast path ready: {spec.name} on {self.engine.provider}, {rate:g} Hz, H={self.horizon}, "
-            f"{'LOCKSTEP (one chunk per latent), ' if self.lockstep else ''}"
+            f"{'LOCKSTEP (one chunk per latent), ' if self.lockstep else ''}inference {self.inference}"
+            f"{f' (execution horizon {self.trigger.min_steps} steps)' if self.inference == 'async' else ''}, "
             f"A={len(self.dim_names)}, prefix conditioning {'on' if self.use_prefix else 'off'}, "
             f"plan sampling {'in C' if self.scheduler.kernel else 'in numpy (the C kernel is not built)'}"
         )
@@ -243,8 +282,12 @@ class ActionChunkNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         from vla_runtime.core.deadline_loop import DeadlineLoop
 
-        self.loop = DeadlineLoop(self._tick, self.rate_hz, name="action_chunk_loop",
-                                 thread_init=lambda: make_realtime_here(self))
+        self.loop = DeadlineLoop(self._tick if self.inference == "inline" else self._tick_worker, self.rate_hz,
+                                 name="action_chunk_loop", thread_init=lambda: make_realtime_here(self))
+        if self.inference != "inline" and self.worker is None:
+            from vla_runtime.core.async_inference import InferenceWorker
+
+            self.worker = InferenceWorker(self._infer_request, name="action_chunk_inference")
         # Everything allocated so far (rclpy, numpy, onnxruntime, pydantic: ~10^5 objects) lives
         # for the whole process; freezing it keeps the cyclic GC's full passes, which would walk
         # all of it, from stalling a tick for milliseconds.
@@ -276,6 +319,9 @@ class ActionChunkNode(LifecycleNode):
             self.loop.stop(timeout_s=2.0)
             if self.plan_pub is not None and rclpy.ok(context=self.context):
                 self._publish_hold(HOLD_STOPPED, time.monotonic())
+        if self.worker is not None:
+            self.worker.stop(timeout_s=1.0)  # a stalled engine keeps its daemon thread; nothing waits on it
+            self.worker = None
 
     def _release(self) -> None:
         if self._io_node is not None:
@@ -331,9 +377,11 @@ class ActionChunkNode(LifecycleNode):
                 msg, recv_wall_ns = got
                 handler(msg, now - max(0.0, (time.time_ns() - recv_wall_ns) / 1e9))
 
-    def _tick(self, tick: int, scheduled_s: float) -> None:
-        now = time.monotonic()
-        self.counters["ticks"] += 1
+    def _observe(self, now: float):
+        """The tick's inputs: (latent sample, its age, state vector), or None after publishing a HOLD.
+
+        In lockstep, a tick that only re-publishes the rest of the same chunk also returns None.
+        """
         if self._polled:
             self._poll_state(now)
         recv = self._joint_recv_mono
@@ -367,25 +415,110 @@ class ActionChunkNode(LifecycleNode):
             state = self.measured.values[self._state_idx]
         if not complete:
             return self._publish_hold(HOLD_PROPRIO_INCOMPLETE, now)
-        step = self.step
-        raw, infer_ns = step.infer(state, self.scheduler.prefix(now, None, self.horizon) if self.use_prefix else None)
-        self.loop.stats.report_inference_ns(infer_ns)
-        if infer_ns / 1e9 > self.infer_budget_s:
-            self.counters["overruns"] += 1
-            return self._publish_hold(HOLD_OVERRUN, time.monotonic())
+        return sample, age, state
+
+    def _tick(self, tick: int, scheduled_s: float) -> None:
+        """``scheduler.inference: inline``: inference inside the tick."""
+        now = time.monotonic()
+        self.counters["ticks"] += 1
+        seen = self._observe(now)
+        if seen is None:
+            return None
+        sample, age, state = seen
+        prefix = self.scheduler.prefix(now, None, self.horizon) if self.use_prefix else None
         try:  # decode refuses non-finite values and a wrong shape (ValueError)
-            chunk = step.decode(raw, state)
+            res = self.step.run(state, prefix)
         except ValueError:
             return self._publish_hold(HOLD_BAD_OUTPUT, time.monotonic())
+        self.loop.stats.report_inference_ns(res.infer_ns)
+        if res.infer_ns / 1e9 > self.infer_budget_s:
+            self.counters["overruns"] += 1
+            return self._publish_hold(HOLD_OVERRUN, time.monotonic())
         after = time.monotonic()
         try:
-            self.scheduler.submit(chunk, obs_time_s=now, now_s=after)
+            self.scheduler.submit(res.chunk, obs_time_s=now, now_s=after)
         except ValueError:
             return self._publish_hold(HOLD_BAD_OUTPUT, after)
         self.counters["chunks"] += 1
         self._publish_plan(after)
         if self.features_pub.get_subscription_count() > 0:  # the detector listens; skip the work otherwise
-            self._publish_features(sample.latent, raw, age, infer_ns / 1e6, hold=False)
+            self._publish_features(sample.latent, res.raw, age, res.infer_ns / 1e6, hold=False)
+
+    # ----------------------------------------------------------------- inference off the tick
+    def _tick_worker(self, tick: int, scheduled_s: float) -> None:
+        """``scheduler.inference: async | sync``: the loop streams the plan; the worker infers."""
+        now = time.monotonic()
+        self.counters["ticks"] += 1
+        worker = self.worker
+        seen = self._observe(now)  # a hold there also drops what is in flight (observed before it)
+        if seen is None:
+            return None
+        sample, age, state = seen
+        done = worker.take()
+        if done is not None:
+            self._merge(done, now)
+        if worker.busy:
+            if worker.in_flight_s(now) > self.max_inference_s:
+                if not self._stalled:
+                    self._stalled = True
+                    self.counters["overruns"] += 1
+                return self._publish_hold(HOLD_OVERRUN, now)
+        else:
+            self._stalled = False
+            sched = self.scheduler
+            plan_end = sched.active_until()
+            if self.inference == "sync":
+                delay = 0.0
+            else:
+                delay = sched.delay_percentile_s(self.delay_percentile) or 0.0
+            self._delay_plan_s = delay
+            if self.trigger.due(now, self._chunk_obs if plan_end is not None else None, plan_end, delay):
+                self._start_inference(now, sample, age, state, plan_end, delay)
+        if self.scheduler.active_until() is None or self.scheduler.active_until() < now:
+            return self._publish_hold(HOLD_AWAITING_CHUNK if worker.busy else HOLD_PLAN_ENDED, now, drop=False)
+        self._publish_plan(now)
+        return None
+
+    def _start_inference(self, now: float, sample, age: float, state: np.ndarray, plan_end: float | None,
+                         delay: float) -> None:
+        """Hand a snapshot of the observation (and the executing plan, for RTC) to the worker."""
+        prefix, exec_steps = None, 0
+        if self.use_prefix and plan_end is not None:
+            prefix = self.scheduler.prefix(now, delay, self.horizon)
+            # RTC's s: steps of the executing plan already run (H minus the steps it has left).
+            left = int(math.floor((plan_end - now) * self.chunk_rate + 1e-9)) + 1
+            exec_steps = max(0, self.horizon - left)
+        request = (now, state.copy(), self._latent_view.copy(), prefix, exec_steps, age)
+        if self.worker.submit(request, now):
+            self.counters["inferences"] += 1
+
+    def _infer_request(self, request):
+        """The worker's function (its thread): one chunk from a snapshot; errors go back to the loop."""
+        obs, state, latent, prefix, exec_steps, age = request
+        res = self.step.run(state, prefix, latent, exec_steps)
+        return obs, res, latent, age
+
+    def _merge(self, done, now: float) -> None:
+        """A finished inference: merge its chunk unless a hold came after its observation."""
+        if done.error is not None:
+            self.counters["inference_errors"] += 1
+            return self._publish_hold(HOLD_BAD_OUTPUT, now)
+        obs, res, latent, age = done.result
+        self.loop.stats.report_inference_ns(res.infer_ns)
+        if obs <= self._drop_before:
+            self.counters["chunks_dropped"] += 1
+            return None
+        try:
+            if self.scheduler.submit(res.chunk, obs_time_s=obs, now_s=now) < 0:
+                self.counters["chunks_dropped"] += 1
+                return None
+        except ValueError:  # non-finite chunk
+            return self._publish_hold(HOLD_BAD_OUTPUT, now)
+        self._chunk_obs = obs
+        self.counters["chunks"] += 1
+        if self.features_pub.get_subscription_count() > 0:
+            self._publish_features(latent, res.raw, age + (now - obs), res.infer_ns / 1e6, hold=False)
+        return None
 
     def _request_latent(self, now: float, version: int) -> None:
         """Lockstep: ask the slow path for a step (once per latent version; again after 1 s)."""
@@ -422,9 +555,12 @@ class ActionChunkNode(LifecycleNode):
         self.plan_pub.publish(msg)
         return True
 
-    def _publish_hold(self, reason: str, now: float) -> None:
+    def _publish_hold(self, reason: str, now: float, drop: bool = True) -> None:
+        """Ask for HOLD; ``drop``: a chunk in flight (observed before now) is not merged afterwards."""
         self.counters["hold_ticks"] += 1
         self.last_hold_reason = reason
+        if drop:
+            self._drop_before = now
         self.scheduler.hold()
         msg = JointTrajectory()
         msg.joint_names = self.dim_names
@@ -464,6 +600,11 @@ class ActionChunkNode(LifecycleNode):
             "latent_version": self.last_latent_version,
             "latent_age_s": round(self.last_latent_age_s, 3),
             "delay_estimate_s": self.scheduler.delay_estimate_s,
+            "inference": self.inference,
+            "execution_horizon_steps": self.trigger.min_steps,
+            "delay_planned_s": round(self._delay_plan_s, 4),
+            "inference_in_flight_s": round(self.worker.in_flight_s(time.monotonic()), 3) if self.worker else 0.0,
+            "rtc_guided_chunks": getattr(self.step, "guided", 0),
             "last_hold_reason": self.last_hold_reason,
             "provider": self.engine.provider,
             **self.counters,

@@ -64,8 +64,7 @@ from std_msgs.msg import Float32MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_runtime.core.contract import (
-    HOLD_NO_JOINT_STATE,
-    HOLD_STALE_JOINT_STATE,
+    STREAK_EXEMPT_HOLDS,
     TOPIC_ACTION_CHUNK,
     TOPIC_DETECTOR_HEARTBEAT,
     TOPIC_DIAGNOSTICS,
@@ -147,7 +146,7 @@ class FailureDetectorNode(Node):
             # 2× the timeout at which the bridge and the fast path already HOLD: counted here too,
             # a 0.1 s sensor hiccup would latch HALTED after 3 ticks (it did, on a cold CI machine).
             "hold_streak": HoldStreakMonitor(int(get("hold_streak")) or safety.max_deadline_miss_streak,
-                                             ignore=(HOLD_NO_JOINT_STATE, HOLD_STALE_JOINT_STATE)),
+                                             ignore=STREAK_EXEMPT_HOLDS),
             "features_finite": FiniteMonitor("policy features"),
             "plan_valid": FiniteMonitor("action plan"),
             "interventions": InterventionRateMonitor(
