@@ -11,6 +11,7 @@ import argparse
 import json
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,8 +62,26 @@ def cmd_up(args: argparse.Namespace) -> int:
         for p in report.problems:
             print(f"  ✗ {p}", file=sys.stderr)
         return 1
-    cfg = _load_or_exit(args.config)
-    return run_up(cfg, str(cfg.source), duration_s=args.duration)
+    if args.inject_delay_ms is None:
+        cfg = _load_or_exit(args.config)
+        return run_up(cfg, str(cfg.source), duration_s=args.duration)
+    with tempfile.TemporaryDirectory(prefix="vla_up_") as tmp:
+        cfg = _load_or_exit(str(_with_injected_delay(args.config, args.inject_delay_ms, tmp)))
+        print(f"vla-runtime up: TESTING: {args.inject_delay_ms:g} ms injected into every fast inference",
+              file=sys.stderr)
+        return run_up(cfg, str(cfg.source), duration_s=args.duration)
+
+
+def _with_injected_delay(config: str, delay_ms: float, tmp_dir: str) -> Path:
+    """``config`` with ``model.fast_engine.inject_delay_ms`` set (a testing tool: a slow GPU on this machine)."""
+    from vla_runtime.graph.harness import write_config
+
+    if not (delay_ms >= 0 and delay_ms <= 60_000):
+        print(f"--inject-delay-ms must be in [0, 60000] ms, got {delay_ms}", file=sys.stderr)
+        raise SystemExit(2)
+    fast = _load_or_exit(config).model.fast_engine.model_dump(exclude_none=True)
+    fast["inject_delay_ms"] = float(delay_ms)
+    return write_config(config, Path(tmp_dir) / Path(config).name, {"model": {"fast_engine": fast}})
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -178,9 +197,15 @@ def cmd_calibrate_detector(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from vla_runtime.commands.evaluation import run_eval
 
+    tmp = tempfile.TemporaryDirectory(prefix="vla_eval_")
+    config = args.config
+    if args.inject_delay_ms is not None:
+        from vla_runtime.commands.evaluation import DEFAULT_CONFIG
+
+        config = str(_with_injected_delay(config or str(DEFAULT_CONFIG), args.inject_delay_ms, tmp.name))
     try:
         result = run_eval(args.task, args.episodes, mode=args.mode, slow_latency_ms=args.slow_latency_ms,
-                          config=args.config, seed=args.seed, realtime=not args.simtime,
+                          config=config, seed=args.seed, realtime=not args.simtime,
                           log=None if args.json else print)
     except ValueError as e:
         print(f"vla-runtime eval: {e}", file=sys.stderr)
@@ -265,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start the node graph of a config as processes (Ctrl-C stops it)")
     p.add_argument("config")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--inject-delay-ms", type=float, default=None,
+                   help="TESTING: add this latency to every fast inference (a slow GPU or a Jetson, emulated)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("keys", help="generate CURVE key pairs for the remote latent link")
@@ -284,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks; each prints JSON with --json")
     p.add_argument("which", choices=["loop", "handoff", "max-rate", "chunks", "engine", "teleop", "halt", "faults",
-                                     "fuzz", "import"])
+                                     "fuzz", "import", "delay"])
     p.add_argument("--trials", type=int, default=None,
-                   help="trials (teleop, halt; fuzz: cases per input class; import: steps per side)")
+                   help="trials (teleop, halt; fuzz: cases per input class; import: steps per side; delay: "
+                        "episodes per row)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--config", default=None, help="config for graph benchmarks (default: sim_panda)")
     p.add_argument("--rate", type=float, default=30.0, help="loop rate in Hz (loop)")
@@ -297,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed")
     p.add_argument("--latent-mb", type=float, default=8.0,
                    help="handoff: also measure a K/V-cache latent of this many MB (0: skip)")
+    p.add_argument("--delays", default=None,
+                   help="delay: injected fast-inference delays, ms (default 0,100,200,300,500)")
+    p.add_argument("--modes", default=None, help="delay: modes (default sync,async_crossfade,async_rtc)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("teleop", help="operator takeover from this terminal")
@@ -342,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="async: fast-slow; sync: the stop-and-go single-frequency baseline (observe, infer while "
                         "the robot holds, execute the chunk)")
     p.add_argument("--slow-latency-ms", type=float, default=None, help="extra latency of every slow step")
+    p.add_argument("--inject-delay-ms", type=float, default=None,
+                   help="TESTING: add this latency to every fast inference (model.fast_engine.inject_delay_ms)")
     p.add_argument("--config", default=None, help="default: config/sim_panda_reach.yaml")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--simtime", action="store_true",

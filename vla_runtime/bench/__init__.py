@@ -51,6 +51,13 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         from vla_runtime.bench.faults import bench_faults
 
         return {"benchmark": "faults", **bench_faults()}
+    if which == "delay":
+        from vla_runtime.bench.delay import DELAYS_MS, MODES, bench_delay
+
+        delays = [float(x) for x in args.delays.split(",")] if getattr(args, "delays", None) else DELAYS_MS
+        modes = [m.strip() for m in args.modes.split(",")] if getattr(args, "modes", None) else list(MODES)
+        return bench_delay(episodes=args.trials or 20, delays_ms=delays, modes=modes, config=args.config,
+                           seed=args.seed, log=None if args.json else print)
     if which == "fuzz":
         from vla_runtime.bench.fuzz import bench_fuzz
 

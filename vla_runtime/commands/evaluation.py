@@ -236,6 +236,8 @@ class _GraphSession:
             g.check_alive("an episode")
             time.sleep(0.005)
         t_end = time.monotonic()
+        #: (resume, end) of the last episode on this process's monotonic clock (benches cut their streams by it).
+        self.last_window = (t0, t_end)
         row = {
             "task": task,
             "seed": seed,

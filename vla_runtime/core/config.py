@@ -261,17 +261,20 @@ class InjectedDelay(_Frozen):
     """Extra latency added to every inference of one engine, to emulate a slower policy (testing only).
 
     Each call sleeps ``fixed_ms + U(0, jitter_ms)`` after the real inference; the jitter comes from a
-    generator seeded with ``seed``, so a run's delays are reproducible.
+    generator seeded with ``seed``, so a run's delays are reproducible. ``hang_after`` makes the engine
+    hang for good after that many inferences (the fast path must then hold and the detector halt).
     """
 
     fixed_ms: float = Field(default=0.0, ge=0, le=60000, description="added to every call")
     jitter_ms: float = Field(default=0.0, ge=0, le=60000, description="plus a uniform draw in [0, jitter_ms]")
     seed: int = Field(default=0, ge=0, description="seed of the jitter's generator")
+    hang_after: int | None = Field(
+        default=None, ge=0, description="fault injection: after this many inferences every call blocks (a hung driver)")
 
     @property
     def is_zero(self) -> bool:
-        """No delay at all (both parts 0)."""
-        return self.fixed_ms == 0 and self.jitter_ms == 0
+        """No delay and no hang at all."""
+        return self.fixed_ms == 0 and self.jitter_ms == 0 and self.hang_after is None
 
 
 class EngineConfig(_Frozen):

@@ -307,9 +307,9 @@ class SampledFastStep:
         engine = engine if engine is not None else package.fast_engine
         # An injected delay (engines/delay.py, testing only) is one inference's: once per chunk, not per
         # denoising step; the steps call the engine it wraps.
-        self._extra_delay_s = getattr(engine, "next_delay_s", None)
+        self._inject = getattr(engine, "inject", None)
         self.step = ChunkFastStep.from_package(package, getattr(engine, "inner", engine)
-                                               if self._extra_delay_s is not None else engine)
+                                               if self._inject is not None else engine)
         if self.step.cameras:
             raise ValueError(f"the fast part of {spec.name!r} takes cameras {self.step.cameras}: not wired in "
                              "the fast node yet")
@@ -374,10 +374,8 @@ class SampledFastStep:
             self.guided += 1
         r = self.step.run(state, rng=self._rng, guidance=guidance)
         infer_ns = r.infer_ns
-        if self._extra_delay_s is not None:
-            extra = self._extra_delay_s()
-            time.sleep(extra)
-            infer_ns += int(extra * 1e9)
+        if self._inject is not None:
+            infer_ns += int(self._inject() * 1e9)
         return FastResult(r.chunk, r.normalized, infer_ns)
 
     def features_into(self, out: np.ndarray, latent: np.ndarray, raw: np.ndarray, latent_age_s: float,

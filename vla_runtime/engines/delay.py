@@ -39,12 +39,15 @@ class DelayInjectedEngine(Engine):
         self.delay = delay
         self._rng = np.random.default_rng(delay.seed)
         self._lock = threading.Lock()
+        self._calls = 0
+        self._closed = threading.Event()
         self._set_io(inner.input_specs, inner.output_specs)
 
     @property
     def provider(self) -> str:
         jitter = f" + U(0, {self.delay.jitter_ms:g}) ms, seed {self.delay.seed}" if self.delay.jitter_ms else ""
-        return f"{self.inner.provider} + {INJECTED_DELAY} {self.delay.fixed_ms:g} ms{jitter}"
+        hang = f", hangs after {self.delay.hang_after} calls" if self.delay.hang_after is not None else ""
+        return f"{self.inner.provider} + {INJECTED_DELAY} {self.delay.fixed_ms:g} ms{jitter}{hang}"
 
     def next_delay_s(self) -> float:
         """Draw the delay the next call adds, in seconds."""
@@ -54,9 +57,27 @@ class DelayInjectedEngine(Engine):
                 jitter = float(self._rng.uniform(0.0, self.delay.jitter_ms))
         return (self.delay.fixed_ms + jitter) / 1e3
 
+    def inject(self) -> float:
+        """Wait as one inference's injection says (the drawn delay, or for ever once ``hang_after`` calls
+        were made; :meth:`close` ends a hang); returns the seconds added.
+
+        A caller that runs several graph calls per inference (a flow head's denoising steps) calls the
+        :attr:`inner` engine for those and this once.
+        """
+        with self._lock:
+            self._calls += 1
+            hang = self.delay.hang_after is not None and self._calls > self.delay.hang_after
+        if hang:
+            self._closed.wait()
+            return 0.0
+        d = self.next_delay_s()
+        if d > 0:
+            time.sleep(d)
+        return d
+
     def _run(self, feeds: Feeds) -> Outputs:
         out = self.inner.infer(feeds)
-        time.sleep(self.next_delay_s())
+        self.inject()
         return out
 
     def warmup(self, n: int = 3) -> None:
@@ -65,5 +86,6 @@ class DelayInjectedEngine(Engine):
         self.latency.reset()
 
     def close(self) -> None:
-        """Close the inner engine."""
+        """End a hang and close the inner engine."""
+        self._closed.set()
         self.inner.close()

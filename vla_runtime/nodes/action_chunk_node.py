@@ -195,12 +195,12 @@ class ActionChunkNode(LifecycleNode):
         # Lockstep is its own baseline (one chunk per latent, inference in the tick).
         self.inference = "inline" if self.lockstep else sched.inference
         dt_chunk = 1.0 / self.chunk_rate
-        if self.inference == "sync":  # stop-and-go: the whole chunk, then the next
-            self.trigger = HorizonTrigger(dt_chunk, min_steps=self.horizon, margin_s=0.0)
+        steps = min(max(1, sched.execution_horizon_steps, math.ceil(sched.execution_horizon_fraction * self.horizon)),
+                    self.horizon)
+        if self.inference == "sync":  # stop-and-go: the horizon's steps (the whole chunk if unset), then the next
+            self.trigger = HorizonTrigger(dt_chunk, min_steps=self.horizon if steps == 1 else steps, margin_s=0.0)
         else:
-            steps = max(sched.execution_horizon_steps, math.ceil(sched.execution_horizon_fraction * self.horizon))
-            self.trigger = HorizonTrigger(dt_chunk, min_steps=min(max(1, steps), self.horizon),
-                                          margin_s=0.5 * self.period_s)
+            self.trigger = HorizonTrigger(dt_chunk, min_steps=steps, margin_s=0.5 * self.period_s)
         self.max_inference_s = sched.max_inference_s
         if self.inference != "inline":  # the worker owns the step's feeds: the loop reads into its own buffer
             self._latent_view = np.zeros_like(self.step.latent_view)
@@ -491,6 +491,8 @@ class ActionChunkNode(LifecycleNode):
         request = (now, state.copy(), self._latent_view.copy(), prefix, exec_steps, age)
         if self.worker.submit(request, now):
             self.counters["inferences"] += 1
+            if self.inference == "sync":  # stop-and-go: the robot waits for the inference
+                self.scheduler.hold()
 
     def _infer_request(self, request):
         """The worker's function (its thread): one chunk from a snapshot; errors go back to the loop."""
