@@ -11,7 +11,8 @@ latency injected into every fast inference (``model.fast_engine.inject_delay_ms`
   0.1 s cross-fade (``rtc_max_guidance: 0``);
 * ``async_rtc``: inference off the tick, real-time chunking (the new chunk's first ``d`` steps frozen
   to the executing plan, the rest of the overlap guided with a soft mask, weight clipped at the
-  config's ``scheduler.rtc_max_guidance``; no cross-fade).
+  config's ``scheduler.rtc_max_guidance``, with the config's Jacobian and cross-fade: for the
+  reference, identity Jacobian, β 20, 50 ms).
 
 Per (mode, delay) row, over the episodes (seeds as ``vla-runtime eval``):
 
@@ -44,7 +45,7 @@ __all__ = ["MODES", "bench_delay", "splice_accel_jumps"]
 MODES: dict[str, dict] = {
     "sync": {"inference": "sync", "rtc_max_guidance": 0.0, "blend_s": 0.1, "execution_horizon_fraction": 0.5},
     "async_crossfade": {"inference": "async", "rtc_max_guidance": 0.0, "blend_s": 0.1},
-    "async_rtc": {"inference": "async", "blend_s": 0.0},  # β: the config's scheduler.rtc_max_guidance
+    "async_rtc": {"inference": "async"},  # β, Jacobian and cross-fade: the config's
 }
 DELAYS_MS = (0.0, 100.0, 200.0, 300.0, 500.0)
 

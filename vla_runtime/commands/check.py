@@ -222,7 +222,8 @@ def dry_run_problems(cfg: RuntimeConfig, pkg) -> tuple[list[str], str]:
     problems = _output_shape_problems("slow", pkg.spec.slow, slow_engine.outputs)
     try:  # the fast node's own step (one-shot, or a flow head the runtime samples)
         fast = fast_step_for(pkg, fast_engine, use_prefix=cfg.scheduler.rtc_prefix,
-                             max_guidance=cfg.scheduler.rtc_max_guidance)
+                             max_guidance=cfg.scheduler.rtc_max_guidance,
+                             jacobian=cfg.scheduler.rtc_jacobian)
         state = nominal_state(cfg, list(fast.state_layout))
     except ValueError as e:
         return problems + [f"dry run: {e}"], ""

@@ -449,6 +449,11 @@ class SchedulerConfig(_Frozen):
         default=1.0, gt=0, le=30.0,
         description="async/sync: an inference in flight longer than this is a stalled engine → HOLD",
     )
+    rtc_jacobian: Literal["auto", "exact", "identity"] = Field(
+        default="auto",
+        description="flow heads: RTC guidance through the graph's VJP (exact, the paper's), on the clean-chunk "
+                    "estimate itself (identity), or exact where the graph exports a VJP (auto)",
+    )
     rtc_max_guidance: float = Field(
         default=5.0, ge=0.0, le=100.0,
         description="flow-matching heads: real-time chunking's largest guidance weight (beta); 0 samples "

@@ -290,13 +290,17 @@ class SampledFastStep:
         engine: Replaces the package's fast engine (e.g. a delayed one).
         max_guidance: RTC's β (``scheduler.rtc_max_guidance``).
         seed: Seed of the noise generator (runs are reproducible).
+        jacobian: ``scheduler.rtc_jacobian``: ``exact`` guides through the graph's VJP (the paper's),
+            ``identity`` pulls the clean-chunk estimate itself (for a model whose estimate ignores the
+            noisy chunk, as the reference flow head's does, the exact gradient is zero and only this
+            pulls), ``auto`` is exact where the graph exports a VJP.
 
     Raises:
         ValueError: A fast part this step cannot drive (named).
     """
 
     def __init__(self, package: ModelPackage, engine: Engine | None = None, max_guidance: float = 5.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, jacobian: str = "auto") -> None:
         spec = package.spec
         if not spec.fast.is_flow:
             raise ValueError(f"SampledFastStep drives flow-matching fast parts; {spec.name!r} has fast.kind "
@@ -315,6 +319,12 @@ class SampledFastStep:
                              "the fast node yet")
         if not (max_guidance >= 0 and np.isfinite(max_guidance)):
             raise ValueError(f"max_guidance must be finite and >= 0, got {max_guidance}")
+        if jacobian not in ("auto", "exact", "identity"):
+            raise ValueError(f"jacobian must be auto, exact or identity, got {jacobian!r}")
+        if jacobian == "exact" and not self.step.has_vjp:
+            raise ValueError(f"scheduler.rtc_jacobian is exact but the flow graph of {spec.name!r} exports no "
+                             "guidance VJP (an output with role guidance_vjp)")
+        self._exact = None if jacobian == "auto" else jacobian == "exact"
         self.engine = engine
         self.space = package.action_space
         self.proprio = package.proprio
@@ -372,7 +382,7 @@ class SampledFastStep:
             plan = self.step.encode_plan(prefix[0], state)
             guidance = RtcGuidance(plan, d, s, self.max_guidance)
             self.guided += 1
-        r = self.step.run(state, rng=self._rng, guidance=guidance)
+        r = self.step.run(state, rng=self._rng, guidance=guidance, exact_guidance=self._exact)
         infer_ns = r.infer_ns
         if self._inject is not None:
             infer_ns += int(self._inject() * 1e9)
@@ -385,7 +395,7 @@ class SampledFastStep:
 
 
 def fast_step_for(package: ModelPackage, engine: Engine | None = None, *, use_prefix: bool = True,
-                  max_guidance: float = 5.0, seed: int = 0) -> FastStep | SampledFastStep:
+                  max_guidance: float = 5.0, seed: int = 0, jacobian: str = "auto") -> FastStep | SampledFastStep:
     """The fast node's step for a package: :class:`SampledFastStep` for a flow-matching fast part,
     :class:`FastStep` for a one-shot one.
 
@@ -393,7 +403,7 @@ def fast_step_for(package: ModelPackage, engine: Engine | None = None, *, use_pr
         ValueError: A fast part the fast node cannot drive (named).
     """
     if package.spec.fast.is_flow:
-        return SampledFastStep(package, engine, max_guidance, seed)
+        return SampledFastStep(package, engine, max_guidance, seed, jacobian)
     return FastStep.from_package(package, engine, use_prefix)
 
 
@@ -843,7 +853,8 @@ class ChunkFastStep:
     def run(self, state: np.ndarray, *, latent: Mapping[str, np.ndarray] | None = None,
             images: Mapping[str, Image] | None = None, instruction: str = "",
             rng: np.random.Generator | None = None, noise: np.ndarray | None = None,
-            step_noise: np.ndarray | None = None, guidance: RtcGuidance | None = None) -> ChunkResult:
+            step_noise: np.ndarray | None = None, guidance: RtcGuidance | None = None,
+            exact_guidance: bool | None = None) -> ChunkResult:
         """One chunk.
 
         Args:
@@ -859,6 +870,8 @@ class ChunkFastStep:
             step_noise: DDPM's per-step draws instead of drawing them.
             guidance: RTC guidance towards the executing plan (flow heads; model space, on the model's
                 chunk grid: :meth:`encode_plan`).
+            exact_guidance: Guide through the graph's VJP (True; it must export one), under the identity
+                Jacobian (False), or exact where the graph exports a VJP (None).
 
         Raises:
             ValueError: A bad state, a missing noise source, or a non-finite / wrong-shape output.
@@ -879,7 +892,9 @@ class ChunkFastStep:
         self._calls = 0
         t0 = time.perf_counter_ns()
         if self.flow is not None:
-            vjp = self._vjp if (guidance is not None and self.has_vjp) else None
+            if exact_guidance and not self.has_vjp:
+                raise ValueError("exact RTC guidance asked for, but this flow graph exports no guidance VJP")
+            vjp = self._vjp if (guidance is not None and self.has_vjp and exact_guidance is not False) else None
             x = self.flow.sample(self._velocity, None if noise is not None else rng, guidance, vjp,
                                  dtype=np.float32, noise=noise)
             if noise is None and rng is None:

@@ -163,7 +163,8 @@ class ActionChunkNode(LifecycleNode):
             if self.get_parameter("engine").value == "null":
                 self.engine = make_engine(self.package.fast_onnx, backend="null")
             self.step = fast_step_for(self.package, self.engine, use_prefix=cfg.scheduler.rtc_prefix,
-                                      max_guidance=cfg.scheduler.rtc_max_guidance)
+                                      max_guidance=cfg.scheduler.rtc_max_guidance,
+                             jacobian=cfg.scheduler.rtc_jacobian)
             self.reader = open_latent_reader(latent_buffer_config(cfg, (spec.latent.tokens, spec.latent.dim),
                                                                   spec.latent.dtype))
             self.engine.warmup(5)
