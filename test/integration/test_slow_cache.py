@@ -40,22 +40,25 @@ def test_static_scene_reuses_slow_steps_and_the_fast_path_stays_in_policy(harnes
     harness.start_policy(node_graph(load_config(cfg), cfg, params={"action_chunk_node": {"engine": "null"}}))
     slow = lambda: diag.latest(DIAG_SLOW_PATH)  # noqa: E731
 
-    harness.wait(lambda: _n(slow(), "steps") >= 5, 60.0, "the slow path's first steps", interval=0.1)
-    harness.run_for(3.0)  # the arm reaches the mean pose and rests there
+    # The arm reaches the mean pose and rests there: from then on the slow path reuses.
+    harness.wait(lambda: _n(slow(), "steps_reused") >= 3, 60.0, "the first reused slow steps", interval=0.1,
+                 detail=lambda: str(slow()))
 
     # -- static scene: re-validated, the fast path keeps planning on fresh latents
     n = diag.count(DIAG_SLOW_PATH)
     harness.wait(lambda: diag.count(DIAG_SLOW_PATH) > n, 5.0, "fresh slow-path diagnostics", interval=0.05)
     s0, n_plans, modes0 = dict(slow()), len(plans), len(harness.safety.reports)
-    harness.run_for(6.0)
+    harness.run_for(8.0)
     n = diag.count(DIAG_SLOW_PATH)
     harness.wait(lambda: diag.count(DIAG_SLOW_PATH) > n, 5.0, "fresh slow-path diagnostics", interval=0.05)
     s1 = dict(slow())
     reused = _n(s1, "steps_reused") - _n(s0, "steps_reused")
     computed = _n(s1, "steps_computed") - _n(s0, "steps_computed")
-    assert reused >= 15, f"only {reused} of {reused + computed} slow steps reused on a static scene: {s1}"
-    # In 6 s with max_reuse_s 2 s: at most ~3 forced recomputations (+1 for a late settle).
-    assert computed <= 4, f"{computed} slow steps computed on a static scene: {s1}"
+    # The slow path runs at up to 5 Hz (2-3 Hz on a loaded 2-core machine): 16-40 steps in 8 s, of
+    # which the max_reuse_s (2 s) recomputations are at most 4 (+1 where the window's edge falls).
+    assert reused + computed >= 12, f"the slow path stalled: {s1}"
+    assert computed <= 5, f"{computed} slow steps computed on a static scene: {s1}"
+    assert reused >= 0.6 * (reused + computed), f"only {reused} of {reused + computed} slow steps reused: {s1}"
     assert _n(s1, "cache_change_score") < 10.0
     assert _n(s1, "cache_compute_saved_ms") > _n(s0, "cache_compute_saved_ms")
     window = [m for _, m in plans[n_plans:]]
