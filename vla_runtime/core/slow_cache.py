@@ -143,10 +143,10 @@ class SlowCache:
     _pending: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("image_threshold", "state_tolerance_rad", "max_reuse_s"):
+        for name, zero_ok in (("image_threshold", False), ("state_tolerance_rad", True), ("max_reuse_s", False)):
             v = float(getattr(self, name))
-            if not math.isfinite(v) or v < 0 or (name != "state_tolerance_rad" and v == 0):
-                raise ValueError(f"{name} must be finite and > 0 (state_tolerance_rad >= 0), got {v}")
+            if not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
+                raise ValueError(f"{name} must be finite and {'>=' if zero_ok else '>'} 0, got {v}")
 
     @property
     def latent(self) -> object:
