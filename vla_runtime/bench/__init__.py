@@ -62,4 +62,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         from vla_runtime.bench.fuzz import bench_fuzz
 
         return bench_fuzz(config_cases=args.cases or 120, seed=args.seed, cases_per_class=args.trials or 80)
+    if which == "cache":
+        from vla_runtime.bench.cache import bench_cache
+
+        return bench_cache(args.config, duration=args.duration, episodes=args.trials or 20, seed=args.seed)
     raise ValueError(f"unknown benchmark {which!r}")

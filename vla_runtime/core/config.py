@@ -544,6 +544,35 @@ class CameraConfig(_Frozen):
     rate_hz: float = Field(default=10.0, gt=0, le=120)
 
 
+class SlowCacheConfig(_Frozen):
+    """Slow-path caching (core/slow_cache): reuse the last latent while frames, instruction and state stand still.
+
+    A reuse re-validates the latent: the new frames were checked against those it was computed from,
+    and it is written again with the new frames' stamp (see core/slow_cache). Off by default.
+    """
+
+    enabled: bool = Field(default=False, description="reuse the last latent on an unchanged scene")
+    image_threshold: float = Field(
+        default=10.0, description="largest tolerated change of one grey cell (~1/32 of the long side), 0..255 units"
+    )
+    state_tolerance_rad: float = Field(
+        default=0.01, description="largest tolerated change of one state value, where the slow part takes the state"
+    )
+    max_reuse_s: float = Field(default=2.0, description="compute again at the latest this long after the observation")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SlowCacheConfig:
+        problems = []
+        for name, lo, hi, lo_ok in (("image_threshold", 0.0, 255.0, False), ("state_tolerance_rad", 0.0, math.pi, True),
+                                    ("max_reuse_s", 0.0, 3600.0, False)):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and (v >= lo if lo_ok else v > lo) and v <= hi):
+                problems.append(f"{name} must be in {'[' if lo_ok else '('}{lo:g}, {hi:g}], got {v}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class SimConfig(_Frozen):
     """The MuJoCo robot that stands in for hardware."""
 
@@ -613,6 +642,7 @@ class RuntimeConfig(_Frozen):
     detector: DetectorConfig = DetectorConfig()
     teleop: TeleopConfig = TeleopConfig()
     cameras: list[CameraConfig] = Field(default_factory=list)
+    slow_cache: SlowCacheConfig = SlowCacheConfig()
     instruction: str = Field(default="", description="initial instruction")
     sim: SimConfig | None = None
     process: ProcessConfig = ProcessConfig()
@@ -666,6 +696,14 @@ class RuntimeConfig(_Frozen):
                     f"= 1 (got {eng.intra_op_threads} and {eng.inter_op_threads}): a SCHED_FIFO thread that "
                     "spin-waits for ONNX Runtime's normal-priority worker threads starves them"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _slow_cache_period(self) -> RuntimeConfig:
+        period = 1.0 / self.rates.slow_hz
+        if self.slow_cache.enabled and self.slow_cache.max_reuse_s < period:
+            raise ValueError(f"slow_cache.max_reuse_s = {self.slow_cache.max_reuse_s} is shorter than one slow period "
+                             f"({period:.3g} s at rates.slow_hz {self.rates.slow_hz}): nothing would be reused")
         return self
 
     def _margin_problems(self) -> list[str]:

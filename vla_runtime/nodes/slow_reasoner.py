@@ -17,6 +17,15 @@ the slow part takes it (SmolVLA's state token, π0.5's state prompt, Diffusion P
 several named tensors (a K/V prefix cache), written to the buffer as one version with one
 observation stamp (the oldest of the frames and the state it used).
 
+Slow-path caching (config ``slow_cache``, off by default; logic in core/slow_cache): before each
+step the frames (reduced grey images), the instruction and, where the slow part takes it, the state
+are compared with those of the last COMPUTED step. Unchanged within the thresholds and younger than
+``max_reuse_s``: the step is not computed; the cached latent is *re-validated* for the new frames and
+written again, as a new version, with the new frames' observation stamp (so a static scene keeps the
+fast path's latent fresh). No new frame → nothing is written and the latent ages as without the
+cache. Diagnostics: ``steps_computed``, ``steps_reused``, ``cache_change_score`` (last score,
+intensity units), ``cache_last_decision``, ``cache_compute_saved_ms``, ``cache_recompute_<reason>``.
+
 ``step_on_request:=true`` is the stop-and-go (synchronous) baseline: instead of running at its own
 pace, the node waits for a request on ``/vla/sync/request`` (std_msgs/Header, stamped when the
 requester's chunk ran out), takes the first frame captured AFTER that stamp, runs one step and
@@ -43,6 +52,7 @@ from vla_runtime.core.contract import (
     TOPIC_JOINT_STATES,
     TOPIC_SYNC_REQUEST,
 )
+from vla_runtime.core.slow_cache import SlowCache
 from vla_runtime.core.validation import FUTURE_STAMP, MALFORMED, Rejections, stamp_lead
 from vla_runtime.engines.base import LatencyStats
 from vla_runtime.nodes.common import (
@@ -94,6 +104,9 @@ class SlowReasonerNode(LifecycleNode):
         self.latency = LatencyStats(256)
         self.step_times = LatencyStats(256)
         self.last_obs_ns = 0
+        # Slow-path caching (core/slow_cache), when the config turns it on: None → every step computes.
+        cc = self.cfg.slow_cache
+        self.cache = SlowCache(cc.image_threshold, cc.state_tolerance_rad, cc.max_reuse_s) if cc.enabled else None
         self.add_on_set_parameters_callback(self._on_params)
 
     # ----------------------------------------------------------------- lifecycle
@@ -231,19 +244,23 @@ class SlowReasonerNode(LifecycleNode):
                 return None, 0
             return self.measured.values[: len(self.measured.names)].copy(), self._state_ns
 
-    def _latent(self, frames: dict[str, np.ndarray], instruction: str, obs_ns: int):
-        """One slow step on these frames: (latent to write, observation stamp), or None to skip it."""
+    def _step_state(self, obs_ns: int) -> tuple[np.ndarray | None, int] | None:
+        """The robot state this step uses (None where the slow part takes none) and the step's
+        observation stamp (the oldest of the frames and the state), or None while no state has come."""
+        if self.measured is None:
+            return None, obs_ns
+        state, state_ns = self._state_snapshot()
+        if state is None:
+            self.waiting_for_state += 1
+            return None
+        return state, (min(obs_ns, state_ns) if state_ns else obs_ns)
+
+    def _latent(self, frames: dict[str, np.ndarray], instruction: str, state: np.ndarray | None):
+        """One slow step on these frames (and state): the latent to write."""
         from vla_runtime.core.policy import LatentSlowStep
 
         if not isinstance(self.step, LatentSlowStep):
-            return self.step.run(frames, instruction).latent, obs_ns
-        state = None
-        if self.measured is not None:
-            state, state_ns = self._state_snapshot()
-            if state is None:
-                self.waiting_for_state += 1
-                return None
-            obs_ns = min(obs_ns, state_ns) if state_ns else obs_ns
+            return self.step.run(frames, instruction).latent
         if self.window is not None:
             frames, state = self.window.push(frames, state if state is not None else np.zeros(0))
             if self.measured is None:
@@ -251,8 +268,8 @@ class SlowReasonerNode(LifecycleNode):
         tensors = self.step.run(frames, instruction, state).tensors
         spec = self.package.spec
         if not spec.latent.is_multi:
-            return next(iter(tensors.values())).reshape(spec.latent.tokens, spec.latent.dim), obs_ns
-        return tensors, obs_ns
+            return next(iter(tensors.values())).reshape(spec.latent.tokens, spec.latent.dim)
+        return tensors
 
     def _request_cb(self, msg: Header) -> None:
         with self._lock:
@@ -309,19 +326,29 @@ class SlowReasonerNode(LifecycleNode):
             with self._lock:
                 instruction = self._instruction
             t0 = time.monotonic()
-            got = self._latent({c: img for c, (img, _) in frames.items()}, instruction,
-                               min(s for _, s in frames.values()))
+            got = self._step_state(min(s for _, s in frames.values()))
             if got is None:  # the slow part takes the robot state and none has come yet
                 if self.step_on_request:
                     self._request.set()
                 continue
-            latent, obs_ns = got
-            extra = float(self.get_parameter("extra_latency_ms").value) / 1000.0
-            if extra > 0 and self._stop.wait(extra):
-                return
-            self.writer.write(latent, obs_ns)
+            state, obs_ns = got
+            images = {c: img for c, (img, _) in frames.items()}
+            if self.cache is not None and self.cache.check(images, instruction, state, obs_ns).reuse:
+                # Re-validated: these frames (and state) were checked equal, within the thresholds, to
+                # those the cached latent was computed from; it is written again with THEIR stamp.
+                self.writer.write(self.cache.latent, obs_ns)
+                self.cache.reused()
+            else:
+                latent = self._latent(images, instruction, state)
+                extra = float(self.get_parameter("extra_latency_ms").value) / 1000.0
+                if extra > 0 and self._stop.wait(extra):
+                    return
+                self.writer.write(latent, obs_ns)
+                compute_ms = (time.monotonic() - t0) * 1e3
+                self.latency.record(compute_ms)  # computed steps only: the model's latency
+                if self.cache is not None:
+                    self.cache.computed(_own_copy(latent), instruction, state, obs_ns, compute_ms)
             t1 = time.monotonic()
-            self.latency.record((t1 - t0) * 1e3)
             if self.steps:
                 self.step_times.record((t1 - self._last_step) * 1e3)
             self._last_step = t1
@@ -342,6 +369,9 @@ class SlowReasonerNode(LifecycleNode):
             "latent_version": self.writer.version,
             "latent_age_s": round(age, 3),
             "steps": self.steps,
+            "cache_enabled": self.cache is not None,
+            **(self.cache.as_diagnostics() if self.cache is not None
+               else {"steps_computed": self.steps, "steps_reused": 0}),
             "sync_requests": self.requests,
             "waiting_for_state": self.waiting_for_state,
             "rejected_images": self.rejected_images,
@@ -352,6 +382,13 @@ class SlowReasonerNode(LifecycleNode):
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [diagnostic_status(DIAG_SLOW_PATH, 0, "running", values)]
         self.diag_pub.publish(arr)
+
+
+def _own_copy(latent):
+    """A copy of a latent (one array or name → array) that no later engine run can overwrite."""
+    if isinstance(latent, np.ndarray):
+        return latent.copy()
+    return {name: np.array(t, copy=True) for name, t in latent.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
