@@ -2,7 +2,7 @@
 
 The per-robot timing_reference packages are untrained (random weights, timing only), but their
 action layout must land on the robot profile exactly as a trained model's would: this runs each
-package's slow and fast graphs once, through the same feed builders the nodes use.
+package's slow and fast graphs once, through the same feed builders and fast step the nodes use.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 
 from vla_runtime.commands.check import check_config, model_robot_problems
 from vla_runtime.core.config import RuntimeConfig, load_config
-from vla_runtime.core.policy_io import FastFeeds, SlowFeeds
+from vla_runtime.core.policy import fast_step_for
+from vla_runtime.core.policy_io import SlowFeeds
 from vla_runtime.engines.model_package import load_model_package
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,14 +80,12 @@ def test_shipped_package_runs_and_fits_its_robot(pkg_dir: Path) -> None:
         latent = pkg.slow_engine.infer(slow.build(images, tok.ids, tok.mask))[spec.slow.output_by_role("latent").name]
         assert latent.shape == (1, spec.latent.tokens, spec.latent.dim)
 
-        fast = FastFeeds(spec)
-        fast.latent[...] = latent.reshape(fast.latent.shape)
-        fast.set_proprio(np.zeros(len(spec.proprio.names), dtype=np.float32))
-        fast.set_prefix(None, None)
-        chunk = pkg.fast_engine.infer(fast.feeds)[fast.actions_spec.name]
+        # The fast node's own step (one-shot, or a flow head the runtime samples) on the home-ish state.
+        fast = fast_step_for(pkg)
+        result = fast.run(np.zeros(fast.state_size), None, latent)
         dims = list(pkg.action_space.dim_names)
-        assert chunk.shape == (1, spec.chunk_horizon, len(dims)) == (1, spec.chunk_horizon, spec.action_dim)
-        assert np.isfinite(chunk).all()
+        assert result.chunk.shape == (spec.chunk_horizon, len(dims)) == (spec.chunk_horizon, spec.action_dim)
+        assert np.isfinite(result.chunk).all() and np.isfinite(result.raw).all()
         assert model_robot_problems(cfg, dims) == []
 
 
