@@ -134,3 +134,25 @@ def test_demo_episode_report_and_table(tmp_path):
     assert lines[0].split() == ["task", "colour", "success", "time", "[s]", "min", "distance", "[cm]"]
     assert lines[1].split() == ["touch", "red", "yes", "2.00", "0.0"]
     assert lines[2].split() == ["touch_dynamic", "blue", "no", "-", "4.7"]
+
+
+def test_report_json_is_strict_json(tmp_path):
+    import json
+
+    from vla_runtime.commands.report import write_json
+
+    path = write_json(tmp_path / "r.json", {"score": float("nan"), "hz": np.float32(30.0), "xs": np.arange(3),
+                                            "nested": [{"inf": float("inf")}]})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) == {
+        "score": None, "hz": 30.0, "xs": [0, 1, 2], "nested": [{"inf": None}]}
+
+
+def test_detector_panel_says_what_it_cannot_show():
+    from vla_runtime.commands.demo import _detector_note
+
+    hard_only = [(0.1, {"score": "nan", "learned": "off: no learned head", "causes": "none"}),
+                 (0.6, {"score": "nan", "learned": "off: no learned head",
+                        "causes": "interventions: safety filter intervening 1510.0/s (limit 20/s)"})]
+    note = _detector_note(hard_only)
+    assert "no learned score (off: no learned head)" in note and "fired on: interventions" in note
+    assert _detector_note([(0.1, {"score": "0.2", "causes": "none"})]) is None

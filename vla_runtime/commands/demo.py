@@ -22,6 +22,8 @@ import numpy as np
 
 from vla_runtime.commands.check import check_config
 from vla_runtime.commands.report import (
+    REPORT_JSON,
+    REPORT_PNG,
     detector_panel,
     infer_panel,
     latent_age_panel,
@@ -129,9 +131,10 @@ def run_graph_demo(config: Path, duration: float, out_root: Path, log=print) -> 
         "ee_path_length_m": float(np.sum(np.linalg.norm(np.diff(ee_xyz, axis=0), axis=1))) if len(ee_xyz) > 1 else 0.0,
     }
     if detector:
-        summary["detector"] = {"max_score": max((_num(kv.get("score")) for _, kv in detector), default=None),
+        scores = [x for x in (_num(kv.get("score")) for _, kv in detector) if np.isfinite(x)]
+        summary["detector"] = {"max_score": max(scores, default=None),
                                "halts_published": detector[-1][1].get("halts_published")}
-    write_json(run_dir / "report.json", summary)
+    write_json(run_dir / REPORT_JSON, summary)
     events = mode_events([(t, m) for t, m in modes if t_start <= t <= t_end], t0=t_start)
     tick_ms = 1000.0 / cfg.rates.fast_hz
     ft = np.array([f.t for f in feat]) - t_start
@@ -140,19 +143,32 @@ def run_graph_demo(config: Path, duration: float, out_root: Path, log=print) -> 
                      "Did the fast loop keep its rate?"),
         latent_age_panel([{"label": "latent age", "t": ft, "age_s": [f.latent_age_s for f in feat]}],
                          cfg.latent.max_age_s, events),
-        top_view_panel([{"label": "end effector", "xy": ee_xyz[:, :2]}]),
+        top_view_panel([{"label": "hand", "xy": ee_xyz[:, :2]}], point="/ee_pose"),
     ]
     if "failure_detector" in cfg.nodes:
         panels.append(detector_panel([t - t_start for t, _ in detector], [_num(kv.get("score")) for _, kv in detector],
-                                     [_num(kv.get("threshold")) for _, kv in detector], events))
+                                     [_num(kv.get("threshold")) for _, kv in detector], events,
+                                     note=_detector_note(detector), xlim=(0.0, duration)))
     else:
         panels.append(infer_panel([{"label": "fast path", "t": ft, "infer_ms": [f.infer_ms for f in feat]}], tick_ms))
-    write_plot(run_dir / "report.png", panels, title=f"vla-runtime demo: {Path(config).name}, {duration:g} s "
+    write_plot(run_dir / REPORT_PNG, panels, title=f"vla-runtime demo: {Path(config).name}, {duration:g} s "
                f"(timing only: no task episodes)")
     summary["run_dir"] = str(run_dir)
-    summary["json"] = str(run_dir / "report.json")
-    summary["png"] = str(run_dir / "report.png")
+    summary["json"] = str(run_dir / REPORT_JSON)
+    summary["png"] = str(run_dir / REPORT_PNG)
     return summary
+
+
+def _detector_note(detector: list[tuple[float, dict[str, str]]]) -> str | None:
+    """What the detector panel cannot show by itself: no learned score, and what the detector halted for."""
+    parts = []
+    if detector and not any(np.isfinite(_num(kv.get("score"))) for _, kv in detector):
+        parts.append(f"no learned score ({detector[-1][1].get('learned', 'off')})")
+    causes = [kv.get("causes") for _, kv in detector if kv.get("causes") not in (None, "", "none")]
+    if causes:
+        cause = causes[0] if len(causes[0]) <= 70 else causes[0][:67] + "..."
+        parts.append(f"fired on: {cause}")
+    return "\n".join(parts) or None
 
 
 def _num(v) -> float:
@@ -171,6 +187,10 @@ def episode_table(rows: list[dict]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*line).rstrip() for line in (head, *body))
+
+
+def _hz(v) -> str:
+    return f"{v:.1f} Hz" if isinstance(v, (int, float)) else "-"
 
 
 def _ms(v) -> str:
@@ -207,7 +227,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print()
         print(episode_table(result["episodes"]))
         infer_p50 = (fp.get("infer_ms") or {}).get("p50")
-        print(f"\nfast loop {fp.get('achieved_hz') or '-'} Hz, inference p50 {_ms(infer_p50)}")
+        print(f"\nfast loop {_hz(fp.get('achieved_hz'))}, inference p50 {_ms(infer_p50)}")
         print(f"report: {result['png']} (data: {result['json']})")
         return 0
     summary = run_graph_demo(config.resolve(), args.duration, out_root, log=say)
@@ -217,7 +237,7 @@ def run_demo(args: argparse.Namespace) -> int:
     fp, lat = summary["fast_path"], summary["latent_age_s"]
     print()
     print(f"config            {Path(summary['config']).name} (timing model: no task episodes)")
-    print(f"fast loop         {fp.get('achieved_hz') or '-'} Hz, period jitter p99 "
+    print(f"fast loop         {_hz(fp.get('achieved_hz'))}, period jitter p99 "
           f"{_ms((fp.get('period_jitter_ms') or {}).get('p99'))}, plans at a subscriber {fp['plans_received_hz']} Hz")
     print(f"latent age        p50 {_ms(lat['p50'] * 1e3 if lat['p50'] is not None else None)}, "
           f"max {_ms(lat['max'] * 1e3 if lat['max'] is not None else None)}")

@@ -356,7 +356,7 @@ def run_demo_episodes(out_dir: str | os.PathLike, config: str | os.PathLike | No
         ``{"episodes": [row with "trace": {ee, target, latent_age_s, loop_timing}], "fast_path": {...},
         "json": path, "png": path}``.
     """
-    from vla_runtime.commands.report import write_json
+    from vla_runtime.commands.report import REPORT_JSON, REPORT_PNG, write_json
 
     say = log or (lambda _s: None)
     out = Path(out_dir)
@@ -371,9 +371,9 @@ def run_demo_episodes(out_dir: str | os.PathLike, config: str | os.PathLike | No
                 f"{'success in {:.2f} s'.format(row['time_to_success_s']) if row['success'] else 'FAIL'}")
         timing = g.fast_timing()
     result = {"config": str(cfg_path), "episodes": rows, "fast_path": timing, "success_radius_m": SUCCESS_RADIUS_M}
-    result["png"] = str(write_episodes_plot(out / "report.png", rows, load_config(cfg_path)))
-    result["json"] = str(out / "report.json")
-    write_json(out / "report.json", result)
+    result["png"] = str(write_episodes_plot(out / REPORT_PNG, rows, load_config(cfg_path)))
+    result["json"] = str(out / REPORT_JSON)
+    write_json(out / REPORT_JSON, result)
     return result
 
 

@@ -20,6 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+#: The files a run report consists of, in its run directory (``make demo`` writes both; the README names them).
+REPORT_JSON = "report.json"
+REPORT_PNG = "report.png"
+
 #: Colours of lines (matplotlib's tab10), thresholds and markers.
 _THRESHOLD_COLOUR = "#d62728"
 _EVENT_COLOURS = {"HOLD": "#ff7f0e", "HALTED": "#7f0000", "TELEOP": "#9467bd"}
@@ -67,6 +71,7 @@ class Panel:
     events: list[Event] = field(default_factory=list)
     equal_axes: bool = False
     ylim: tuple[float | None, float | None] | None = None
+    xlim: tuple[float | None, float | None] | None = None
     note: str | None = None  # shown in the panel (e.g. "no data: the detector is not in this graph")
 
 
@@ -128,6 +133,8 @@ def _draw(ax, panel: Panel) -> None:
         ax.set_aspect("equal", adjustable="datalim")
     if panel.ylim is not None:
         ax.set_ylim(*panel.ylim)
+    if panel.xlim is not None:
+        ax.set_xlim(*panel.xlim)
     if not has_data:
         ax.text(0.5, 0.5, panel.note or "no data", transform=ax.transAxes, ha="center", va="center",
                 fontsize=10, color="#555555")
@@ -162,9 +169,25 @@ def write_plot(path: str | Path, panels: Sequence[Panel], title: str | None = No
     return path
 
 
+def _strict(obj):
+    """``obj`` with numpy scalars/arrays made plain and NaN/inf as null (strict JSON has neither)."""
+    if isinstance(obj, dict):
+        return {str(k): _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _strict(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: str | Path, data: dict) -> Path:
+    """Write ``data`` as strict JSON (NaN and inf become null) that any parser reads."""
     path = Path(path)
-    path.write_text(json.dumps(data, indent=2, default=float))
+    path.write_text(json.dumps(_strict(data), indent=2, allow_nan=False, default=float))
     return path
 
 
@@ -208,22 +231,24 @@ def reach_panel(episodes: Sequence[dict], radius_m: float) -> Panel:
                  note="★ reached   ✕ time ran out")
 
 
-def top_view_panel(paths: Sequence[dict]) -> Panel:
-    """Where did the hand go? TCP paths and target paths seen from above [cm].
+def top_view_panel(paths: Sequence[dict], point: str = "TCP") -> Panel:
+    """Where did the hand go? Paths of the hand's ``point`` and of the targets, seen from above [cm].
 
     ``paths``: ``{"label", "xy": (N, 2) metres, "target_xy": (M, 2) metres or None}`` each.
     """
     lines = []
+    has_target = False
     for i, p in enumerate(paths):
         colour = f"C{i}"
         xy = np.asarray(p["xy"], float).reshape(-1, 2) * 100.0
-        lines.append(Line(xy[:, 0], xy[:, 1], f"{p['label']}: TCP", colour=colour, start_marker=True))
+        lines.append(Line(xy[:, 0], xy[:, 1], f"{p['label']}: {point}", colour=colour, start_marker=True))
         if p.get("target_xy") is not None:
+            has_target = True
             tg = np.asarray(p["target_xy"], float).reshape(-1, 2) * 100.0
             lines.append(Line(tg[:, 0], tg[:, 1], f"{p['label']}: target", colour=colour, style="points",
                               end_marker="x"))
     return Panel("Where did the hand go? (top view)", "x [cm]", "y [cm]", lines, equal_axes=True,
-                 note="● start   ✕ target (last position)")
+                 note="● start   ✕ target (last position)" if has_target else "● start")
 
 
 def latent_age_panel(series: Sequence[dict], max_age_s: float, events: Sequence[Event] = ()) -> Panel:
@@ -296,11 +321,15 @@ def infer_panel(series: Sequence[dict], budget_ms: float) -> Panel:
 
 
 def detector_panel(t: Sequence[float], score: Sequence[float], threshold: Sequence[float],
-                   events: Sequence[Event] = (), note: str | None = None) -> Panel:
-    """Where did the detector fire? Its failure score against δ(t), with the bridge's HOLD/HALTED."""
+                   events: Sequence[Event] = (), note: str | None = None,
+                   xlim: tuple[float, float] | None = None) -> Panel:
+    """Where did the detector fire? Its failure score against δ(t), with the bridge's HOLD/HALTED.
+
+    ``note`` says what the panel cannot show (no learned score: which hard monitor halted).
+    """
     return Panel("Where did the failure detector fire?", "time [s]", "failure score (unitless)",
                  [Line(t, score, "failure score")], [Threshold(threshold, "threshold δ(t)", x=t)], list(events),
-                 note=note)
+                 note=note, xlim=xlim)
 
 
 def mode_events(modes: Sequence[tuple[float, str]], t0: float = 0.0) -> list[Event]:
