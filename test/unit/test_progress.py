@@ -90,3 +90,37 @@ def test_calibrate_detector_command_prints_only_json_into_a_pipe(tmp_path, capsy
     assert main(["calibrate-detector", str(tmp_path / "roll"), "--alpha", "0.2"]) == 0
     report = json.loads(capsys.readouterr().out)  # no bar, no progress lines mixed into the JSON
     assert report["rollouts"] == 24
+
+
+def _fake_importer(tmp_path, body: str):
+    """An executable standing in for .venv-lerobot's python (the importer child), and a checkpoint folder."""
+    py = tmp_path / "fake_python"
+    py.write_text("#!/bin/sh\n" + body + "\n")
+    py.chmod(0o755)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    return py, ckpt
+
+
+def test_import_runs_the_importer_with_the_bar_ticking_and_reports_its_failure(tmp_path):
+    from vla_runtime.commands.import_lerobot import LeRobotImportError, import_lerobot
+
+    py, ckpt = _fake_importer(tmp_path, 'sleep 1.2; echo "loading policy"; echo "boom: no such layer" >&2; exit 3')
+    tty = FakeTTY()
+    with Progress("import", unit="step", stream=tty) as bar, pytest.raises(LeRobotImportError) as e:
+        import_lerobot(ckpt, tmp_path / "pkg", python=str(py), progress=bar)
+    assert "exit code 3" in str(e.value) and "boom: no such layer" in str(e.value) and "loading policy" in str(e.value)
+    assert "0/2" in tty.getvalue()
+
+
+def test_import_gives_up_on_an_importer_that_hangs(tmp_path):
+    import time
+
+    from vla_runtime.commands.import_lerobot import LeRobotImportError, import_lerobot
+
+    py, ckpt = _fake_importer(tmp_path, "sleep 30")
+    t0 = time.monotonic()
+    with pytest.raises(LeRobotImportError, match="did not finish within 1 s"):
+        import_lerobot(ckpt, tmp_path / "pkg", python=str(py), timeout_s=1.0)
+    assert time.monotonic() - t0 < 5.0, "the hung child was killed at the deadline"

@@ -10,6 +10,7 @@ what the command prints as done is what ``vla-runtime check``/``up`` will load.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -131,17 +132,26 @@ def import_lerobot(pretrained_dir: str | Path, out: str | Path, *, tokenizer: st
 
 def _run_importer(cmd: list[str], env: dict[str, str], timeout_s: float, progress: Progress | None) -> tuple[int, str]:
     """Run the importer child to the end (its combined output); the bar's clock ticks meanwhile."""
+    # Its own process group, so that at the deadline (or on Ctrl-C here, which no longer reaches it
+    # from the terminal) the importer goes with anything it started, which would otherwise keep the
+    # output pipe open and the wait going.
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, start_new_session=True)
     deadline = time.monotonic() + timeout_s
-    while True:
+    try:
+        while True:
+            try:
+                out, _ = proc.communicate(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+                return proc.returncode, out or ""
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise LeRobotImportError(f"the importer did not finish within {timeout_s:.0f} s") from None
+                if progress is not None:
+                    progress.refresh()
+    except BaseException:
         try:
-            out, _ = proc.communicate(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
-            return proc.returncode, out or ""
-        except subprocess.TimeoutExpired:
-            if time.monotonic() >= deadline:
-                proc.kill()
-                proc.communicate()
-                raise LeRobotImportError(f"the importer did not finish within {timeout_s:.0f} s") from None
-            if progress is not None:
-                progress.refresh()
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        raise
