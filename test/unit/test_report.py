@@ -142,9 +142,10 @@ def test_report_json_is_strict_json(tmp_path):
     from vla_runtime.commands.report import write_json
 
     path = write_json(tmp_path / "r.json", {"score": float("nan"), "hz": np.float32(30.0), "xs": np.arange(3),
-                                            "nested": [{"inf": float("inf")}]})
+                                            "nested": [{"inf": float("inf"), "np_nan": np.float32("nan")}],
+                                            "arr": np.array([1.5, np.nan])})
     assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) == {
-        "score": None, "hz": 30.0, "xs": [0, 1, 2], "nested": [{"inf": None}]}
+        "score": None, "hz": 30.0, "xs": [0, 1, 2], "nested": [{"inf": None, "np_nan": None}], "arr": [1.5, None]}
 
 
 def test_detector_panel_says_what_it_cannot_show():

@@ -169,25 +169,12 @@ def write_plot(path: str | Path, panels: Sequence[Panel], title: str | None = No
     return path
 
 
-def _strict(obj):
-    """``obj`` with numpy scalars/arrays made plain and NaN/inf as null (strict JSON has neither)."""
-    if isinstance(obj, dict):
-        return {str(k): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _strict(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_json(path: str | Path, data: dict) -> Path:
     """Write ``data`` as strict JSON (NaN and inf become null) that any parser reads."""
     path = Path(path)
-    path.write_text(json.dumps(_strict(data), indent=2, allow_nan=False, default=float))
+    from vla_runtime.core.failure_detection import _plain
+
+    path.write_text(json.dumps(_plain(data), indent=2, allow_nan=False, default=float))
     return path
 
 
