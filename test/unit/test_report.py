@@ -155,5 +155,5 @@ def test_detector_panel_says_what_it_cannot_show():
                  (0.6, {"score": "nan", "learned": "off: no learned head",
                         "causes": "interventions: safety filter intervening 1510.0/s (limit 20/s)"})]
     note = _detector_note(hard_only)
-    assert "no learned score (off: no learned head)" in note and "fired on: interventions" in note
+    assert "no learned score: hard monitors only" in note and "fired on: interventions" in note
     assert _detector_note([(0.1, {"score": "0.2", "causes": "none"})]) is None

@@ -163,7 +163,7 @@ def _detector_note(detector: list[tuple[float, dict[str, str]]]) -> str | None:
     """What the detector panel cannot show by itself: no learned score, and what the detector halted for."""
     parts = []
     if detector and not any(np.isfinite(_num(kv.get("score"))) for _, kv in detector):
-        parts.append(f"no learned score ({detector[-1][1].get('learned', 'off')})")
+        parts.append("no learned score: hard monitors only")
     causes = [kv.get("causes") for _, kv in detector if kv.get("causes") not in (None, "", "none")]
     if causes:
         cause = causes[0] if len(causes[0]) <= 70 else causes[0][:67] + "..."

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ import numpy as np
 #: The files a run report consists of, in its run directory (``make demo`` writes both; the README names them).
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
+
+#: The smallest extent of a top view [cm].
+TOP_VIEW_MIN_SPAN_CM = 10.0
 
 #: Colours of lines (matplotlib's tab10), thresholds and markers.
 _THRESHOLD_COLOUR = "#d62728"
@@ -84,6 +88,10 @@ def _finite(x, y) -> tuple[np.ndarray, np.ndarray]:
     return x[ok], y[ok]
 
 
+def _wrap(text: str, width: int = 60) -> str:
+    return "\n".join(textwrap.fill(line, width) for line in text.splitlines())
+
+
 def _draw(ax, panel: Panel) -> None:
     from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
@@ -129,17 +137,17 @@ def _draw(ax, panel: Panel) -> None:
         fmt = ScalarFormatter(useOffset=False)  # never "+3.0e1" offsets or 4-digit noise
         fmt.set_scientific(False)
         axis.set_major_formatter(fmt)
-    if panel.equal_axes:
-        ax.set_aspect("equal", adjustable="datalim")
+    if panel.equal_axes:  # square limits given: keep them and shape the box; else widen the data limits
+        ax.set_aspect("equal", adjustable="box" if panel.xlim and panel.ylim else "datalim")
     if panel.ylim is not None:
         ax.set_ylim(*panel.ylim)
     if panel.xlim is not None:
         ax.set_xlim(*panel.xlim)
     if not has_data:
-        ax.text(0.5, 0.5, panel.note or "no data", transform=ax.transAxes, ha="center", va="center",
+        ax.text(0.5, 0.5, _wrap(panel.note or "no data"), transform=ax.transAxes, ha="center", va="center",
                 fontsize=10, color="#555555")
     elif panel.note:
-        ax.text(0.99, 0.02, panel.note, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+        ax.text(0.99, 0.02, _wrap(panel.note), transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
                 color="#555555")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=8, framealpha=0.85)
@@ -234,8 +242,17 @@ def top_view_panel(paths: Sequence[dict], point: str = "TCP") -> Panel:
             tg = np.asarray(p["target_xy"], float).reshape(-1, 2) * 100.0
             lines.append(Line(tg[:, 0], tg[:, 1], f"{p['label']}: target", colour=colour, style="points",
                               end_marker="x"))
+    # At least TOP_VIEW_MIN_SPAN_CM across, so a hand that barely moved reads as barely moving
+    # (and the ticks stay whole centimetres).
+    pts = [np.column_stack(_finite(line.x, line.y)) for line in lines]
+    pts = np.concatenate(pts) if pts else np.zeros((0, 2))
+    xlim = ylim = None
+    if len(pts):
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        mid, half = (lo + hi) / 2, max(float(np.max(hi - lo)) / 2 * 1.1, TOP_VIEW_MIN_SPAN_CM / 2)
+        xlim, ylim = (mid[0] - half, mid[0] + half), (mid[1] - half, mid[1] + half)
     return Panel("Where did the hand go? (top view)", "x [cm]", "y [cm]", lines, equal_axes=True,
-                 note="● start   ✕ target (last position)" if has_target else "● start")
+                 note="● start   ✕ target (last position)" if has_target else "● start", xlim=xlim, ylim=ylim)
 
 
 def latent_age_panel(series: Sequence[dict], max_age_s: float, events: Sequence[Event] = ()) -> Panel:
