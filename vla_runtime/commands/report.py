@@ -28,7 +28,7 @@ REPORT_PNG = "report.png"
 #: The smallest extent of a top view [cm].
 TOP_VIEW_MIN_SPAN_CM = 10.0
 
-#: Colours of lines (matplotlib's tab10), thresholds and markers.
+#: Colours of thresholds and of the bridge's mode markers (lines take matplotlib's tab10 cycle).
 _THRESHOLD_COLOUR = "#d62728"
 _EVENT_COLOURS = {"HOLD": "#ff7f0e", "HALTED": "#7f0000", "TELEOP": "#9467bd"}
 
@@ -40,7 +40,7 @@ class Line:
     x: Sequence[float] | np.ndarray
     y: Sequence[float] | np.ndarray
     label: str
-    style: str = "line"  # line | step | points
+    style: str = "line"  # line | points
     colour: str | None = None
     start_marker: bool = False  # a filled dot at the first point (paths: where it started)
     end_marker: str | None = None  # a marker at the last point ("x": target, "*": reached)
@@ -103,8 +103,6 @@ def _draw(ax, panel: Panel) -> None:
             kw["color"] = line.colour
         if line.style == "points":
             art = ax.plot(x, y, ".", markersize=4, zorder=3, **kw)
-        elif line.style == "step":
-            art = ax.step(x, y, where="post", linewidth=1.5, zorder=3, **kw)
         else:
             art = ax.plot(x, y, linewidth=1.5, zorder=3, **kw)
         colour = art[0].get_color()
