@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vla_runtime import __version__
+from vla_runtime.commands.progress import Progress
 
 
 def _print_json(obj: dict) -> None:
@@ -173,8 +174,9 @@ def cmd_record_rollouts(args: argparse.Namespace) -> int:
         print(f"vla-runtime record-rollouts: --scenarios {args.scenarios!r}: unknown {bad}; "
               f"choose from {', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
-    rollouts = record_rollouts(args.config, args.out, episodes=args.episodes, episode_s=args.episode_s,
-                               scenarios=scenarios, seed=args.seed, log=None, progress=print)
+    with Progress("record-rollouts", total=args.episodes, unit="episode") as bar:
+        rollouts = record_rollouts(args.config, args.out, episodes=args.episodes, episode_s=args.episode_s,
+                                   scenarios=scenarios, seed=args.seed, log=None, progress=bar)
     path = save_rollouts(rollouts, args.out)
     n_ok = sum(1 for r in rollouts if r.label == 0)
     print(f"recorded {len(rollouts)} rollouts ({n_ok} successes) into {path}")
@@ -185,8 +187,9 @@ def cmd_calibrate_detector(args: argparse.Namespace) -> int:
     from vla_runtime.commands.detector_tools import calibrate_detector
 
     try:
-        result = calibrate_detector(args.rollouts, args.alpha, package=args.package, bin_s=args.bin_s,
-                                    method=args.method, labels_from_fault=args.labels == "fault")
+        with Progress("calibrate-detector", unit="step", log_stream=None) as bar:
+            result = calibrate_detector(args.rollouts, args.alpha, package=args.package, bin_s=args.bin_s,
+                                        method=args.method, labels_from_fault=args.labels == "fault", progress=bar)
     except (FileNotFoundError, ValueError) as e:
         print(f"vla-runtime calibrate-detector: {e}", file=sys.stderr)
         return 1
@@ -204,12 +207,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         config = str(_with_injected_delay(config or str(DEFAULT_CONFIG), args.inject_delay_ms, tmp.name))
     try:
-        result = run_eval(args.task, args.episodes, mode=args.mode, slow_latency_ms=args.slow_latency_ms,
-                          config=config, seed=args.seed, realtime=not args.simtime,
-                          log=None if args.json else print)
+        with Progress("eval", total=args.episodes, unit="episode", quiet=args.json) as bar:
+            result = run_eval(args.task, args.episodes, mode=args.mode, slow_latency_ms=args.slow_latency_ms,
+                              config=config, seed=args.seed, realtime=not args.simtime,
+                              log=None if args.json else bar.log, progress=bar)
     except ValueError as e:
         print(f"vla-runtime eval: {e}", file=sys.stderr)
         return 1
+    finally:
+        tmp.cleanup()
     if args.json:
         _print_json(result)
     else:
@@ -227,7 +233,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(args.out).resolve().name).lstrip("._-") or "dataset"
         options = ExportOptions(fps=args.fps, repo_id=args.repo_id or f"local/{name}",
                                 task_from=args.task_from, vcodec=args.vcodec)
-        result = export_lerobot(args.bags, args.out, cfg, options, progress=lambda m: print(m, file=sys.stderr))
+        with Progress("export", total=len(args.bags), unit="bag", log_stream=sys.stderr) as bar:
+            result = export_lerobot(args.bags, args.out, cfg, options, progress=bar)
     except ImportError as e:  # pyarrow / PyAV: the export's own requirements, no node needs them
         print(f"vla-runtime export: {e.name or e} is not installed; pip install -r requirements/export.txt",
               file=sys.stderr)
@@ -251,9 +258,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     try:
         names = {k: getattr(args, k).split(",") if getattr(args, k) else None for k in ("state_names", "action_names")}
-        summary = import_lerobot(args.pretrained_dir, args.out, tokenizer=args.tokenizer, name=args.name,
-                                 control_rate_hz=args.control_rate_hz, verify=args.verify, python=args.lerobot_python,
-                                 robot=args.robot, **names)
+        with Progress("import", unit="step", log_stream=sys.stderr) as bar:
+            summary = import_lerobot(args.pretrained_dir, args.out, tokenizer=args.tokenizer, name=args.name,
+                                     control_rate_hz=args.control_rate_hz, verify=args.verify,
+                                     python=args.lerobot_python, robot=args.robot, progress=bar, **names)
     except LeRobotImportError as e:
         print(f"vla-runtime import: {e}", file=sys.stderr)
         return 1
@@ -443,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=20.0,
                    help="seconds to run a config without task episodes (timing-only demo)")
     p.add_argument("--out", default="runs", help="run directory root")
+    p.add_argument("--json", action="store_true", help="print the report's summary as JSON instead of a table")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from vla_runtime.commands.progress import Progress
 from vla_runtime.core.contract import FeatureLayout
 from vla_runtime.core.failure_detection import (
     ConformalThreshold,
@@ -260,19 +261,31 @@ def split_rollouts(rollouts: Sequence[Rollout], fractions: tuple[float, float, f
 def calibrate_detector(rollouts_dir: str | os.PathLike | Sequence[str | os.PathLike], alpha: float,
                        package: str | os.PathLike | None = None,
                        bin_s: float = 0.5, method: str = "functional", seed: int = 0, epochs: int = 300,
-                       labels_from_fault: bool = True) -> dict:
+                       labels_from_fault: bool = True, progress: Progress | None = None) -> dict:
     """The ``calibrate-detector`` command: train, calibrate, evaluate, save. Returns the report.
 
     ``rollouts_dir``: one directory of recorded rollouts, or several (pooled, in the given order).
+    ``progress``: a bar that counts the steps (each directory loaded, training, calibration,
+    evaluation, saving).
     """
     dirs = [rollouts_dir] if isinstance(rollouts_dir, (str, os.PathLike)) else list(rollouts_dir)
-    rollouts = [r for d in dirs for r in load_rollouts(d)]
+    step = progress or (lambda _line=None: None)
+    if progress is not None:
+        progress.set_total(len(dirs) + 3 + (package is not None))
+    rollouts = []
+    for d in dirs:
+        rollouts += load_rollouts(d)
+        step(f"loaded {d}: {len(rollouts)} rollouts so far")
     train, cal, held = split_rollouts(rollouts, seed=seed)
+    if progress is not None:
+        progress.status(f"training on {len(train)} rollouts ({epochs} epochs)")
     model = train_detector(train, epochs=epochs, seed=seed, labels_from_fault=labels_from_fault)
+    step(f"trained on {len(train)} rollouts")
     cal_ok = [r for r in cal if r.label == 0]
     if not cal_ok:
         raise ValueError("the calibration split holds no successful rollout: record more successes")
     calibrate(model, cal_ok, alpha, bin_s=bin_s, method=method, seed=seed)
+    step(f"calibrated on {len(cal_ok)} successes")
     report = {"rollouts": len(rollouts), "train": len(train), "calibration_successes": len(cal_ok),
               "heldout": len(held), "method": method, "bin_s": bin_s,
               "labels": "from the fault" if labels_from_fault else "episode",
@@ -280,9 +293,11 @@ def calibrate_detector(rollouts_dir: str | os.PathLike | Sequence[str | os.PathL
     if not math.isfinite(float(np.max(model.threshold.thresholds))):
         report["warning"] = (f"too few calibration successes ({len(cal_ok)}) for alpha={alpha}: "
                              "threshold is +inf, the learned part never alarms")
+    step(f"evaluated on {len(held)} held-out rollouts")
     model.info = {**model.info, "evaluation": {k: v for k, v in report.items() if not isinstance(v, dict)}}
     if package is not None:
         report["saved_to"] = str(model.save(package))
+        step(f"saved to {report['saved_to']}")
     return report
 
 
@@ -306,7 +321,8 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
     teleported 25 cm away), ``arm_blocked`` (the arm's controller is switched off through
     controller_manager), ``wrong_object`` (the instruction names another object from the start).
     ``log``: where the nodes' output goes (a text stream; None: only ``out_dir/logs``);
-    ``progress(line)`` is called after each episode. Label: success when the fingertips (the sim
+    ``progress(line)`` is called once after each episode (a
+    :class:`~vla_runtime.commands.progress.Progress` bar, or ``print``). Label: success when the fingertips (the sim
     Panda's TCP; the ``/ee_pose`` point for other robots) came within ``success_radius_m`` of the
     target (``/ee_pose`` vs ``/sim/objects``) and no fault was induced; every induced scenario is
     labelled a failure.
@@ -390,6 +406,8 @@ def record_rollouts(config: str | os.PathLike, out_dir: str | os.PathLike, episo
                 h.call(SwitchController, SERVICE_SWITCH_CONTROLLER, req, timeout=5)
             got = [(t, m) for t, m in feats if t >= t0]
             if len(got) < 5:
+                if progress is not None:  # one call per episode, so a bar counts episodes
+                    progress(f"episode {ep + 1}/{episodes}: {scenario}, only {len(got)} feature messages: skipped")
                 continue
             label_str = got[0][1].layout.dim[0].label
             times = np.array([t - t0 for t, _ in got])

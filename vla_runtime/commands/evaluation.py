@@ -297,7 +297,7 @@ def _trace(rec: dict | None, targets: list, t0: float) -> dict:
 # ------------------------------------------------------------------------------------ public
 def run_eval(task: str, episodes: int, mode: str = "async", slow_latency_ms: float | None = None,
              config: str | os.PathLike | None = None, seed: int = 0, realtime: bool = True,
-             log: Callable[[str], None] | None = print) -> dict:
+             log: Callable[[str], None] | None = print, progress: Callable[[str | None], None] | None = None) -> dict:
     """Evaluate the config's policy on a task.
 
     Args:
@@ -311,6 +311,8 @@ def run_eval(task: str, episodes: int, mode: str = "async", slow_latency_ms: flo
             episodes in simulated time in this process (no ROS; the package's ONNX graphs drive the
             sim directly): a fast check of the model package, not of the runtime.
         log: progress lines (None: quiet).
+        progress: called once per finished episode (a :class:`~vla_runtime.commands.progress.Progress`
+            bar); its result line goes to ``log``.
 
     Returns:
         ``success_rate``, ``time_to_success_s`` {``mean``, ``p90``} (over successful episodes),
@@ -324,8 +326,9 @@ def run_eval(task: str, episodes: int, mode: str = "async", slow_latency_ms: flo
     _check_args(task, episodes, mode, slow_latency_ms)
     say = log or (lambda _s: None)
     cfg_path = Path(config) if config else DEFAULT_CONFIG
+    tick = progress or (lambda _line=None: None)
     if not realtime:
-        return _run_eval_simtime(task, episodes, mode, slow_latency_ms, cfg_path, seed, say)
+        return _run_eval_simtime(task, episodes, mode, slow_latency_ms, cfg_path, seed, say, tick)
     rows = []
     t_start = time.monotonic()
     with _GraphSession(mode, slow_latency_ms, cfg_path, say) as g:
@@ -335,6 +338,7 @@ def run_eval(task: str, episodes: int, mode: str = "async", slow_latency_ms: flo
             say(f"eval: {task} {mode} episode {i + 1}/{episodes} ({row['colour']}): "
                 f"{'success in {:.2f} s'.format(row['time_to_success_s']) if row['success'] else 'FAIL'}"
                 f" (closest {row['min_distance_m'] if row['min_distance_m'] is not None else float('nan'):.3f} m)")
+            tick(None)
         timing = g.fast_timing()
     extra = {"achieved_hz": timing.get("achieved_hz"), "fast_path": timing, "realtime": True,
              "wall_s": round(time.monotonic() - t_start, 1), "success_radius_m": SUCCESS_RADIUS_M}
@@ -345,61 +349,98 @@ def run_demo_episodes(out_dir: str | os.PathLike, config: str | os.PathLike | No
                       log: Callable[[str], None] | None = print) -> dict:
     """One real-time episode of each task through the graph, with traces; writes a report.
 
-    Writes ``episodes.json`` and ``episodes.png`` (EE and target paths, distance to the target,
-    latent age, fast-loop rate) into ``out_dir``.
+    Writes ``report.json`` (every episode with its traces) and ``report.png`` into ``out_dir``:
+    did it reach the target (distance to the target against the success radius), where did the
+    hand go (top view), how late was the latent (against ``latent.max_age_s``), did the fast loop
+    keep its rate, how long inference took and how much the loop period jittered.
 
     Returns:
-        ``{"episodes": [row with "trace": {ee, target, latent_age_s, loop_timing}], "json": path,
-        "png": path}``.
+        ``{"episodes": [row with "trace": {ee, target, latent_age_s, loop_timing}], "fast_path": {...},
+        "json": path, "png": path}``.
     """
-    from vla_runtime.commands.report import write_json, write_plot
+    from vla_runtime.commands.report import REPORT_JSON, REPORT_PNG, write_json
 
     say = log or (lambda _s: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cfg_path = Path(config) if config else DEFAULT_CONFIG
     rows = []
-    with _GraphSession("async", None, Path(config) if config else DEFAULT_CONFIG, say) as g:
+    with _GraphSession("async", None, cfg_path, say) as g:
         for i, task in enumerate(TASKS):
             row = g.episode(task, seed * EPISODE_SEED_STRIDE + i, record=True)
             rows.append(row)
             say(f"demo: {task} ({row['colour']}): "
                 f"{'success in {:.2f} s'.format(row['time_to_success_s']) if row['success'] else 'FAIL'}")
         timing = g.fast_timing()
-    result = {"episodes": rows, "fast_path": timing}
-    panels = []
+    result = {"config": str(cfg_path), "episodes": rows, "fast_path": timing, "success_radius_m": SUCCESS_RADIUS_M}
+    result["png"] = str(write_episodes_plot(out / REPORT_PNG, rows, load_config(cfg_path)))
+    result["json"] = str(out / REPORT_JSON)
+    write_json(out / REPORT_JSON, result)
+    return result
+
+
+def write_episodes_plot(path: str | os.PathLike, rows: list[dict], cfg) -> Path:
+    """The demo's PNG from episode rows with traces (see :func:`run_demo_episodes`)."""
+    from vla_runtime.commands.report import (
+        infer_panel,
+        jitter_panel,
+        latent_age_panel,
+        loop_rate_panel,
+        reach_panel,
+        top_view_panel,
+        write_plot,
+    )
+
+    reach, paths, ages, rates, infer, jitter = [], [], [], [], [], []
     for row in rows:
         tr = row["trace"]
-        ee = np.array(tr["ee"]["xyz"]).reshape(-1, 3)
-        tg = np.array(tr["target"]["xyz"]).reshape(-1, 3)
-        te, tt = np.array(tr["ee"]["t"]), np.array(tr["target"]["t"])
-        name = f"{row['task']}: {row['instruction']} ({'ok' if row['success'] else 'missed'})"
-        panels.append({"title": name + " - top view", "series": {"tcp": (ee[:, 0], ee[:, 1]), "target": (tg[:, 0],
-                                                                                                         tg[:, 1])},
-                       "xlabel": "x [m]", "ylabel": "y [m]", "equal_axes": True})
-        dist = np.linalg.norm(ee - np.array([np.interp(te, tt, tg[:, k]) for k in range(3)]).T, axis=1) \
-            if len(ee) and len(tg) else np.zeros(0)
-        panels.append({"title": "distance TCP - target", "series": {"d": (te, dist)}, "xlabel": "t [s]",
-                       "ylabel": "m", "hline": SUCCESS_RADIUS_M})
-        panels.append({"title": "latent age at the fast path", "series": {
-            "age": (np.array(tr["latent_age_s"]["t"]), np.array(tr["latent_age_s"]["age"]))},
-            "xlabel": "t [s]", "ylabel": "s"})
-        loop = [(x["t"], x["achieved_hz"]) for x in tr["loop_timing"] if x["achieved_hz"] is not None]
-        panels.append({"title": "fast loop rate (diagnostics)", "series": {
-            "hz": (np.array([a for a, _ in loop]), np.array([b for _, b in loop]))}, "xlabel": "t [s]", "ylabel": "Hz"})
-    result["json"] = str(write_json(out / "episodes.json", result))
-    result["png"] = str(write_plot(out / "episodes.png", panels))
-    return result
+        label = f"{row['task']} ({row['colour']})"
+        ee = np.array(tr["ee"]["xyz"], float).reshape(-1, 3)
+        tg = np.array(tr["target"]["xyz"], float).reshape(-1, 3)
+        te, tt = np.array(tr["ee"]["t"], float), np.array(tr["target"]["t"], float)
+        keep = te >= 0.0  # the trace starts just before the resume: distance from the resume on
+        if len(ee) and len(tg):
+            tgt_at_ee = np.array([np.interp(te, tt, tg[:, k]) for k in range(3)]).T
+            dist = np.linalg.norm(ee - tgt_at_ee, axis=1)
+        else:
+            dist = np.zeros(0)
+        outcome = (f"reached in {row['time_to_success_s']:.1f} s" if row["success"]
+                   else f"missed, closest {100 * (row['min_distance_m'] or float('nan')):.1f} cm")
+        reach.append({"label": f"{label}: {outcome}", "t": te[keep] if len(dist) else te[:0],
+                      "distance_m": dist[keep] if len(dist) else dist, "success_t": row["time_to_success_s"]})
+        paths.append({"label": label, "xy": ee[:, :2], "target_xy": tg[:, :2] if len(tg) else None})
+        lat = tr["latent_age_s"]
+        ages.append({"label": label, "t": lat["t"], "age_s": lat["age"]})
+        infer.append({"label": label, "t": lat["t"], "infer_ms": lat["infer_ms"]})
+        loop = [x for x in tr["loop_timing"] if x["achieved_hz"] is not None]
+        rates.append({"label": label, "t": [x["t"] for x in loop], "hz": [x["achieved_hz"] for x in loop]})
+        jit = [x for x in tr["loop_timing"] if x.get("period_jitter_ms_p99") is not None]
+        jitter.append({"label": label, "t": [x["t"] for x in jit], "p99_ms": [x["period_jitter_ms_p99"] for x in jit]})
+    tick_ms = 1000.0 / cfg.rates.fast_hz
+    panels = [
+        reach_panel(reach, SUCCESS_RADIUS_M),
+        top_view_panel(paths),
+        latent_age_panel(ages, cfg.latent.max_age_s),
+        loop_rate_panel(rates, cfg.rates.fast_hz),
+        infer_panel(infer, tick_ms),
+        jitter_panel(jitter, tick_ms),
+    ]
+    ok = sum(bool(r["success"]) for r in rows)
+    title = f"vla-runtime demo: {ok}/{len(rows)} episodes reached the named cube ({Path(str(cfg.source)).name})"
+    return write_plot(path, panels, title=title, ncols=3)
 
 
 # --------------------------------------------------------------------------- simulated time
 def _run_eval_simtime(task: str, episodes: int, mode: str, slow_latency_ms: float | None, config: Path, seed: int,
-                      say: Callable[[str], None]) -> dict:
+                      say: Callable[[str], None], tick: Callable[[str | None], None]) -> dict:
     """The episodes in simulated time, no ROS (see :func:`run_eval`)."""
-    rows = [simtime_episode(task, seed * EPISODE_SEED_STRIDE + i, mode, slow_latency_ms, config)
-            for i in range(episodes)]
-    for i, r in enumerate(rows):
+    rows = []
+    for i in range(episodes):
+        r = simtime_episode(task, seed * EPISODE_SEED_STRIDE + i, mode, slow_latency_ms, config)
+        rows.append(r)
         say(f"eval(sim time): {task} {mode} episode {i + 1}/{episodes}: "
             f"{'success in {:.2f} s'.format(r['time_to_success_s']) if r['success'] else 'FAIL'}")
+        tick(None)
     return _summary(task, mode, slow_latency_ms, config, rows, {"achieved_hz": CONTROL_HZ, "realtime": False})
 
 

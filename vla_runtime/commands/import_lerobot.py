@@ -10,10 +10,13 @@ what the command prints as done is what ``vla-runtime check``/``up`` will load.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from vla_runtime.commands.progress import Progress
 from vla_runtime.core.config import PROJECT_ROOT
 
 #: Where ``make lerobot-env`` puts the importer's environment.
@@ -50,7 +53,8 @@ def lerobot_python(explicit: str | None = None) -> Path:
 def import_lerobot(pretrained_dir: str | Path, out: str | Path, *, tokenizer: str | Path | None = None,
                    name: str | None = None, control_rate_hz: float = 30.0, verify: bool = False,
                    python: str | None = None, timeout_s: float = 3600.0, robot: str = "panda",
-                   state_names: list[str] | None = None, action_names: list[str] | None = None) -> str:
+                   state_names: list[str] | None = None, action_names: list[str] | None = None,
+                   progress: Progress | None = None) -> str:
     """Export a LeRobot ``save_pretrained`` folder into ``out`` and check the package in this environment.
 
     Args:
@@ -66,6 +70,8 @@ def import_lerobot(pretrained_dir: str | Path, out: str | Path, *, tokenizer: st
         action_names: Names of the action dims (same default).
         python: The importer environment's interpreter (default: ``.venv-lerobot``).
         timeout_s: Give up after this long.
+        progress: A bar that counts the steps (the export in the importer's environment, the check
+            here); its elapsed time ticks while the importer runs.
 
     Returns:
         A one-line summary of the package.
@@ -97,23 +103,55 @@ def import_lerobot(pretrained_dir: str | Path, out: str | Path, *, tokenizer: st
                 raise LeRobotImportError(f"{flag}: empty or comma-containing names {bad}")
             cmd += [flag, ",".join(names)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    try:
-        proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s,
-                              check=False)
-    except subprocess.TimeoutExpired as e:
-        raise LeRobotImportError(f"the importer did not finish within {timeout_s:.0f} s") from e
-    out_lines = (proc.stdout + proc.stderr).strip().splitlines()
-    if proc.returncode != 0:
+    if progress is not None:
+        progress.set_total(2)
+        progress.status(f"exporting{' and verifying' if verify else ''} in {py.parent.parent.name}")
+    returncode, output = _run_importer(cmd, env, timeout_s, progress)
+    out_lines = output.strip().splitlines()
+    if returncode != 0:
         tail = "\n  ".join(line for line in out_lines[-15:])
-        raise LeRobotImportError(f"the importer ({py}) failed with exit code {proc.returncode}:\n  {tail}")
+        raise LeRobotImportError(f"the importer ({py}) failed with exit code {returncode}:\n  {tail}")
+    report = [line for line in out_lines if line.startswith(("exported ", "verify "))]
+    if progress is not None:
+        progress("\n".join(report) or None)
+        progress.status("checking the package in the runtime's environment")
+    else:
+        for line in report:
+            print(line, file=sys.stderr)
     try:
         spec = validate_package(dst)
     except ModelPackageError as e:
         raise LeRobotImportError(f"the importer wrote {dst}, but the runtime refuses it: {e}") from e
-    for line in out_lines:
-        if line.startswith(("exported ", "verify ")):
-            print(line, file=sys.stderr)
+    if progress is not None:
+        progress(None)
     cams = ", ".join(f"{c.name} {c.height}x{c.width}" for c in spec.cameras)
     return (f"{dst}: {spec.name} ({spec.source.policy_type if spec.source else '?'}, {spec.fast.kind}, parts "
             f"{list(spec.parts)}), cameras {cams or 'none'}, chunk {spec.chunk_horizon}x{spec.action_dim}, state "
             f"{list(spec.proprio.names)}")
+
+
+def _run_importer(cmd: list[str], env: dict[str, str], timeout_s: float, progress: Progress | None) -> tuple[int, str]:
+    """Run the importer child to the end (its combined output); the bar's clock ticks meanwhile."""
+    # Its own process group, so that at the deadline (or on Ctrl-C here, which no longer reaches it
+    # from the terminal) the importer goes with anything it started, which would otherwise keep the
+    # output pipe open and the wait going.
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                out, _ = proc.communicate(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+                return proc.returncode, out or ""
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise LeRobotImportError(f"the importer did not finish within {timeout_s:.0f} s") from None
+                if progress is not None:
+                    progress.refresh()
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        raise

@@ -456,13 +456,15 @@ def _load_threshold(cal, a: dict, meta_path: Path, w_path: Path) -> ConformalThr
 
 
 def _plain(obj):
-    """yaml.safe_dump-able copy (numpy scalars → Python)."""
+    """yaml.safe_dump-able (and strict-JSON-able) copy: numpy scalars and arrays → Python, NaN/inf → None."""
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj

@@ -871,7 +871,8 @@ def export_lerobot(
         out: The dataset directory to create (must not exist, or be empty).
         cfg: The config the bags were recorded with (joints, controller groups, cameras).
         options: fps, codec, task source, file sizes.
-        progress: Called with one line per bag.
+        progress: Called once per bag with a line saying what it gave (a
+            :class:`~vla_runtime.commands.progress.Progress` bar, or ``print``).
 
     Returns:
         What was written (``info.json`` included).
@@ -937,6 +938,8 @@ def export_lerobot(
             notes += sig.notes + bag_notes
             if not episodes:
                 notes.append(f"{path}: no episode of at least {opts.min_frames} frames")
+                if progress is not None:  # one call per bag, so a bar counts bags
+                    progress(notes[-1])
                 continue
             video_meta, hists = (_write_videos(sig, layout, cams, episodes, writers) if cams
                                  else ([{} for _ in episodes], [{} for _ in episodes]))
