@@ -56,10 +56,11 @@ START_UP_HOLDS = {HOLD_NO_JOINT_STATE, HOLD_PROPRIO_INCOMPLETE, HOLD_NO_LATENT, 
 
 
 def _near_home_package(name: str, out: Path) -> Path:
-    """A copy of a fixture package whose action statistics are centred on the home pose."""
+    """A copy of a fixture package whose action (and state) statistics are centred on the home pose."""
     shutil.copytree(FIXTURES / name, out)
     spec = yaml.safe_load((out / "model.yaml").read_text())
     spec["action"]["normalization"].update(mean=HOME, std=ACTION_STD)
+    spec["proprio"]["normalization"]["mean"] = HOME  # LeRobot's dummy gripper mean lies outside the Panda's range
     (out / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return out
 

@@ -127,6 +127,14 @@ def test_schema_1_one_shot_stays_fast_step_and_a_flow_head_gets_the_package_step
         step = fast_step_for(pkg)
         assert isinstance(step, PackageFastStep) and step.latent_tensors is None and step.uses_prefix
         assert step.latent_view.shape == (pkg.spec.latent.tokens, pkg.spec.latent.dim)
+        latent = np.random.default_rng(0).normal(size=step.latent_view.shape).astype(np.float32)
+        state = np.zeros(step.state_size)
+        got = step.run(state, None, latent).chunk  # a K×D snapshot (the worker's) goes into the feed
+        np.testing.assert_array_equal(step.latent_view, latent)
+        assert got.shape == (pkg.spec.chunk_horizon, pkg.spec.action_dim)
+    with load_model_package(FIX / "pi0", parts=("fast",)) as pkg, \
+            pytest.raises(ValueError, match="several named tensors"):
+        fast_step_for(pkg).run(STATE, None, latent)
 
 
 class _Server:

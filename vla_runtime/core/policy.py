@@ -435,7 +435,7 @@ class PackageFastStep:
                 self._latent[...] = latent.reshape(self._latent.shape)
             else:
                 assert self.step is not None
-            self.step.set_latent(latent)
+                self.step.set_latent(latent)
         guidance = None
         if self.uses_prefix and prefix is not None and prefix[1].any():
             assert self.step is not None
