@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from vla_runtime.core.contract import (
     JOINT_STATE_HOLDS,
     TOPIC_ACTION_CHUNK,
 )
-from vla_runtime.graph.harness import DiagnosticsWatch, node_graph
+from vla_runtime.graph.harness import DiagnosticsWatch, GraphTimeout, node_graph
 from vla_runtime.nodes.common import QOS_COMMAND, QOS_SENSOR
 
 pytestmark = pytest.mark.integration
@@ -108,6 +109,17 @@ def _joints(probe):
     return newest
 
 
+def _steady(h, specs, stream: Stream, diag: DiagnosticsWatch) -> None:
+    """Start the graph and wait for 1 s of steady POLICY; on a timeout, say what the fast path held for."""
+    t0 = time.monotonic()
+    try:
+        h.start_policy(specs, 120.0)
+        h.steady_policy(1.0)
+    except GraphTimeout as e:
+        reasons = Counter(r for _, r in stream.since(t0) if r)
+        raise AssertionError(f"fast path HOLD requests {dict(reasons)}; fast path {diag.fast_path()}\n{e}") from None
+
+
 def test_imported_pi0_streams_30hz_for_10s_with_no_hold_in_the_sim_panda_graph(harness, tmp_path):
     h = harness
     pkg = _near_home_package("pi0", tmp_path / "tiny_pi0_near_home")
@@ -120,8 +132,7 @@ def test_imported_pi0_streams_30hz_for_10s_with_no_hold_in_the_sim_panda_graph(h
     diag = DiagnosticsWatch(h.probe)
     joints = _joints(h.probe)
     t_start = time.monotonic()
-    h.start_policy(node_graph(cfg, cfg_file), 120.0)
-    h.steady_policy(1.0)
+    _steady(h, node_graph(cfg, cfg_file), stream, diag)
     t0 = time.monotonic()
     h.run_for(10.0)
     t1 = time.monotonic()
@@ -163,8 +174,7 @@ def test_imported_act_takes_the_cameras_in_the_fast_path_and_holds_on_a_stale_fr
                                      lambda m: relay.publish(m) if relay_on[0] else None, QOS_SENSOR)
     specs = [replace(s, remaps=(("/camera/scene/image_raw", RELAY),)) if s.name == "action_chunk_node" else s
              for s in node_graph(cfg, cfg_file)]
-    h.start_policy(specs, 120.0)
-    h.steady_policy(1.0)
+    _steady(h, specs, stream, diag)
     t0 = time.monotonic()
     h.run_for(3.0)
     got = stream.since(t0)
