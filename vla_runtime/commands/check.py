@@ -240,12 +240,13 @@ def dry_run_problems(cfg: RuntimeConfig, pkg) -> tuple[list[str], str]:
 
 
 def _dry_run_v2(cfg: RuntimeConfig, pkg, cams: dict) -> tuple[list[str], np.ndarray | None, str]:
-    """The dry run of a schema-2 package: slow + fast once through :class:`PolicyRunner` (seeded noise).
+    """The dry run of a schema-2 package: slow + fast once through :class:`PolicyRunner` (seeded noise), and
+    the fast node's own step (``fast_step_for``) once on the same latent and frames.
 
     Every camera the package takes must be configured; one of another size is named in the summary
     (its frames are centre-cropped to the package's aspect ratio and resized bilinearly).
     """
-    from vla_runtime.core.policy import PolicyRunner
+    from vla_runtime.core.policy import PolicyRunner, fast_step_for
 
     spec = pkg.spec
     missing = [c.name for c in spec.cameras if c.name not in cams]
@@ -259,6 +260,14 @@ def _dry_run_v2(cfg: RuntimeConfig, pkg, cams: dict) -> tuple[list[str], np.ndar
     except (KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         return [f"dry run: {msg}"], None, ""
+    try:  # the fast node's own step (action_chunk_node) on the same observation and latent
+        node_step = fast_step_for(pkg, use_prefix=cfg.scheduler.rtc_prefix, max_guidance=cfg.scheduler.rtc_max_guidance,
+                                  camera_names=[c.name for c in cfg.cameras], instruction=cfg.instruction,
+                                  jacobian=cfg.scheduler.rtc_jacobian)
+        node_step.run(state, None, out.latent or None, 0, cams)
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        return [f"dry run: the fast node cannot run this package: {msg}"], None, ""
     chunk = out.actions
     span = np.ptp(chunk, axis=0).max() if len(chunk) else 0.0
     fitted = ""

@@ -115,6 +115,11 @@ HOLD_BAD_OUTPUT = "hold: non-finite model output"
 #: The newest latent's observation stamp lies ahead of the fast path's clock (refused, not trusted:
 #: its age would read as fresh forever).
 HOLD_FUTURE_LATENT = "hold: latent stamped in the future"
+#: A package without a slow part (its fast part takes the cameras, e.g. ACT): no frame yet from a
+#: camera it takes, or the newest one is older than ``latent.max_age_s`` (the frames stand in for the
+#: latent: the policy would act on a scene that is no longer there).
+HOLD_NO_FRAME = "hold: no camera frame yet"
+HOLD_STALE_FRAME = "hold: stale camera frame"
 HOLD_PLAN_ENDED = "hold: plan ended"
 HOLD_STOPPED = "hold: fast path stopped"
 #: Inference off the tick (``scheduler.inference`` async/sync): no plan to execute while the worker

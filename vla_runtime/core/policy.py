@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChunkFastStep", "ChunkResult", "FastResult", "FastStep", "LatentResult", "LatentSlowStep", "ObservationWindow",
-    "PolicyOutput", "PolicyRunner", "RemoteChunkStep", "SampledFastStep", "SlowResult", "SlowStep", "fast_step_for",
+    "PackageFastStep", "PolicyOutput", "PolicyRunner", "RemoteChunkStep", "SlowResult", "SlowStep", "fast_step_for",
+    "latent_layout",
 ]
 
 #: ``(prefix (H, A) absolute, mask (H,) bool)``, as :meth:`ChunkScheduler.prefix` returns it.
@@ -178,6 +179,10 @@ class FastStep:
         self.state_layout: tuple[str | None, ...] = proprio_names + (
             tuple(n if d else None for n, d in zip(dims, action_space.delta_mask)) if delta else ())
         self.state_size = len(self.state_layout)
+        #: As :class:`PackageFastStep`'s: a schema-1 one-shot fast part reads one K×D latent and no camera.
+        self.has_latent = True
+        self.latent_tensors: tuple[tuple[str, tuple[int, ...], str], ...] | None = None
+        self.cameras: list[str] = []
 
     @classmethod
     def from_package(cls, package: ModelPackage, engine: Engine | None = None, use_prefix: bool = True) -> FastStep:
@@ -249,11 +254,12 @@ class FastStep:
             raise ValueError(f"fast graph output {self.actions_name!r}: {e}") from None
 
     def run(self, state: np.ndarray, prefix: Prefix | None = None, latent: np.ndarray | None = None,
-            exec_steps: int = 0) -> FastResult:
+            exec_steps: int = 0, images: Mapping[str, Image] | None = None) -> FastResult:
         """One fast step: :meth:`infer` then :meth:`decode`.
 
         ``exec_steps`` (the executing plan's steps already run, RTC's ``s``) is for
-        :class:`SampledFastStep`'s guidance; a one-shot graph's prefix inputs do not take it.
+        :class:`PackageFastStep`'s guidance, ``images`` for its fast parts that take cameras; a
+        one-shot schema-1 graph takes neither.
 
         Raises:
             ValueError: A bad ``state``, or a non-finite or wrong-shape output.
@@ -268,28 +274,47 @@ class FastStep:
         return self.feature_layout.pack_into(out, latent, raw, latent_age_s, infer_ms, hold)
 
 
-class SampledFastStep:
-    """A fast part the runtime samples (``fast.kind: flow_matching``), behind the fast node's step interface.
+class PackageFastStep:
+    """The fast node's step for every fast part :class:`ChunkFastStep` runs, behind :class:`FastStep`'s interface.
 
-    The same interface as :class:`FastStep` (``run(state, prefix, latent, exec_steps)`` →
-    :class:`FastResult`, :attr:`state_layout`, :attr:`latent_view`, :attr:`feature_layout`), so the
-    fast node and its worker drive either. Sampling is :class:`ChunkFastStep`'s (one velocity graph,
-    the runtime's Euler loop, seeded noise). With the executing plan's prefix and
-    ``max_guidance > 0`` a chunk is sampled with real-time chunking (:class:`~vla_runtime.core.flow.
-    RtcGuidance`): its first ``d`` steps (the prefix mask: those that execute before the chunk can
-    take over) frozen to the plan, a soft mask over the rest of the plan's overlap, the guidance
-    weight clipped at ``max_guidance``; exact guidance through the graph's VJP where it exports one.
-    ``max_guidance = 0`` samples unguided (the delay-aware cross-fade then joins the chunks).
+    :func:`fast_step_for` builds it for a flow-matching fast part (any schema) and for every fast part of an
+    imported (schema 2) package: flow matching, diffusion, and one-shot graphs (a ``noise`` input is
+    filled from the step's seeded generator). It has :class:`FastStep`'s interface (``run(state, prefix,
+    latent, exec_steps, images)`` → :class:`FastResult`, :attr:`state_layout`, :attr:`feature_layout`,
+    :meth:`measured_state`, :meth:`features_into`), so the fast node and its worker drive either.
+
+    What the fast part is conditioned on decides what the node feeds it:
+
+    * one K×D latent: :attr:`latent_view` is the feed (``LatentReader.read_into`` can copy into it);
+    * a latent of several named tensors (π0/π0.5/SmolVLA's K/V prefix cache and its mask, Diffusion
+      Policy's global conditioning): :attr:`latent_tensors` is their ``(name, shape, dtype)`` layout as
+      the slow part writes it (:func:`latent_layout`), which the node's buffer reader opens with; ``run``
+      takes them as a dict by name;
+    * no slow part (ACT: one graph on cameras + state): :attr:`has_latent` is False and :attr:`cameras`
+      names the cameras whose newest frames ``run`` takes (``images``); frames of another size than the
+      package's are fitted here (on the caller's thread: the fast node's worker, never its loop);
+    * a whole policy on a server (fast engine ``openpi_remote``, :class:`RemoteChunkStep`): no latent,
+      the package's cameras, the instruction and the state go to the server, a fresh seed each chunk.
+
+    Sampling is :class:`ChunkFastStep`'s (the runtime's Euler loop over one velocity graph; DDPM/DDIM for
+    diffusion). With the executing plan's prefix and ``max_guidance > 0`` a flow-matching chunk is
+    sampled with real-time chunking (:class:`~vla_runtime.core.flow.RtcGuidance`): its first ``d`` steps
+    (the prefix mask: those that execute before the chunk can take over) frozen to the plan, a soft mask
+    over the rest of the plan's overlap, the guidance weight clipped at ``max_guidance``; exact guidance
+    through the graph's VJP where it exports one. ``max_guidance = 0``, and every other fast kind, sample
+    unguided (the delay-aware cross-fade then joins the chunks).
 
     The state vector is the package's proprio, in its order (delta action dims are made absolute
-    against the proprio value of the same name). Only a single-tensor latent and no cameras in the
-    fast part, for now (refused by name otherwise).
+    against the proprio value of the same name).
 
     Args:
-        package: The loaded package (its fast part must be flow matching).
+        package: The loaded package.
         engine: Replaces the package's fast engine (e.g. a delayed one).
         max_guidance: RTC's β (``scheduler.rtc_max_guidance``).
         seed: Seed of the noise generator (runs are reproducible).
+        camera_names: Cameras configured at run time (a fast part that takes cameras); default the
+            package's own.
+        instruction: The task, for a fast part that takes instruction tokens.
         jacobian: ``scheduler.rtc_jacobian``: ``exact`` guides through the graph's VJP (the paper's),
             ``identity`` pulls the clean-chunk estimate itself (for a model whose estimate ignores the
             noisy chunk, as the reference flow head's does, the exact gradient is zero and only this
@@ -300,71 +325,102 @@ class SampledFastStep:
     """
 
     def __init__(self, package: ModelPackage, engine: Engine | None = None, max_guidance: float = 5.0,
-                 seed: int = 0, jacobian: str = "auto") -> None:
+                 seed: int = 0, camera_names: list[str] | None = None, instruction: str = "",
+                 jacobian: str = "auto") -> None:
         spec = package.spec
-        if not spec.fast.is_flow:
-            raise ValueError(f"SampledFastStep drives flow-matching fast parts; {spec.name!r} has fast.kind "
-                             f"{spec.fast.kind!r}")
-        if spec.latent is None or spec.latent.is_multi:
-            raise ValueError(f"the fast node reads a single-tensor latent; {spec.name!r} has "
-                             f"{'none' if spec.latent is None else 'several tensors'}")
         engine = engine if engine is not None else package.fast_engine
         # An injected delay (engines/delay.py, testing only) is one inference's: once per chunk, not per
         # denoising step; the steps call the engine it wraps.
         self._inject = getattr(engine, "inject", None)
-        self.step = ChunkFastStep.from_package(package, getattr(engine, "inner", engine)
-                                               if self._inject is not None else engine)
-        if self.step.cameras:
-            raise ValueError(f"the fast part of {spec.name!r} takes cameras {self.step.cameras}: not wired in "
-                             "the fast node yet")
+        inner = getattr(engine, "inner", engine) if self._inject is not None else engine
+        #: A whole policy on a server (engine ``openpi_remote``): cameras + prompt + state go to it.
+        self.remote: RemoteChunkStep | None = None
+        self.step: ChunkFastStep | None = None
+        if getattr(inner, "whole_policy", False):
+            self.remote = RemoteChunkStep(spec, inner, package.action_space, camera_names)
+        else:
+            windowed = [t.name for t in spec.fast.inputs
+                        if (t.role == "proprio" and len(t.shape) == 3) or t.layout == "NTHWC"]
+            if windowed:
+                raise ValueError(f"the fast part of {spec.name!r} takes a window of {spec.n_obs_steps} observations "
+                                 f"({windowed}): the fast node feeds one observation")
+            self.step = ChunkFastStep.from_package(package, inner, camera_names)
         if not (max_guidance >= 0 and np.isfinite(max_guidance)):
             raise ValueError(f"max_guidance must be finite and >= 0, got {max_guidance}")
         if jacobian not in ("auto", "exact", "identity"):
             raise ValueError(f"jacobian must be auto, exact or identity, got {jacobian!r}")
-        if jacobian == "exact" and not self.step.has_vjp:
+        if jacobian == "exact" and self.step is not None and self.step.flow is not None and not self.step.has_vjp:
             raise ValueError(f"scheduler.rtc_jacobian is exact but the flow graph of {spec.name!r} exports no "
                              "guidance VJP (an output with role guidance_vjp)")
         self._exact = None if jacobian == "auto" else jacobian == "exact"
         self.engine = engine
         self.space = package.action_space
         self.proprio = package.proprio
+        self.instruction = instruction
         self.horizon = spec.chunk_horizon
         self.max_guidance = float(max_guidance)
-        self.uses_prefix = self.max_guidance > 0
-        self.feature_layout = FeatureLayout(spec.latent.dim, spec.chunk_horizon, self.space.dim)
+        self.uses_prefix = self.max_guidance > 0 and self.step is not None and self.step.flow is not None
         self.state_layout: tuple[str | None, ...] = tuple(self.proprio.names)
         self.measured_names: tuple[str, ...] = tuple(self.proprio.names)
         self.state_size = len(self.state_layout)
-        (feed,) = self.step.latent_feeds.values()
-        self._latent_name = next(iter(self.step.latent_feeds))
-        self._latent = feed
+        #: The cameras :meth:`run` takes a frame from (a fast part without a slow part).
+        self.cameras: list[str] = list(self.remote.cameras if self.remote is not None else self.step.cameras)
+        feeds = self.step.latent_feeds if self.step is not None else {}
+        #: Whether the fast part reads a latent (False: no slow part).
+        self.has_latent = bool(feeds)
+        #: ``(name, shape, dtype)`` of a multi-tensor latent, as the slow part writes it; None otherwise.
+        self.latent_tensors: tuple[tuple[str, tuple[int, ...], str], ...] | None = None
+        self._latent: np.ndarray | None = None
+        if feeds and spec.latent is not None and spec.latent.is_multi:
+            self.latent_tensors = latent_layout(spec)
+            missing = [n for n in feeds if n not in {t[0] for t in self.latent_tensors}]
+            if missing:
+                raise ValueError(f"fast latent inputs {missing} of {spec.name!r} are not written by its slow part")
+            float_dims = [shape[-1] for _, shape, dt in self.latent_tensors if np.dtype(dt).kind == "f"]
+            feature_dim = float_dims[0] if float_dims else 1
+        elif feeds:
+            (self._latent,) = feeds.values()
+            feature_dim = int(self._latent.shape[-1])
+        else:
+            feature_dim = 1  # no latent: a constant 0 stands in the detector's features
+        self.feature_layout = FeatureLayout(feature_dim, spec.chunk_horizon, self.space.dim)
         self._offset = spec.chunk_offset
         self._rng = np.random.default_rng([int(seed), 20261205])
+        self._no_latent = np.zeros((1, 1), dtype=np.float32)
         #: Chunks sampled with guidance since start.
         self.guided = 0
 
     @property
     def latent_view(self) -> np.ndarray:
-        """The K×D latent feed, for ``LatentReader.read_into``."""
+        """The K×D latent feed of a single-tensor latent, for ``LatentReader.read_into``.
+
+        Raises:
+            ValueError: The latent is several tensors (:attr:`latent_tensors`) or there is none.
+        """
+        if self._latent is None:
+            raise ValueError("the fast part has no single K×D latent feed (see latent_tensors / has_latent)")
         return self._latent.reshape(self._latent.shape[-2:])
 
     def measured_state(self, robot: RobotProfile) -> MeasuredState:
         """A fresh measured state holding :attr:`measured_names`."""
         return MeasuredState.for_robot(self.measured_names, robot)
 
-    def run(self, state: np.ndarray, prefix: Prefix | None = None, latent: np.ndarray | None = None,
-            exec_steps: int = 0) -> FastResult:
-        """One chunk; with a prefix whose mask is not empty (and β > 0), guided towards it.
+    def run(self, state: np.ndarray, prefix: Prefix | None = None, latent: np.ndarray | LatentTensors | None = None,
+            exec_steps: int = 0, images: Mapping[str, Image] | None = None) -> FastResult:
+        """One chunk; for a flow head with a prefix whose mask is not empty (and β > 0), guided towards it.
 
         Args:
             state: ``(state_size,)`` raw proprio values.
             prefix: The executing plan on the new chunk's grid (absolute) and the mask of the steps that
                 execute before it arrives (``ChunkScheduler.prefix``): RTC's ``d`` is the mask's count.
-            latent: ``(K, D)``; None: the one already in :attr:`latent_view`.
+            latent: ``(K, D)``, or the named tensors of a multi-tensor latent; None: the one already in
+                the feeds.
             exec_steps: RTC's ``s``, steps of the executing plan already run (clipped to ``H − d``).
+            images: Camera name → uint8 H×W×3 RGB frame, for every camera in :attr:`cameras`.
 
         Raises:
-            ValueError: A bad state, or a non-finite / wrong-shape output.
+            KeyError: A camera's frame or a latent tensor is missing.
+            ValueError: A bad state, frame or latent, or a non-finite / wrong-shape output.
             vla_runtime.engines.base.EngineError: The engine failed.
         """
         from vla_runtime.core.flow import RtcGuidance
@@ -373,46 +429,95 @@ class SampledFastStep:
             raise ValueError(f"state must have {self.state_size} values ({list(self.state_layout)}), "
                              f"got shape {state.shape}")
         if latent is not None:
-            self._latent[...] = np.asarray(latent).reshape(self._latent.shape)
+            if isinstance(latent, np.ndarray):
+                if self._latent is None:
+                    raise ValueError("the fast part takes a latent of several named tensors, got one array")
+                self._latent[...] = latent.reshape(self._latent.shape)
+            else:
+                assert self.step is not None
+                self.step.set_latent(latent)
         guidance = None
         if self.uses_prefix and prefix is not None and prefix[1].any():
+            assert self.step is not None
             h_model = self.step.h_model
             d = min(self._offset + int(prefix[1].sum()), h_model)
             s = int(min(max(self._offset + int(exec_steps), 0), h_model - d))
             plan = self.step.encode_plan(prefix[0], state)
             guidance = RtcGuidance(plan, d, s, self.max_guidance)
             self.guided += 1
-        r = self.step.run(state, rng=self._rng, guidance=guidance, exact_guidance=self._exact)
+        if self.remote is not None:
+            r = self.remote.run(images or {}, self.instruction, state, seed=int(self._rng.integers(2**31)))
+        else:
+            assert self.step is not None
+            r = self.step.run(state, images=images, instruction=self.instruction, rng=self._rng, guidance=guidance,
+                              exact_guidance=self._exact)
         infer_ns = r.infer_ns
         if self._inject is not None:
             infer_ns += int(self._inject() * 1e9)
         return FastResult(r.chunk, r.normalized, infer_ns)
 
-    def features_into(self, out: np.ndarray, latent: np.ndarray, raw: np.ndarray, latent_age_s: float,
-                      infer_ms: float, hold: bool) -> np.ndarray:
-        """The failure detector's feature vector of one step (as :meth:`FastStep.features_into`)."""
-        return self.feature_layout.pack_into(out, latent, raw, latent_age_s, infer_ms, hold)
+    def features_into(self, out: np.ndarray, latent: np.ndarray | LatentTensors | None, raw: np.ndarray,
+                      latent_age_s: float, infer_ms: float, hold: bool) -> np.ndarray:
+        """The failure detector's feature vector of one step (as :meth:`FastStep.features_into`).
+
+        A multi-tensor latent is summarised by its first floating-point tensor (its mean over every
+        axis but the last: a K/V cache's per-channel mean); without a latent the summary is a constant
+        0 and ``latent_age_s`` is what the caller passes (the fast node: the camera frames' age).
+        """
+        if latent is None:
+            summary = self._no_latent
+        elif isinstance(latent, np.ndarray):
+            summary = latent
+        else:
+            summary = self._no_latent
+            for name, _shape, dt in self.latent_tensors or ():
+                if np.dtype(dt).kind == "f" and name in latent:
+                    summary = latent[name]
+                    break
+        return self.feature_layout.pack_into(out, summary, raw, latent_age_s, infer_ms, hold)
 
 
 def fast_step_for(package: ModelPackage, engine: Engine | None = None, *, use_prefix: bool = True,
-                  max_guidance: float = 5.0, seed: int = 0, jacobian: str = "auto") -> FastStep | SampledFastStep:
-    """The fast node's step for a package: :class:`SampledFastStep` for a flow-matching fast part,
-    :class:`FastStep` for a one-shot one.
+                  max_guidance: float = 5.0, seed: int = 0, camera_names: list[str] | None = None,
+                  instruction: str = "", jacobian: str = "auto") -> FastStep | PackageFastStep:
+    """The fast node's step for a package: :class:`FastStep` for a schema-1 one-shot fast part,
+    :class:`PackageFastStep` for every other one (flow matching; imported packages: one-shot with or
+    without a slow part, flow matching, diffusion).
+
+    Args:
+        package: The loaded package (its fast engine loaded).
+        engine: Replaces the package's fast engine (e.g. the null engine, a delayed one).
+        use_prefix: A one-shot graph's prefix inputs (``scheduler.rtc_prefix``).
+        max_guidance: RTC's β for a flow head (``scheduler.rtc_max_guidance``).
+        seed: Seed of the noise generator.
+        camera_names: Cameras configured at run time (a fast part that takes cameras).
+        instruction: The task, for a fast part that takes instruction tokens.
+        jacobian: RTC guidance's Jacobian for a flow head (``scheduler.rtc_jacobian``).
 
     Raises:
         ValueError: A fast part the fast node cannot drive (named).
     """
-    if package.spec.fast.is_flow:
-        return SampledFastStep(package, engine, max_guidance, seed, jacobian)
-    return FastStep.from_package(package, engine, use_prefix)
+    spec = package.spec
+    if spec.schema_version < 2 and not spec.fast.is_flow:
+        return FastStep.from_package(package, engine, use_prefix)
+    return PackageFastStep(package, engine, max_guidance, seed, camera_names, instruction, jacobian)
+
+
+def latent_layout(spec: ModelSpec) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    """``(name, shape, dtype)`` of every latent tensor the slow part outputs: the latent buffer's layout
+    (its writer and every reader open with the same one)."""
+    if spec.slow is None:
+        raise ValueError(f"package {spec.name!r} has no slow part: no latent")
+    return tuple((t.name, tuple(1 if d is None else int(d) for d in t.shape), t.dtype)
+                 for t in spec.slow.outputs_by_role("latent"))
 
 
 # ============================================================================================== schema 2
 # The steps of packages with several cameras, a policy tokenizer, state into the slow part, a latent of
 # several named tensors, no slow part (ACT), and fast parts the runtime samples (flow matching,
 # diffusion). They also run schema-1 packages (a single latent is a one-tensor dict), so one code path
-# serves `vla-runtime infer`, `vla-runtime serve`, the parity tests and (after the fast node's wiring)
-# the nodes.
+# serves `vla-runtime infer`, `vla-runtime serve`, the parity tests and the nodes (the fast node
+# through PackageFastStep).
 
 #: Named latent tensors, as the slow graph outputs them (batch dim included) and the fast graph takes them.
 LatentTensors = dict[str, np.ndarray]
@@ -621,10 +726,7 @@ class LatentSlowStep:
 
     def latent_layout(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
         """``(name, shape, dtype)`` of every latent tensor: the latent buffer's layout."""
-        assert self.spec.slow is not None
-        outs = {t.name: t for t in self.spec.slow.outputs}
-        return tuple((n, tuple(1 if d is None else int(d) for d in outs[n].shape), outs[n].dtype)
-                     for n in self.latent_names)
+        return latent_layout(self.spec)
 
     def tokens(self, instruction: str, normalised_state: np.ndarray | None = None) -> TokenizedText | None:
         """The tokenized prompt (cached while the instruction, and for a state prompt the state, repeat)."""

@@ -1,8 +1,9 @@
 """action_chunk_node: the 30 Hz fast path.
 
 Every tick of a deadline loop (its own thread, absolute-time scheduling): newest joint state +
-newest latent (with its version and age) → the policy step (core/policy: :class:`FastStep` for a
-one-shot graph, :class:`SampledFastStep` for a flow-matching one) → H×A chunk → ChunkScheduler (drops
+newest latent (with its version and age) → the policy step (core/policy.fast_step_for:
+:class:`FastStep` for a schema-1 one-shot graph, :class:`PackageFastStep` for a flow-matching one and
+for every imported package) → H×A chunk → ChunkScheduler (drops
 what is already past, cross-fades with the executing chunk, interpolates to the command rate) → the
 scheduled command trajectory on ``/vla/action_chunk`` for the controller bridge, the policy
 features on ``/vla/policy_features`` for the failure detector, and timing in diagnostics.
@@ -22,10 +23,18 @@ Where inference runs (``scheduler.inference``):
 * ``sync``: stop-and-go on the worker: the whole chunk executes, then the robot holds while the next
   is computed (the baseline the asynchronous mode is measured against).
 
-A latent older than ``latent.max_age_s``, a missing or stale joint state, or a stalled inference
-makes the node publish a HOLD request (an empty trajectory with the reason) instead of a plan: the
-robot holds, it never follows extrapolated motion; a chunk in flight from before such a hold is
-dropped. Nothing in the loop logs.
+The latent is what the package's slow part writes: one K×D tensor, or several named tensors (an
+imported π0/π0.5/SmolVLA's K/V prefix cache and its mask), read as one version into per-tensor
+buffers (the reader opens with the slow part's layout, ``core/policy.latent_layout``). A package
+without a slow part (ACT: one graph on cameras + state) has no latent: the node subscribes to the
+cameras its fast part takes (``cameras[].topic``; nodes/camera_frames) and each inference gets the
+newest frame of each; the frames' age then stands where the latent's does.
+
+A latent (or, without one, a camera frame) older than ``latent.max_age_s``, a missing or stale joint
+state, or a stalled inference makes the node publish a HOLD request (an empty trajectory with the
+reason) instead of a plan: the robot holds, it never follows extrapolated motion; a chunk in flight
+from before such a hold is dropped. Nothing in the loop logs; the loop only takes references to the
+newest frames, the worker fits them to the package's size.
 
 State input: by default the loop thread itself takes the newest ``/joint_states`` (and, for
 Cartesian layouts, ``/ee_pose``) at the start of each tick, from depth-1 subscriptions on a helper
@@ -80,11 +89,13 @@ from vla_runtime.core.contract import (
     HOLD_AWAITING_CHUNK,
     HOLD_BAD_OUTPUT,
     HOLD_FUTURE_LATENT,
+    HOLD_NO_FRAME,
     HOLD_NO_JOINT_STATE,
     HOLD_NO_LATENT,
     HOLD_OVERRUN,
     HOLD_PLAN_ENDED,
     HOLD_PROPRIO_INCOMPLETE,
+    HOLD_STALE_FRAME,
     HOLD_STALE_JOINT_STATE,
     HOLD_STALE_LATENT,
     HOLD_STOPPED,
@@ -97,7 +108,7 @@ from vla_runtime.core.contract import (
 )
 from vla_runtime.core.measured_state import MeasuredState
 from vla_runtime.core.realtime import DEFAULT_SWITCH_INTERVAL_S
-from vla_runtime.core.validation import LENGTH_MISMATCH, JointStateCheck
+from vla_runtime.core.validation import LENGTH_MISMATCH, JointStateCheck, Rejections
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
@@ -138,7 +149,9 @@ class ActionChunkNode(LifecycleNode):
         self._joint_recv_mono = 0.0
         self.loop = None
         self.package = None
-        self.reader = None
+        self.reader = None  # LatentReader; None for a package without a slow part
+        self.cameras = None  # CameraFrames, for a fast part that takes cameras
+        self.frame_rejections = Rejections()
         self.counters = {"ticks": 0, "hold_ticks": 0, "chunks": 0, "bad_joint_states": 0, "overruns": 0,
                          "sync_requests": 0, "inferences": 0, "chunks_dropped": 0, "inference_errors": 0}
         self.worker = None  # InferenceWorker (inference async / sync), built in on_activate
@@ -164,9 +177,17 @@ class ActionChunkNode(LifecycleNode):
                 self.engine = make_engine(self.package.fast_onnx, backend="null")
             self.step = fast_step_for(self.package, self.engine, use_prefix=cfg.scheduler.rtc_prefix,
                                       max_guidance=cfg.scheduler.rtc_max_guidance,
-                             jacobian=cfg.scheduler.rtc_jacobian)
-            self.reader = open_latent_reader(latent_buffer_config(cfg, (spec.latent.tokens, spec.latent.dim),
-                                                                  spec.latent.dtype))
+                                      camera_names=[c.name for c in cfg.cameras], instruction=cfg.instruction,
+                                      jacobian=cfg.scheduler.rtc_jacobian)
+            if self.step.latent_tensors is not None:  # several named tensors: the slow part's layout
+                bcfg = latent_buffer_config(cfg, (1, 1)).with_tensors(self.step.latent_tensors)
+            elif self.step.has_latent:
+                bcfg = latent_buffer_config(cfg, (spec.latent.tokens, spec.latent.dim), spec.latent.dtype)
+            elif self.get_parameter("lockstep").value:
+                raise ValueError(f"lockstep runs one chunk per latent; {spec.name!r} has no slow part")
+            else:
+                bcfg = None  # no slow part: the fast part takes the cameras
+            self.reader = open_latent_reader(bcfg) if bcfg is not None else None
             self.engine.warmup(5)
         except Exception as e:  # noqa: BLE001 - any failure to load means: do not run
             self.get_logger().fatal(f"action_chunk_node cannot configure: {e}")
@@ -177,7 +198,6 @@ class ActionChunkNode(LifecycleNode):
         # robot config says, see core/measured_state and core/policy).
         self.measured = self.step.measured_state(cfg.robot)
         self._state_idx = self.measured.index(self.step.state_layout)
-        self._latent_view = self.step.latent_view  # the latent feed: the reader copies into it
         self.horizon = spec.chunk_horizon
         self.chunk_rate = spec.control_rate_hz
         rate = float(self.get_parameter("rate_hz").value) or cfg.rates.fast_hz
@@ -203,8 +223,19 @@ class ActionChunkNode(LifecycleNode):
         else:
             self.trigger = HorizonTrigger(dt_chunk, min_steps=steps, margin_s=0.5 * self.period_s)
         self.max_inference_s = sched.max_inference_s
-        if self.inference != "inline":  # the worker owns the step's feeds: the loop reads into its own buffer
+        # Where the reader copies the latent: inline, a single tensor goes straight into the step's feed;
+        # otherwise (the worker owns the step's feeds; several tensors) into the loop's own buffers,
+        # which each inference request snapshots.
+        self._latent_in_feeds = self.inference == "inline" and self.step.latent_tensors is None \
+            and self.step.has_latent
+        if self._latent_in_feeds:
+            self._latent_view = self.step.latent_view
+        elif self.step.latent_tensors is not None:
+            self._latent_view = {n: np.zeros(shape, dtype) for n, shape, dtype in self.step.latent_tensors}
+        elif self.step.has_latent:
             self._latent_view = np.zeros_like(self.step.latent_view)
+        else:
+            self._latent_view = None
         self.delay_percentile = sched.delay_percentile
         self._chunk_obs: float | None = None  # observation time of the chunk executing now
         self._drop_before = -math.inf  # chunks observed before the last hold are not merged
@@ -269,6 +300,12 @@ class ActionChunkNode(LifecycleNode):
         else:
             for t, topic, cb in state_topics:
                 self.create_subscription(t, topic, cb, QOS_SENSOR)
+        if self.step.cameras:  # no slow part: the fast part takes the newest frames itself
+            from vla_runtime.nodes.camera_frames import CameraFrames
+
+            topics = {c.name: c.topic for c in cfg.cameras}
+            self.cameras = CameraFrames(self, {c: topics[c] for c in self.step.cameras}, cfg.safety.max_stamp_lead_s,
+                                        self.frame_rejections)
         self.create_timer(1.0, self._publish_diagnostics)
         self.create_service(Trigger, "~/reset_stats", self._reset_stats)
         self.get_logger().info(
@@ -276,9 +313,18 @@ class ActionChunkNode(LifecycleNode):
             f"{'LOCKSTEP (one chunk per latent), ' if self.lockstep else ''}inference {self.inference}"
             f"{f' (execution horizon {self.trigger.min_steps} steps)' if self.inference == 'async' else ''}, "
             f"A={len(self.dim_names)}, prefix conditioning {'on' if self.use_prefix else 'off'}, "
+            f"{self._input_summary()}, "
             f"plan sampling {'in C' if self.scheduler.kernel else 'in numpy (the C kernel is not built)'}"
         )
         return TransitionCallbackReturn.SUCCESS
+
+    def _input_summary(self) -> str:
+        step = self.step
+        if step.latent_tensors is not None:
+            what = f"latent of {len(step.latent_tensors)} tensors"
+        else:
+            what = "latent K×D" if step.has_latent else "no latent"
+        return what + (f", cameras {step.cameras}" if step.cameras else "")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         from vla_runtime.core.deadline_loop import DeadlineLoop
@@ -379,9 +425,12 @@ class ActionChunkNode(LifecycleNode):
                 handler(msg, now - max(0.0, (time.time_ns() - recv_wall_ns) / 1e9))
 
     def _observe(self, now: float):
-        """The tick's inputs: (latent sample, its age, state vector), or None after publishing a HOLD.
+        """The tick's inputs: (latent, its age, state vector, frames), or None after publishing a HOLD.
 
-        In lockstep, a tick that only re-publishes the rest of the same chunk also returns None.
+        ``latent`` is the loop's latent buffer (one array, or a dict by tensor name; None without a
+        slow part); ``frames`` the newest frame of each camera the fast part takes (None when it takes
+        none), and then ``age`` is the oldest frame's when there is no latent. In lockstep, a tick that
+        only re-publishes the rest of the same chunk also returns None.
         """
         if self._polled:
             self._poll_state(now)
@@ -390,20 +439,33 @@ class ActionChunkNode(LifecycleNode):
             return self._publish_hold(HOLD_NO_JOINT_STATE, now)
         if now - recv > self.cfg.safety.joint_state_timeout_s:
             return self._publish_hold(HOLD_STALE_JOINT_STATE, now)
-        sample = self.reader.read_into(self._latent_view)
-        if sample is None:
-            if self.lockstep:
-                self._request_latent(now, -1)
-            return self._publish_hold(HOLD_NO_LATENT, now)
-        age = sample.age_s(time.time_ns())
-        self.last_latent_version = sample.version
-        self.last_latent_age_s = age
-        if age < -self.cfg.safety.max_stamp_lead_s:
-            return self._publish_hold(HOLD_FUTURE_LATENT, now)
-        if age > self.cfg.latent.max_age_s:
-            if self.lockstep:
-                self._request_latent(now, sample.version)
-            return self._publish_hold(HOLD_STALE_LATENT, now)
+        age = 0.0
+        if self.reader is not None:
+            sample = self.reader.read_into(self._latent_view)
+            if sample is None:
+                if self.lockstep:
+                    self._request_latent(now, -1)
+                return self._publish_hold(HOLD_NO_LATENT, now)
+            age = sample.age_s(time.time_ns())
+            self.last_latent_version = sample.version
+            self.last_latent_age_s = age
+            if age < -self.cfg.safety.max_stamp_lead_s:
+                return self._publish_hold(HOLD_FUTURE_LATENT, now)
+            if age > self.cfg.latent.max_age_s:
+                if self.lockstep:
+                    self._request_latent(now, sample.version)
+                return self._publish_hold(HOLD_STALE_LATENT, now)
+        frames = None
+        if self.cameras is not None:
+            got = self.cameras.snapshot()
+            if len(got) < len(self.step.cameras):
+                return self._publish_hold(HOLD_NO_FRAME, now)
+            frame_age = (time.time_ns() - min(stamp for _, stamp, _ in got.values())) / 1e9
+            if self.reader is None:
+                age = self.last_latent_age_s = frame_age
+            if frame_age > self.cfg.latent.max_age_s:  # the frames stand where a latent would
+                return self._publish_hold(HOLD_STALE_FRAME, now)
+            frames = {c: img for c, (img, _, _) in got.items()}
         if self.lockstep:
             if sample.version == self._lockstep_version:
                 # The rest of the same chunk, no re-planning; when it has run out, ask for the next.
@@ -416,7 +478,7 @@ class ActionChunkNode(LifecycleNode):
             state = self.measured.values[self._state_idx]
         if not complete:
             return self._publish_hold(HOLD_PROPRIO_INCOMPLETE, now)
-        return sample, age, state
+        return self._latent_view, age, state, frames
 
     def _tick(self, tick: int, scheduled_s: float) -> None:
         """``scheduler.inference: inline``: inference inside the tick."""
@@ -425,11 +487,11 @@ class ActionChunkNode(LifecycleNode):
         seen = self._observe(now)
         if seen is None:
             return None
-        sample, age, state = seen
+        latent, age, state, frames = seen
         prefix = self.scheduler.prefix(now, None, self.horizon) if self.use_prefix else None
         try:  # decode refuses non-finite values and a wrong shape (ValueError)
-            res = self.step.run(state, prefix)
-        except ValueError:
+            res = self.step.run(state, prefix, None if self._latent_in_feeds else latent, 0, frames)
+        except (KeyError, ValueError):
             return self._publish_hold(HOLD_BAD_OUTPUT, time.monotonic())
         self.loop.stats.report_inference_ns(res.infer_ns)
         if res.infer_ns / 1e9 > self.infer_budget_s:
@@ -443,7 +505,7 @@ class ActionChunkNode(LifecycleNode):
         self.counters["chunks"] += 1
         self._publish_plan(after)
         if self.features_pub.get_subscription_count() > 0:  # the detector listens; skip the work otherwise
-            self._publish_features(sample.latent, res.raw, age, res.infer_ns / 1e6, hold=False)
+            self._publish_features(latent, res.raw, age, res.infer_ns / 1e6, hold=False)
 
     # ----------------------------------------------------------------- inference off the tick
     def _tick_worker(self, tick: int, scheduled_s: float) -> None:
@@ -454,7 +516,7 @@ class ActionChunkNode(LifecycleNode):
         seen = self._observe(now)  # a hold there also drops what is in flight (observed before it)
         if seen is None:
             return None
-        sample, age, state = seen
+        latent, age, state, frames = seen
         done = worker.take()
         if done is not None:
             self._merge(done, now)
@@ -474,22 +536,30 @@ class ActionChunkNode(LifecycleNode):
                 delay = sched.delay_percentile_s(self.delay_percentile) or 0.0
             self._delay_plan_s = delay
             if self.trigger.due(now, self._chunk_obs if plan_end is not None else None, plan_end, delay):
-                self._start_inference(now, sample, age, state, plan_end, delay)
+                self._start_inference(now, latent, age, state, frames, plan_end, delay)
         if self.scheduler.active_until() is None or self.scheduler.active_until() < now:
             return self._publish_hold(HOLD_AWAITING_CHUNK if worker.busy else HOLD_PLAN_ENDED, now, drop=False)
         self._publish_plan(now)
         return None
 
-    def _start_inference(self, now: float, sample, age: float, state: np.ndarray, plan_end: float | None,
-                         delay: float) -> None:
-        """Hand a snapshot of the observation (and the executing plan, for RTC) to the worker."""
+    def _start_inference(self, now: float, latent, age: float, state: np.ndarray, frames: dict | None,
+                         plan_end: float | None, delay: float) -> None:
+        """Hand a snapshot of the observation (and the executing plan, for RTC) to the worker.
+
+        The latent is copied (every tensor: the reader overwrites the loop's buffers on the next tick);
+        the frames are references to received messages, which nothing changes.
+        """
         prefix, exec_steps = None, 0
         if self.use_prefix and plan_end is not None:
             prefix = self.scheduler.prefix(now, delay, self.horizon)
             # RTC's s: steps of the executing plan already run (H minus the steps it has left).
             left = int(math.floor((plan_end - now) * self.chunk_rate + 1e-9)) + 1
             exec_steps = max(0, self.horizon - left)
-        request = (now, state.copy(), self._latent_view.copy(), prefix, exec_steps, age)
+        if isinstance(latent, dict):
+            latent = {name: t.copy() for name, t in latent.items()}
+        elif latent is not None:
+            latent = latent.copy()
+        request = (now, state.copy(), latent, prefix, exec_steps, age, frames)
         if self.worker.submit(request, now):
             self.counters["inferences"] += 1
             if self.inference == "sync":  # stop-and-go: the robot waits for the inference
@@ -497,8 +567,8 @@ class ActionChunkNode(LifecycleNode):
 
     def _infer_request(self, request):
         """The worker's function (its thread): one chunk from a snapshot; errors go back to the loop."""
-        obs, state, latent, prefix, exec_steps, age = request
-        res = self.step.run(state, prefix, latent, exec_steps)
+        obs, state, latent, prefix, exec_steps, age, frames = request
+        res = self.step.run(state, prefix, latent, exec_steps, frames)
         return obs, res, latent, age
 
     def _merge(self, done, now: float) -> None:
@@ -571,7 +641,7 @@ class ActionChunkNode(LifecycleNode):
         msg.header.frame_id = reason
         self.plan_pub.publish(msg)
 
-    def _publish_features(self, latent: np.ndarray, raw: np.ndarray, age: float, infer_ms: float, hold: bool) -> None:
+    def _publish_features(self, latent, raw: np.ndarray, age: float, infer_ms: float, hold: bool) -> None:
         f = self.step.features_into(self._features, latent, raw, age, infer_ms, hold)
         buf = array("f")
         buf.frombytes(f.tobytes())
@@ -612,6 +682,7 @@ class ActionChunkNode(LifecycleNode):
             "provider": self.engine.provider,
             **self.counters,
             **self._js_check.rejections.as_diagnostics("joint_states_rejected"),
+            **(self.frame_rejections.as_diagnostics("images_rejected") if self.cameras is not None else {}),
             "timing_json": json.dumps(s),
         }
         arr = DiagnosticArray()
