@@ -122,6 +122,9 @@ HOLD_NO_FRAME = "hold: no camera frame yet"
 HOLD_STALE_FRAME = "hold: stale camera frame"
 HOLD_PLAN_ENDED = "hold: plan ended"
 HOLD_STOPPED = "hold: fast path stopped"
+#: A tick of the fast loop raised (a bug or an input no check foresaw): counted, held, and the loop
+#: goes on; the detector's HOLD streak escalates one that persists.
+HOLD_TICK_ERROR = "hold: fast path error"
 #: Inference off the tick (``scheduler.inference`` async/sync): no plan to execute while the worker
 #: computes one (at start, after a hold, between the chunks of stop-and-go). Bounded by
 #: ``scheduler.max_inference_s``, after which the wait is an engine stall (:data:`HOLD_OVERRUN`).

@@ -99,6 +99,7 @@ from vla_runtime.core.contract import (
     HOLD_STALE_JOINT_STATE,
     HOLD_STALE_LATENT,
     HOLD_STOPPED,
+    HOLD_TICK_ERROR,
     TOPIC_ACTION_CHUNK,
     TOPIC_DIAGNOSTICS,
     TOPIC_EE_POSE,
@@ -153,7 +154,8 @@ class ActionChunkNode(LifecycleNode):
         self.cameras = None  # CameraFrames, for a fast part that takes cameras
         self.frame_rejections = Rejections()
         self.counters = {"ticks": 0, "hold_ticks": 0, "chunks": 0, "bad_joint_states": 0, "overruns": 0,
-                         "sync_requests": 0, "inferences": 0, "chunks_dropped": 0, "inference_errors": 0}
+                         "sync_requests": 0, "inferences": 0, "chunks_dropped": 0, "inference_errors": 0,
+                         "tick_errors": 0}
         self.worker = None  # InferenceWorker (inference async / sync), built in on_activate
         self.last_hold_reason = ""
         self.last_latent_version = 0
@@ -329,8 +331,9 @@ class ActionChunkNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         from vla_runtime.core.deadline_loop import DeadlineLoop
 
-        self.loop = DeadlineLoop(self._tick if self.inference == "inline" else self._tick_worker, self.rate_hz,
-                                 name="action_chunk_loop", thread_init=lambda: make_realtime_here(self))
+        self._tick_fn = self._tick if self.inference == "inline" else self._tick_worker
+        self.loop = DeadlineLoop(self._guarded_tick, self.rate_hz, name="action_chunk_loop",
+                                 thread_init=lambda: make_realtime_here(self))
         if self.inference != "inline" and self.worker is None:
             from vla_runtime.core.async_inference import InferenceWorker
 
@@ -479,6 +482,14 @@ class ActionChunkNode(LifecycleNode):
         if not complete:
             return self._publish_hold(HOLD_PROPRIO_INCOMPLETE, now)
         return self._latent_view, age, state, frames
+
+    def _guarded_tick(self, tick: int, scheduled_s: float) -> None:
+        """One tick; an exception in it is counted and turned into a HOLD instead of ending the loop."""
+        try:
+            self._tick_fn(tick, scheduled_s)
+        except Exception:  # noqa: BLE001 - the loop must outlive any one tick; the hold says why
+            self.counters["tick_errors"] += 1
+            self._publish_hold(HOLD_TICK_ERROR, time.monotonic())
 
     def _tick(self, tick: int, scheduled_s: float) -> None:
         """``scheduler.inference: inline``: inference inside the tick."""
