@@ -256,3 +256,17 @@ def test_timing_stats_summary_and_validation() -> None:
         TimingStats(capacity=1)
     with pytest.raises(ValueError, match="rate_hz must be > 0, got 0"):
         DeadlineLoop(lambda k, t: None, 0)
+
+
+def test_an_inference_that_ran_on_a_worker_is_reported_but_not_taken_off_the_ticks_overhead() -> None:
+    """Off the tick, a merged chunk's 300 ms inference must not make the 0.2 ms tick's overhead negative."""
+    st = TimingStats()
+    st.report_inference_ns(5_000_000)  # inline: 5 ms of a 6 ms step is inference
+    st.record_tick(0, 0, 6_000_000)
+    st.report_inference_ns(300_000_000, in_step=False)  # worker: finished by this 0.2 ms tick
+    st.record_tick(33_333_333, 33_333_333, 33_533_333)
+    st.record_tick(66_666_666, 66_666_666, 66_866_666)  # nothing reported: in_step is back to its default
+    s = st.summary()
+    assert s["infer_ms"]["p50"] == pytest.approx(152.5)  # both inferences are in the inference stats
+    assert s["overhead_ms"]["p50"] == pytest.approx(0.2)  # not 0.2 - 300 ms
+    assert s["overhead_ms"]["p99"] == pytest.approx(0.984)  # the inline tick's 1 ms, interpolated

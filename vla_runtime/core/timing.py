@@ -56,17 +56,21 @@ class TimingStats:
         self._last_start_ns: int | None = None
         self._first_start_ns: int | None = None
         self._pending_infer_ns = _NO_VALUE
+        self._pending_in_step = True
         self.misses = 0
         self.skipped = 0
 
     # ----------------------------------------------------------------- record
-    def report_inference_ns(self, duration_ns: int) -> None:
-        """Report the inference part of the current step (call inside ``step``).
+    def report_inference_ns(self, duration_ns: int, in_step: bool = True) -> None:
+        """Report the inference of the current step (call inside ``step``).
 
         Args:
-            duration_ns: Time spent in model inference during this tick.
+            duration_ns: The inference's duration.
+            in_step: It ran inside this tick (its time is not overhead); False: it ran elsewhere (a
+                worker thread) and finished by this tick, so the whole step is overhead.
         """
         self._pending_infer_ns = int(duration_ns)
+        self._pending_in_step = bool(in_step)
 
     def report_inference_s(self, duration_s: float) -> None:
         """Same as `report_inference_ns`, in seconds."""
@@ -92,8 +96,9 @@ class TimingStats:
         self._step[i] = step
         infer = self._pending_infer_ns
         self._infer[i] = infer
-        self._overhead[i] = step - infer if infer >= 0 else step
+        self._overhead[i] = step - infer if infer >= 0 and self._pending_in_step else step
         self._pending_infer_ns = _NO_VALUE
+        self._pending_in_step = True
         self._n += 1
 
     def record_miss(self, skipped_ticks: int = 0) -> None:

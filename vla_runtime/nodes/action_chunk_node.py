@@ -588,7 +588,7 @@ class ActionChunkNode(LifecycleNode):
             self.counters["inference_errors"] += 1
             return self._publish_hold(HOLD_BAD_OUTPUT, now)
         obs, res, latent, age = done.result
-        self.loop.stats.report_inference_ns(res.infer_ns)
+        self.loop.stats.report_inference_ns(res.infer_ns, in_step=False)  # the worker's: the tick's overhead stays
         if obs <= self._drop_before:
             self.counters["chunks_dropped"] += 1
             return None
