@@ -21,8 +21,12 @@ at least ``min_steps`` actions (the execution horizon), and before the current c
 
 With ``min_steps = 1`` and a fast engine this re-plans every tick (the behaviour of a synchronous
 fast path); with a slow one the worker runs back to back and each chunk is executed for about
-``d`` before the next takes over — the regime real-time chunking is made for. Pure Python: every
-time is an argument; nothing here logs.
+``d`` before the next takes over — the regime real-time chunking is made for.
+
+An adaptive horizon (``scheduler.horizon_policy: consensus``, :class:`ConsensusTrigger`): the horizon
+in force is not fixed but judged from each new chunk against the plan it replaces (Mixture of
+Horizons' cross-horizon consensus at run time): long while successive chunks agree over their
+overlap, short where they part. Pure Python: every time is an argument; nothing here logs.
 """
 
 from __future__ import annotations
