@@ -517,7 +517,7 @@ class ActionChunkNode(LifecycleNode):
         if seen is None:
             return None
         latent, age, state, frames = seen
-        prefix = self.scheduler.prefix(now, None, self.horizon) if self.use_prefix else None
+        prefix = self.scheduler.prefix(now, None, self.horizon) if self.use_prefix or self.selector else None
         try:  # decode refuses non-finite values and a wrong shape (ValueError)
             res = self._run_step(state, prefix, None if self._latent_in_feeds else latent, 0, frames, age)
         except (KeyError, ValueError):
