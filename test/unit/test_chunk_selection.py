@@ -165,3 +165,14 @@ def test_config_fields_are_validated_with_the_bad_value() -> None:
         SchedulerConfig(consensus_min_steps=8, consensus_max_steps=4)
     with pytest.raises(ValidationError, match="horizon_policy consensus needs inference async, got 'sync'"):
         SchedulerConfig(horizon_policy="consensus", inference="sync")
+
+
+def test_the_tts_latency_sweep_reports_each_n_and_that_the_candidates_differ() -> None:
+    from vla_runtime.bench.tts import selection_latency
+
+    rows = selection_latency(FLOW_PKG, ns=(1, 2), reps=2)
+    assert [r["candidates"] for r in rows] == [1, 2] and not rows[1]["batched"]
+    assert rows[0]["candidate_spread_mean"] == 0.0 and rows[1]["candidate_spread_mean"] > 1e-3
+    assert rows[0]["kept_other_than_first"] == 0 and 0 <= rows[1]["kept_other_than_first"] <= 2
+    with pytest.raises(ValueError, match="reps must be >= 1, got 0"):
+        selection_latency(FLOW_PKG, reps=0)

@@ -6,8 +6,9 @@ Two parts, one JSON:
   flow-matching reference, ``models/reference_reach_flow``: 10 Euler steps, guided towards an executing
   plan as the node guides it) with the node's selector (``core/chunk_selection.ChunkSelector``,
   consistency verifier): the wall time of one inference (draw ``N`` candidates + verify + choose) for
-  ``N`` = 1, 2, 4, 8, p50/p99 over ``reps``, and ``candidate_spread_mean`` (the largest max-abs
-  difference between a candidate and the kept one, rad: 0 would mean the candidates were all alike).
+  ``N`` = 1, 2, 4, 8, p50/p99 over ``reps``, ``candidate_spread_mean`` (the largest max-abs
+  difference between a candidate and the kept one, rad: 0 would mean the candidates were all alike) and
+  ``kept_other_than_first`` (of the ``reps`` inferences, how many kept a candidate other than the first).
   The reference's graphs have a fixed batch dim of 1, so the candidates are ``N`` passes (``batched``:
   false) and the cost grows about linearly in ``N``.
 * ``rows``: the effect on ``touch_dynamic`` through the whole graph (sim_robot, controller_bridge,
@@ -64,6 +65,7 @@ def selection_latency(package: str | Path, ns: Sequence[int] = CANDIDATES, reps:
         for n in ns:
             sel = ChunkSelector(n, verifier, step)
             sel.run(state, (shifted, mask), latent, exec_steps, None)  # warm
+            sel.changed = 0
             ms, spreads = [], []
             for _ in range(reps):
                 t0 = time.perf_counter()
