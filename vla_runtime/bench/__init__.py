@@ -66,4 +66,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         from vla_runtime.bench.cache import bench_cache
 
         return bench_cache(args.config, duration=args.duration, episodes=args.trials or 20, seed=args.seed)
+    if which == "tts":
+        from vla_runtime.bench.tts import bench_tts
+
+        return bench_tts(episodes=20 if args.trials is None else args.trials, config=args.config, seed=args.seed,
+                         log=None if args.json else print)
+    if which == "horizon":
+        from vla_runtime.bench.horizon import bench_horizon
+
+        delay = float(args.delays.split(",")[0]) if getattr(args, "delays", None) else 100.0
+        return bench_horizon(episodes=args.trials or 20, delay_ms=delay, config=args.config, seed=args.seed,
+                             log=None if args.json else print)
     raise ValueError(f"unknown benchmark {which!r}")

@@ -21,8 +21,12 @@ at least ``min_steps`` actions (the execution horizon), and before the current c
 
 With ``min_steps = 1`` and a fast engine this re-plans every tick (the behaviour of a synchronous
 fast path); with a slow one the worker runs back to back and each chunk is executed for about
-``d`` before the next takes over — the regime real-time chunking is made for. Pure Python: every
-time is an argument; nothing here logs.
+``d`` before the next takes over — the regime real-time chunking is made for.
+
+An adaptive horizon (``scheduler.horizon_policy: consensus``, :class:`ConsensusTrigger`): the horizon
+in force is not fixed but judged from each new chunk against the plan it replaces (Mixture of
+Horizons' cross-horizon consensus at run time): long while successive chunks agree over their
+overlap, short where they part. Pure Python: every time is an argument; nothing here logs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+import numpy as np
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -181,8 +187,102 @@ class HorizonTrigger:
             return True
         if plan_end_s - now <= delay_s + self.margin_s:
             return True
-        return now >= chunk_obs_s + self.min_steps * self.dt - delay_s
+        return now >= chunk_obs_s + self.steps * self.dt - delay_s
+
+    @property
+    def steps(self) -> int:
+        """The execution horizon in force (fixed here: ``min_steps``; :class:`ConsensusTrigger` adapts it)."""
+        return self.min_steps
 
     def frozen_steps(self, delay_s: float) -> int:
         """How many actions of a new chunk will already have passed when it arrives (RTC's ``d``)."""
         return max(0, math.ceil(delay_s / self.dt - 1e-9))
+
+
+class ConsensusTrigger(HorizonTrigger):
+    """An adaptive execution horizon: keep executing while successive chunks agree, re-plan early when not.
+
+    Mixture of Horizons' cross-horizon consensus, applied at run time: two chunks predicted from
+    different observations are two predictions of the same future; where they agree the policy is sure
+    and the current chunk can run longer before the next inference, where they part it should re-plan
+    soon. :meth:`observe` is called with each chunk that arrives and the plan it replaces, on the new
+    chunk's grid (step ``i`` at ``t_obs + i·dt``), before the merge. The agreement length ``k`` is the
+    number of leading steps, from ``start`` (the first step not yet past) to the end of the overlap, at
+    which ``max |new − plan| ≤ tolerance`` (robot units, over every dim). The horizon in force is then
+
+    * ``max_steps`` when they agree over the whole overlap (nothing says otherwise),
+    * ``clip(start + k, min_steps, max_steps)`` when they part at step ``start + k``, and
+    * ``min_steps`` when there was no plan to compare with (the first chunk, after a hold).
+
+    :meth:`due` is :class:`HorizonTrigger`'s with that horizon, so the plan-end guard (start once the
+    plan left falls to the delay + margin) still holds whatever the horizon. With real-time chunking the
+    frozen prefix agrees by construction; the agreement past it is what the model's new observation
+    left of the guidance. Pure: nothing here reads a clock or logs.
+
+    Args:
+        chunk_dt_s: Time between a chunk's actions.
+        min_steps: Execution horizon after a disagreement (≥ 1).
+        max_steps: Execution horizon while chunks agree (≥ ``min_steps``).
+        tolerance: Largest |difference| at a step for agreement (> 0, robot units).
+        margin_s: As :class:`HorizonTrigger`'s.
+    """
+
+    def __init__(self, chunk_dt_s: float, min_steps: int = 1, max_steps: int = 16, tolerance: float = 0.02,
+                 margin_s: float = 0.05) -> None:
+        super().__init__(chunk_dt_s, min_steps, margin_s)
+        if max_steps < min_steps:
+            raise ValueError(f"max_steps must be >= min_steps ({min_steps}), got {max_steps}")
+        if not (tolerance > 0 and math.isfinite(tolerance)):
+            raise ValueError(f"tolerance must be finite and > 0, got {tolerance}")
+        self.max_steps = int(max_steps)
+        self.tolerance = float(tolerance)
+        self._steps = self.min_steps
+        #: Chunks observed that agreed over the whole overlap / parted inside it / had no plan to compare with.
+        self.agreed = 0
+        self.parted = 0
+        self.unplanned = 0
+        #: The agreement length of the last chunk observed (steps from its ``start``).
+        self.last_agreement = 0
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    def reset(self) -> None:
+        """Back to ``min_steps`` (a hold dropped the plan: no consensus to go on)."""
+        self._steps = self.min_steps
+
+    def observe(self, new_chunk: np.ndarray, executing_plan: np.ndarray | None, overlap: int, start: int = 0) -> int:
+        """Judge a new chunk against the plan it replaces; returns the horizon now in force.
+
+        Args:
+            new_chunk: ``(H, A)`` the new chunk, absolute, robot units.
+            executing_plan: ``(≥ overlap, A)`` the executing plan on the new chunk's grid, or None.
+            overlap: Steps of the new chunk's grid (from step 0) the executing plan covers.
+            start: The first step compared (the steps before it are already past).
+
+        Raises:
+            ValueError: Shapes that do not match, or negative ``overlap`` / ``start``.
+        """
+        if overlap < 0 or start < 0:
+            raise ValueError(f"overlap and start must be >= 0, got {overlap} and {start}")
+        n = min(int(overlap), len(new_chunk))
+        if executing_plan is None or n <= start:
+            self.unplanned += 1
+            self.last_agreement = 0
+            self._steps = self.min_steps
+            return self._steps
+        new = np.asarray(new_chunk, dtype=np.float64)[start:n]
+        old = np.asarray(executing_plan, dtype=np.float64)[start:n]
+        if new.shape != old.shape:
+            raise ValueError(f"new chunk rows {list(new.shape)} and executing plan rows {list(old.shape)} differ")
+        off = np.nonzero(np.abs(new - old).max(axis=1) > self.tolerance)[0]
+        if off.size == 0:
+            self.agreed += 1
+            self.last_agreement = n - start
+            self._steps = self.max_steps
+        else:
+            self.parted += 1
+            self.last_agreement = int(off[0])
+            self._steps = int(min(max(start + int(off[0]), self.min_steps), self.max_steps))
+        return self._steps

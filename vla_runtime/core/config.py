@@ -459,6 +459,42 @@ class SchedulerConfig(_Frozen):
         description="flow-matching heads: real-time chunking's largest guidance weight (beta); 0 samples "
                     "unguided and merges with the cross-fade",
     )
+    candidates: int = Field(
+        default=1, ge=1, le=64,
+        description="test-time chunk selection: candidate chunks drawn per inference (different noise), of which "
+                    "the verifier keeps one; 1 is a single chunk (no selection). Needs a head that samples noise "
+                    "(flow matching, diffusion, a one-shot graph with a noise input)",
+    )
+    verifier: Literal["consistency", "detector", "value"] = Field(
+        default="consistency",
+        description="candidates > 1: consistency (closest to the executing plan over the overlap), detector "
+                    "(lowest learned failure score; the package's detector/ must fit its feature layout), value "
+                    "(highest model output with role value; the fast graph must declare one)",
+    )
+    horizon_policy: Literal["fixed", "consensus"] = Field(
+        default="fixed",
+        description="async: fixed execution horizon (execution_horizon_steps/fraction), or consensus: execute a "
+                    "chunk while successive chunks agree within consensus_tolerance over their overlap "
+                    "(up to consensus_max_steps) and re-plan early (consensus_min_steps) when they disagree",
+    )
+    consensus_tolerance: float = Field(
+        default=0.02, gt=0.0, le=1.0,
+        description="consensus: largest |difference| (robot units: rad, m) between a new chunk and the executing "
+                    "plan at one step for the two to agree there",
+    )
+    consensus_min_steps: int = Field(default=1, ge=1, le=10000,
+                                     description="consensus: execution horizon after a disagreement")
+    consensus_max_steps: int = Field(default=16, ge=1, le=10000,
+                                     description="consensus: execution horizon while chunks agree")
+
+    @model_validator(mode="after")
+    def _consensus_steps(self) -> SchedulerConfig:
+        if self.consensus_min_steps > self.consensus_max_steps:
+            raise ValueError(f"scheduler.consensus_min_steps ({self.consensus_min_steps}) must be <= "
+                             f"consensus_max_steps ({self.consensus_max_steps})")
+        if self.horizon_policy == "consensus" and self.inference != "async":
+            raise ValueError(f"scheduler.horizon_policy consensus needs inference async, got {self.inference!r}")
+        return self
 
 
 class SafetyConfig(_Frozen):

@@ -118,7 +118,7 @@ FastInputRole = Literal[
     "image", "instruction_ids", "instruction_mask", "noise", "diffusion_timestep", "other",
 ]
 SlowOutputRole = Literal["latent", "other"]
-FastOutputRole = Literal["actions", "velocity", "guidance_vjp", "denoiser_output", "other"]
+FastOutputRole = Literal["actions", "velocity", "guidance_vjp", "denoiser_output", "value", "other"]
 TensorRole = Literal[
     "image",
     "instruction_ids",
@@ -136,6 +136,7 @@ TensorRole = Literal[
     "noise",
     "diffusion_timestep",
     "denoiser_output",
+    "value",
     "other",
 ]
 #: Roles only a ``kind: flow_matching`` fast part has (inputs, then outputs).

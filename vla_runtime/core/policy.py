@@ -45,9 +45,9 @@ if TYPE_CHECKING:
     from vla_runtime.engines.model_package import ModelPackage
 
 __all__ = [
-    "ChunkFastStep", "ChunkResult", "FastResult", "FastStep", "LatentResult", "LatentSlowStep", "ObservationWindow",
-    "PackageFastStep", "PolicyOutput", "PolicyRunner", "RemoteChunkStep", "SlowResult", "SlowStep", "fast_step_for",
-    "latent_layout",
+    "Candidates", "ChunkFastStep", "ChunkResult", "FastResult", "FastStep", "LatentResult", "LatentSlowStep",
+    "ObservationWindow", "PackageFastStep", "PolicyOutput", "PolicyRunner", "RemoteChunkStep", "SlowResult",
+    "SlowStep", "fast_step_for", "latent_layout",
 ]
 
 #: ``(prefix (H, A) absolute, mask (H,) bool)``, as :meth:`ChunkScheduler.prefix` returns it.
@@ -273,6 +273,22 @@ class FastStep:
         """The failure detector's feature vector of one step, written into ``out`` (``feature_layout.size``)."""
         return self.feature_layout.pack_into(out, latent, raw, latent_age_s, infer_ms, hold)
 
+    #: Test-time chunk selection: a schema-1 one-shot graph takes no noise, so every candidate would be
+    #: the same chunk (:meth:`check_candidates` refuses more than one).
+    sampling = "deterministic"
+    has_value = False
+
+    def check_candidates(self, n: int) -> None:
+        """Refuse ``n`` candidates per inference where the head cannot draw different ones (named)."""
+        _check_candidates(self.sampling, n, self.actions_name)
+
+    def run_candidates(self, n: int, state: np.ndarray, prefix: Prefix | None = None,
+                       latent: np.ndarray | None = None, exec_steps: int = 0,
+                       images: Mapping[str, Image] | None = None) -> Candidates:
+        """:meth:`run` as one candidate (``n`` must be 1: the head is deterministic)."""
+        self.check_candidates(n)
+        return Candidates([self.run(state, prefix, latent, exec_steps, images)], None, False)
+
 
 class PackageFastStep:
     """The fast node's step for every fast part :class:`ChunkFastStep` runs, behind :class:`FastStep`'s interface.
@@ -475,6 +491,72 @@ class PackageFastStep:
                     summary = latent[name]
                     break
         return self.feature_layout.pack_into(out, summary, raw, latent_age_s, infer_ms, hold)
+
+    @property
+    def sampling(self) -> str:
+        """Where candidates' differences come from: ``noise`` (flow, diffusion, a one-shot graph with a noise
+        input, a remote policy seeded per chunk) or ``deterministic`` (a one-shot graph without noise)."""
+        if self.remote is not None:
+            return "noise"
+        assert self.step is not None
+        if self.step.flow is not None or self.step.diffusion is not None or self.step.takes_noise:
+            return "noise"
+        return "deterministic"
+
+    @property
+    def has_value(self) -> bool:
+        """Whether the fast graph declares an output with role ``value`` (the ``value`` verifier's score)."""
+        return self.step is not None and self.step.value_name is not None
+
+    def check_candidates(self, n: int) -> None:
+        """Refuse ``n`` candidates per inference where the head cannot draw different ones (named)."""
+        _check_candidates(self.sampling, n, "remote" if self.step is None else str(self.step._out_name))
+
+    def run_candidates(self, n: int, state: np.ndarray, prefix: Prefix | None = None,
+                       latent: np.ndarray | LatentTensors | None = None, exec_steps: int = 0,
+                       images: Mapping[str, Image] | None = None) -> Candidates:
+        """``n`` chunks from the same observation, each from its own noise (test-time chunk selection).
+
+        The batch dim of the packages' graphs is fixed at 1 (``model.yaml`` shapes), so the candidates are
+        ``n`` passes of :meth:`run` (for a flow head each pass is the whole Euler loop, each guided towards
+        the executing plan alike); an injected delay is paid per pass. Returns them with each one's value
+        output (:attr:`has_value`) and whether they came batched (False).
+
+        Raises:
+            ValueError: ``n`` > 1 on a deterministic head (:meth:`check_candidates`), and what :meth:`run` raises.
+        """
+        self.check_candidates(n)
+        guided = self.guided
+        results, values = [], ([] if self.has_value else None)
+        for i in range(n):
+            results.append(self.run(state, prefix, latent if i == 0 else None, exec_steps, images))
+            if values is not None:
+                values.append(self.step.last_value)  # type: ignore[union-attr]
+        if self.guided > guided:
+            self.guided = guided + 1  # one guided inference, however many candidates
+        return Candidates(results, values, False)
+
+
+class Candidates(NamedTuple):
+    """The candidate chunks of one inference (:meth:`PackageFastStep.run_candidates`).
+
+    Attributes:
+        results: One :class:`FastResult` per candidate, in draw order.
+        values: Each candidate's ``value`` output (None: the graph declares none).
+        batched: Whether they came from one batched engine call per step (else one pass each).
+    """
+
+    results: list[FastResult]
+    values: list[float] | None
+    batched: bool
+
+
+def _check_candidates(sampling: str, n: int, output: str) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"candidates must be an integer >= 1, got {n!r}")
+    if n > 1 and sampling == "deterministic":
+        raise ValueError(f"scheduler.candidates is {n} but the fast head (output {output!r}) is deterministic: "
+                         "it takes no noise, so every candidate would be the same chunk; use candidates: 1")
 
 
 def fast_step_for(package: ModelPackage, engine: Engine | None = None, *, use_prefix: bool = True,
@@ -861,6 +943,13 @@ class ChunkFastStep:
             self._out_name = g.output_by_role("denoiser_output").name  # type: ignore[union-attr]
         else:
             self._out_name = (g.output_by_role("actions") or g.outputs[0]).name
+        #: A one-shot graph with a ``noise`` input: its chunks differ with the noise drawn.
+        self.takes_noise = bool(self._noise)
+        value = g.output_by_role("value")
+        #: The output with role ``value`` (test-time chunk selection's ``value`` verifier), or None.
+        self.value_name: str | None = None if value is None else value.name
+        #: That output after the last engine call of :meth:`run` (its first element), or None.
+        self.last_value: float | None = None
         delta = [n for n, d in zip(action_space.dim_names, action_space.delta_mask) if d]
         missing = [n for n in delta if n not in proprio.names]
         #: Delta action dims: made absolute against the state value of the same name.
@@ -909,7 +998,10 @@ class ChunkFastStep:
 
     def _call(self) -> Mapping[str, np.ndarray]:
         self._calls += 1
-        return self.engine.infer(self.feeds)
+        out = self.engine.infer(self.feeds)
+        if self.value_name is not None:
+            self.last_value = float(np.asarray(out[self.value_name]).reshape(-1)[0])
+        return out
 
     def _velocity(self, x: np.ndarray, t: float) -> np.ndarray:
         self.feeds[self._x_name][...] = x.reshape(self.feeds[self._x_name].shape)  # type: ignore[index]

@@ -157,6 +157,8 @@ class ActionChunkNode(LifecycleNode):
                          "sync_requests": 0, "inferences": 0, "chunks_dropped": 0, "inference_errors": 0,
                          "tick_errors": 0}
         self.worker = None  # InferenceWorker (inference async / sync), built in on_activate
+        self.selector = None  # ChunkSelector (scheduler.candidates > 1), built in on_configure
+        self._consensus = False  # scheduler.horizon_policy consensus (a ConsensusTrigger)
         self.last_hold_reason = ""
         self.last_latent_version = 0
         self.last_latent_age_s = float("nan")
@@ -190,6 +192,7 @@ class ActionChunkNode(LifecycleNode):
             else:
                 bcfg = None  # no slow part: the fast part takes the cameras
             self.reader = open_latent_reader(bcfg) if bcfg is not None else None
+            self.selector = self._chunk_selector(cfg.scheduler)
             self.engine.warmup(5)
         except Exception as e:  # noqa: BLE001 - any failure to load means: do not run
             self.get_logger().fatal(f"action_chunk_node cannot configure: {e}")
@@ -222,8 +225,15 @@ class ActionChunkNode(LifecycleNode):
                     self.horizon)
         if self.inference == "sync":  # stop-and-go: the horizon's steps (the whole chunk if unset), then the next
             self.trigger = HorizonTrigger(dt_chunk, min_steps=self.horizon if steps == 1 else steps, margin_s=0.0)
+        elif sched.horizon_policy == "consensus":  # adaptive: as long as successive chunks agree
+            from vla_runtime.core.async_inference import ConsensusTrigger
+
+            self.trigger = ConsensusTrigger(dt_chunk, min(sched.consensus_min_steps, self.horizon),
+                                            min(sched.consensus_max_steps, self.horizon), sched.consensus_tolerance,
+                                            margin_s=0.5 * self.period_s)
         else:
             self.trigger = HorizonTrigger(dt_chunk, min_steps=steps, margin_s=0.5 * self.period_s)
+        self._consensus = sched.horizon_policy == "consensus" and self.inference == "async"
         self.max_inference_s = sched.max_inference_s
         # Where the reader copies the latent: inline, a single tensor goes straight into the step's feed;
         # otherwise (the worker owns the step's feeds; several tensors) into the loop's own buffers,
@@ -319,6 +329,25 @@ class ActionChunkNode(LifecycleNode):
             f"plan sampling {'in C' if self.scheduler.kernel else 'in numpy (the C kernel is not built)'}"
         )
         return TransitionCallbackReturn.SUCCESS
+
+    def _chunk_selector(self, sched):
+        """Test-time chunk selection (core/chunk_selection) when ``scheduler.candidates`` > 1, else None."""
+        if sched.candidates == 1:
+            return None
+        from vla_runtime.core.chunk_selection import ChunkSelector
+
+        detector = None
+        if sched.verifier == "detector" and (self.package.path / "detector").is_dir():
+            from vla_runtime.core.failure_detection import LearnedDetector
+
+            detector = LearnedDetector.load(self.package.path)
+        return ChunkSelector(sched.candidates, sched.verifier, self.step, detector)
+
+    def _run_step(self, state: np.ndarray, prefix, latent, exec_steps: int, frames, age: float):
+        """One chunk: the step's, or the verifier's choice among ``scheduler.candidates`` of them."""
+        if self.selector is None:
+            return self.step.run(state, prefix, latent, exec_steps, frames)
+        return self.selector.run(state, prefix, latent, exec_steps, frames, age).result
 
     def _input_summary(self) -> str:
         step = self.step
@@ -499,9 +528,9 @@ class ActionChunkNode(LifecycleNode):
         if seen is None:
             return None
         latent, age, state, frames = seen
-        prefix = self.scheduler.prefix(now, None, self.horizon) if self.use_prefix else None
+        prefix = self.scheduler.prefix(now, None, self.horizon) if self.use_prefix or self.selector else None
         try:  # decode refuses non-finite values and a wrong shape (ValueError)
-            res = self.step.run(state, prefix, None if self._latent_in_feeds else latent, 0, frames)
+            res = self._run_step(state, prefix, None if self._latent_in_feeds else latent, 0, frames, age)
         except (KeyError, ValueError):
             return self._publish_hold(HOLD_BAD_OUTPUT, time.monotonic())
         self.loop.stats.report_inference_ns(res.infer_ns)
@@ -561,7 +590,7 @@ class ActionChunkNode(LifecycleNode):
         the frames are references to received messages, which nothing changes.
         """
         prefix, exec_steps = None, 0
-        if self.use_prefix and plan_end is not None:
+        if (self.use_prefix or self.selector is not None) and plan_end is not None:  # RTC; the verifier's plan
             prefix = self.scheduler.prefix(now, delay, self.horizon)
             # RTC's s: steps of the executing plan already run (H minus the steps it has left).
             left = int(math.floor((plan_end - now) * self.chunk_rate + 1e-9)) + 1
@@ -579,7 +608,7 @@ class ActionChunkNode(LifecycleNode):
     def _infer_request(self, request):
         """The worker's function (its thread): one chunk from a snapshot; errors go back to the loop."""
         obs, state, latent, prefix, exec_steps, age, frames = request
-        res = self.step.run(state, prefix, latent, exec_steps, frames)
+        res = self._run_step(state, prefix, latent, exec_steps, frames, age)
         return obs, res, latent, age
 
     def _merge(self, done, now: float) -> None:
@@ -592,6 +621,11 @@ class ActionChunkNode(LifecycleNode):
         if obs <= self._drop_before:
             self.counters["chunks_dropped"] += 1
             return None
+        if self._consensus:  # the plan this chunk replaces, on its grid, before the merge
+            end = self.scheduler.active_until()
+            plan = None if end is None else self.scheduler.prefix(obs, 0.0, self.horizon)[0]
+            overlap = 0 if end is None else max(0, int(math.floor((end - obs) * self.chunk_rate + 1e-9)) + 1)
+            self.trigger.observe(res.chunk, plan, overlap, max(0, math.ceil((now - obs) * self.chunk_rate - 1e-9)))
         try:
             if self.scheduler.submit(res.chunk, obs_time_s=obs, now_s=now) < 0:
                 self.counters["chunks_dropped"] += 1
@@ -685,7 +719,14 @@ class ActionChunkNode(LifecycleNode):
             "latent_age_s": round(self.last_latent_age_s, 3),
             "delay_estimate_s": self.scheduler.delay_estimate_s,
             "inference": self.inference,
-            "execution_horizon_steps": self.trigger.min_steps,
+            "execution_horizon_steps": self.trigger.steps,
+            "horizon_policy": "consensus" if self._consensus else "fixed",
+            **({"consensus_agreed": self.trigger.agreed, "consensus_parted": self.trigger.parted}
+               if self._consensus else {}),
+            "candidates": self.selector.n if self.selector is not None else 1,
+            **({"candidates_changed": self.selector.changed,
+                "candidate_spread": round(self.selector.last.spread, 6) if self.selector.last else 0.0}
+               if self.selector is not None else {}),
             "delay_planned_s": round(self._delay_plan_s, 4),
             "inference_in_flight_s": round(self.worker.in_flight_s(time.monotonic()), 3) if self.worker else 0.0,
             "rtc_guided_chunks": getattr(self.step, "guided", 0),
