@@ -511,6 +511,7 @@ def sim_check(package: Path, episodes: int, seed: int, modes=MODES) -> dict:
 
 # --------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
+    global H  # the tool's one chunk-length setting (--horizon), read by every stage below
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--episodes", type=int, default=240, help="expert episodes (half touch, half touch_dynamic)")
     ap.add_argument("--steps", type=int, default=6000, help="training steps (batches of 256 + 256 synthetic)")
@@ -522,7 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic", type=int, default=40000,
                     help="extra expert labels at off-episode (state, target) pairs (0: none)")
     ap.add_argument("--seed", type=int, default=ref.SEED)
+    ap.add_argument("--horizon", type=int, default=H,
+                    help="chunk steps at 30 Hz; with one inference in flight the chunk must last twice the "
+                         "inference delay (48 = 1.6 s covers 500 ms with margin)")
     args = ap.parse_args(argv)
+    H = args.horizon
     t0 = time.time()
     if args.check_only:
         res = sim_check(args.out, args.sim_check, args.seed)
