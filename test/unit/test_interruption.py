@@ -184,3 +184,57 @@ def test_the_first_instruction_of_an_unknown_start_is_not_an_interruption() -> N
     assert g.instruction_arrived("b", 2_000, 2.0)
     with pytest.raises(ValueError, match="max_wait_s must be > 0, got 0"):
         InstructionGate("a", max_wait_s=0)
+
+
+# ------------------------------------------------------------------------------ the detector
+def test_the_hold_streak_monitor_ignores_the_wait_for_a_new_instructions_latent_but_not_a_stale_one() -> None:
+    from vla_runtime.core.contract import HOLD_NEW_INSTRUCTION, HOLD_STALE_LATENT, STREAK_EXEMPT_HOLDS
+    from vla_runtime.core.failure_detection import HoldStreakMonitor
+
+    m = HoldStreakMonitor(3, ignore=STREAK_EXEMPT_HOLDS)
+    m.note_plan()
+    for _ in range(30):
+        m.note_hold(HOLD_NEW_INSTRUCTION)
+    assert m.check().ok
+    for _ in range(3):
+        m.note_hold(HOLD_STALE_LATENT)
+    assert not m.check().ok
+
+
+# ------------------------------------------------------------------------------ bench interrupt's measures
+def _path(old, new, t_switch=1.0, turn_at=1.2, speed=0.2, dt=0.008):
+    """A TCP moving toward ``old`` at ``speed``, still from t_switch+0.05 until ``turn_at``, then toward ``new``."""
+    ts = np.arange(0.0, 2.0, dt)
+    p = np.zeros(3)
+    out = []
+    for t in ts:
+        out.append(p.copy())
+        if t < t_switch + 0.05:
+            d = old - p
+        elif t < turn_at:
+            continue
+        else:
+            d = new - p
+        p = p + speed * dt * d / np.linalg.norm(d)
+    return ts, np.array(out)
+
+
+def test_motion_toward_the_new_target_is_timed_from_the_switch() -> None:
+    from vla_runtime.bench.interrupt import instruction_to_motion_s, stop_distance_m
+
+    old, new = np.array([0.5, 0.0, 0.0]), np.array([0.0, 0.5, 0.0])
+    ts, tcp = _path(old, new)
+    t, undetermined = instruction_to_motion_s(ts, tcp, 1.0, old, new)
+    assert not undetermined
+    assert t == pytest.approx(0.2, abs=0.03)  # the turn at 1.2 s, seen within the 40 ms window
+    # The stop distance: 50 ms more at 0.2 m/s toward the old target.
+    assert stop_distance_m(ts, tcp, 1.0, old, until=1.0 + t) == pytest.approx(0.01, abs=0.002)
+
+
+def test_a_path_already_heading_toward_the_new_target_is_undetermined() -> None:
+    from vla_runtime.bench.interrupt import instruction_to_motion_s
+
+    old, new = np.array([0.5, 0.0, 0.0]), np.array([0.0, 0.5, 0.0])
+    ts, tcp = _path(new, new)  # moving toward "new" all along
+    t, undetermined = instruction_to_motion_s(ts, tcp, 1.0, old, new)
+    assert t is None and undetermined

@@ -66,4 +66,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         from vla_runtime.bench.cache import bench_cache
 
         return bench_cache(args.config, duration=args.duration, episodes=args.trials or 20, seed=args.seed)
+    if which == "interrupt":
+        from vla_runtime.bench.interrupt import bench_interrupt
+
+        return bench_interrupt(episodes=args.trials or 20, config=args.config, seed=args.seed,
+                               log=None if args.json else print)
     raise ValueError(f"unknown benchmark {which!r}")
