@@ -38,7 +38,7 @@ from vla_runtime.sim.tasks import ARM_JOINTS, instruction_for, is_success, tcp_f
 
 pytestmark = pytest.mark.integration
 
-SEED = 3
+SEED = 1  # red and blue 0.4 m apart: a clear turn
 SWITCH_AFTER_S = 0.7
 
 
