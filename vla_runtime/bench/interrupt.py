@@ -3,8 +3,11 @@
 Through the whole graph (sim_robot, controller_bridge, slow_reasoner, action_chunk_node as processes
 over DDS; ``config/sim_panda_reach.yaml``, the trained reference policy, unless ``--config``), per
 episode (seeds as ``vla-runtime eval``: cube poses from the seed): "touch the red cube" is set and the
-run starts (as an eval episode), and ``switch_after_s`` (0.7 s, mid-reach) after ``/vla/resume``
-"touch the blue cube" is published on ``/vla/instruction``. Each side runs its own graph:
+run starts (as an eval episode), and mid-reach "touch the blue cube" is published on
+``/vla/instruction``: ``switch_after_s`` (0.7 s) after ``/vla/resume``, or earlier once the TCP has
+covered :data:`MID_REACH_FRACTION` of its distance to the red cube (a near cube is reached in well
+under 0.7 s: a switch with the hand already at red would measure nothing about interruption). Each
+side runs its own graph:
 
 * ``interrupt``: the fast path as shipped (core/interruption: the old plan is brought to rest within
   the acceleration limits and the robot holds until a latent computed after the new instruction);
@@ -25,8 +28,10 @@ Per side, over the episodes:
   ``motion_undetermined`` and left out, as is one that never met it;
 * ``stop_distance_mm`` (p50, p99, max): how far the TCP went on toward the red cube after the
   switch: the largest projection of its displacement since the switch onto the direction from
-  where it was at the switch to the red cube, up to the moment it moved toward blue (the end of the
-  episode when it never did);
+  where it was at the switch to the red cube, up to the moment it moved toward blue (episodes
+  without that moment are left out);
+* ``switch_at_s`` and ``old_target_distance_at_switch_mm`` (p50, min): when the switch came and how
+  far the TCP then was from the red cube;
 * ``min_old_target_distance_mm``: the closest the TCP came to the red cube after the switch (p50, min);
 * from the fast path's diagnostics (interruption side): ``instruction_to_first_chunk_ms`` (receive of
   the instruction → the first chunk computed from a latent for it merged) and
@@ -47,6 +52,8 @@ __all__ = ["SIDES", "bench_interrupt", "instruction_to_motion_s", "stop_distance
 #: Each side's extra action_chunk_node parameters.
 SIDES: dict[str, dict] = {"interrupt": {"interrupt": True}, "no_interrupt": {"interrupt": False}}
 SWITCH_AFTER_S = 0.7
+#: ... or once the TCP has covered this fraction of its distance to the old target, if that comes first.
+MID_REACH_FRACTION = 0.5
 FROM_COLOUR, TO_COLOUR = "red", "blue"
 #: The TCP's velocity is the finite difference of /ee_pose over this window (s).
 VELOCITY_WINDOW_S = 0.04
@@ -132,7 +139,7 @@ def _num(kv: dict, key: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _episode(s, seed: int, switch_after_s: float) -> dict:
+def _episode(s, seed: int, switch_after_s: float, interrupt: bool) -> dict:
     from vla_runtime.core.contract import DIAG_FAST_PATH, SERVICE_RESUME
     from vla_runtime.sim.tasks import instruction_for, is_success, tcp_from_hand
 
@@ -143,7 +150,10 @@ def _episode(s, seed: int, switch_after_s: float) -> dict:
     if not ok:
         raise RuntimeError(f"bench interrupt: /vla/resume refused: {msg}")
     t0 = time.monotonic()
+    tcp0 = s._tcp()[0]
+    d0 = float(np.linalg.norm(tcp0 - want[old_name])) if tcp0 is not None else math.inf
     t_switch = None
+    d_switch = math.nan
     success_t = None
     touched_old = False
     min_old = math.inf
@@ -151,12 +161,14 @@ def _episode(s, seed: int, switch_after_s: float) -> dict:
         now = time.monotonic()
         if now - t0 > spec.time_limit_s:
             break
-        if t_switch is None and now - t0 >= switch_after_s:
-            s.instruction_pub.publish(s._String(data=instruction_for(TO_COLOUR)))
-            t_switch = time.monotonic()
         tcp, tcp_mono = s._tcp()
         objects = s.objects.positions
         old, new = objects.get(old_name, want[old_name]), objects.get(new_name, want[new_name])
+        d_old = float(np.linalg.norm(tcp - old)) if tcp is not None else math.inf
+        if t_switch is None and (now - t0 >= switch_after_s or d_old <= (1.0 - MID_REACH_FRACTION) * d0):
+            s.instruction_pub.publish(s._String(data=instruction_for(TO_COLOUR)))
+            t_switch, d_switch = time.monotonic(), d_old
+            continue
         if tcp is not None and t_switch is not None and tcp_mono >= t_switch:
             min_old = min(min_old, float(np.linalg.norm(tcp - old)))
             touched_old = touched_old or is_success(tcp, old)
@@ -172,11 +184,12 @@ def _episode(s, seed: int, switch_after_s: float) -> dict:
     ts = np.array([t for t, _ in samples])
     ps = np.array([p for _, p in samples]).reshape(-1, 3)
     motion_s, undetermined = instruction_to_motion_s(ts, ps, t_switch, old, new)
-    stop = stop_distance_m(ts, ps, t_switch, old, None if motion_s is None else t_switch + motion_s)
+    stop = None if motion_s is None else stop_distance_m(ts, ps, t_switch, old, t_switch + motion_s)
     # The fast path's own figures for this interruption: a diagnostics entry from after it.
     fresh = t_switch + 0.1
-    g.wait(lambda: any(_num(kv, "instruction_to_first_chunk_ms") is not None
-                       for _, kv in s.diag.since(DIAG_FAST_PATH, fresh)), 2.5)
+    if interrupt:
+        g.wait(lambda: any(_num(kv, "instruction_to_first_chunk_ms") is not None
+                           for _, kv in s.diag.since(DIAG_FAST_PATH, fresh)), 2.5)
     kv = next((kv for _, kv in s.diag.since(DIAG_FAST_PATH, fresh)
                if _num(kv, "instruction_to_first_chunk_ms") is not None), {})
     return {
@@ -187,7 +200,9 @@ def _episode(s, seed: int, switch_after_s: float) -> dict:
         "time_to_new_target_s": None if success_t is None else round(success_t, 3),
         "instruction_to_motion_ms": None if motion_s is None else round(motion_s * 1e3, 1),
         "motion_undetermined": undetermined or motion_s is None,
-        "stop_distance_mm": round(stop * 1e3, 1),
+        "stop_distance_mm": None if stop is None else round(stop * 1e3, 1),
+        "switch_at_s": round(t_switch - t0, 3),
+        "old_target_distance_at_switch_mm": round(d_switch * 1e3, 1) if math.isfinite(d_switch) else None,
         "min_old_target_distance_mm": round(min_old * 1e3, 1) if math.isfinite(min_old) else None,
         "instruction_to_first_chunk_ms": _num(kv, "instruction_to_first_chunk_ms"),
         "instruction_to_latent_ms": _num(kv, "instruction_to_latent_ms"),
@@ -202,17 +217,20 @@ def _side(name: str, config: Path, episodes: int, seed0: int, switch_after_s: fl
     rows = []
     with _GraphSession("async", None, config, say, params={"action_chunk_node": SIDES[name]}) as s:
         for i in range(episodes):
-            r = _episode(s, seed0 + i, switch_after_s)
+            r = _episode(s, seed0 + i, switch_after_s, SIDES[name]["interrupt"])
             rows.append(r)
             say(f"bench interrupt: {name} episode {i + 1}/{episodes}: "
                 f"{'success' if r['success'] else 'FAIL'}, motion toward blue after "
                 f"{r['instruction_to_motion_ms']} ms, stop distance {r['stop_distance_mm']} mm")
         kv = s.diag.fast_path()
-    motion = [r["instruction_to_motion_ms"] for r in rows if r["instruction_to_motion_ms"] is not None]
-    stops = [r["stop_distance_mm"] for r in rows]
-    first = [r["instruction_to_first_chunk_ms"] for r in rows if r["instruction_to_first_chunk_ms"] is not None]
-    latent = [r["instruction_to_latent_ms"] for r in rows if r["instruction_to_latent_ms"] is not None]
-    closest = [r["min_old_target_distance_mm"] for r in rows if r["min_old_target_distance_mm"] is not None]
+
+    def vals(key: str) -> list[float]:
+        return [r[key] for r in rows if r[key] is not None]
+
+    motion, stops, at_switch = vals("instruction_to_motion_ms"), vals("stop_distance_mm"), \
+        vals("old_target_distance_at_switch_mm")
+    first, latent, closest = vals("instruction_to_first_chunk_ms"), vals("instruction_to_latent_ms"), \
+        vals("min_old_target_distance_mm")
     return {
         "side": name,
         "episodes": len(rows),
@@ -224,6 +242,8 @@ def _side(name: str, config: Path, episodes: int, seed0: int, switch_after_s: fl
         "motion_undetermined": sum(r["motion_undetermined"] for r in rows),
         "stop_distance_mm": {"p50": _pct(stops, 50), "p99": _pct(stops, 99), "max": max(stops) if stops else None},
         "min_old_target_distance_mm": {"p50": _pct(closest, 50), "min": min(closest) if closest else None},
+        "switch_at_s": {"p50": _pct([r["switch_at_s"] for r in rows], 50), "min": min(r["switch_at_s"] for r in rows)},
+        "old_target_distance_at_switch_mm": {"p50": _pct(at_switch, 50), "min": min(at_switch) if at_switch else None},
         "instruction_to_first_chunk_ms": {"p50": _pct(first, 50), "p99": _pct(first, 99), "n": len(first)},
         "instruction_to_latent_ms": {"p50": _pct(latent, 50), "p99": _pct(latent, 99)},
         "fast_interruptions": _num(kv, "interruptions"),
