@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks; each prints JSON with --json")
     p.add_argument("which", choices=["loop", "handoff", "max-rate", "chunks", "engine", "teleop", "halt", "faults",
-                                     "fuzz", "import", "delay", "cache", "tts", "horizon"])
+                                     "fuzz", "import", "delay", "cache", "tts", "horizon", "interrupt"])
     p.add_argument("--trials", type=int, default=None,
                    help="trials (teleop, halt; fuzz: cases per input class; import: steps per side; delay: "
                         "episodes per row)")

@@ -77,4 +77,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         delay = float(args.delays.split(",")[0]) if getattr(args, "delays", None) else 100.0
         return bench_horizon(episodes=args.trials or 20, delay_ms=delay, config=args.config, seed=args.seed,
                              log=None if args.json else print)
+    if which == "interrupt":
+        from vla_runtime.bench.interrupt import bench_interrupt
+
+        return bench_interrupt(episodes=args.trials or 20, config=args.config, seed=args.seed,
+                               log=None if args.json else print)
     raise ValueError(f"unknown benchmark {which!r}")

@@ -114,7 +114,9 @@ def _summary(task: str, mode: str, slow_latency_ms: float | None, config: Path, 
 class _GraphSession:
     """The node graph of an evaluation, started once for all its episodes, and what it watches."""
 
-    def __init__(self, mode: str, slow_latency_ms: float | None, config: Path | None, log: Callable[[str], None]):
+    def __init__(self, mode: str, slow_latency_ms: float | None, config: Path | None, log: Callable[[str], None],
+                 params: dict[str, dict] | None = None):
+        self.extra_params = params or {}  # node name → extra ``-p`` parameters (benchmarks)
         self.mode = mode
         self.slow_latency_ms = slow_latency_ms
         self.config = Path(config) if config else DEFAULT_CONFIG
@@ -135,6 +137,8 @@ class _GraphSession:
                                   "step_on_request": self.mode == "sync"},
                 "action_chunk_node": {"lockstep": self.mode == "sync"},
             }
+            for node, extra in self.extra_params.items():
+                params[node] = {**params.get(node, {}), **extra}
             specs = node_graph(load_config(config_file), config_file, nodes=GRAPH_NODES, params=params,
                                require=GRAPH_NODES)
             self.pose = PoseWatch(g.probe)
@@ -166,8 +170,12 @@ class _GraphSession:
         return tcp_from_hand(p, q), t
 
     # ---------------------------------------------------------------------------- one episode
-    def episode(self, task: str, seed: int, record: bool = False) -> dict:
-        """Reset, instruct, run one episode; its row (and traces when ``record``)."""
+    def prepare(self, task: str, seed: int, colour: str | None = None) -> tuple[EpisodeSpec, dict[str, np.ndarray]]:
+        """Steps 1-2 of an episode: reset and hold, the seed's scene, the instruction, a fresh latent.
+
+        Returns the episode's spec and the cube positions placed (name → xyz); the bridge is left in
+        HOLD (``/vla/resume`` starts the run). ``colour`` forces the target colour.
+        """
         from vla_runtime.core.contract import SERVICE_HOLD, SERVICE_RESUME, SERVICE_SIM_RESET
         from vla_runtime.sim.scene import sample_cube_poses
 
@@ -195,12 +203,20 @@ class _GraphSession:
                 self.objects.move(name, pos, quat)
                 time.sleep(0.02)
             g.wait(lambda: self._objects_match(want), 0.25)  # /sim/objects comes at 10 Hz
-        spec = make_episode(task, seed, poses)
+        spec = make_episode(task, seed, poses, colour)
         self.instruction_pub.publish(self._String(data=spec.instruction))
         ready_wall = time.time() + 0.03
         g.wait(lambda: self.features.latent_obs_wall() > ready_wall,
                FRESH_LATENT_TIMEOUT_S + (self.slow_latency_ms or 0) / 1e3,
                "a latent computed after the new scene and instruction")
+        return spec, want
+
+    def episode(self, task: str, seed: int, record: bool = False) -> dict:
+        """Reset, instruct, run one episode; its row (and traces when ``record``)."""
+        from vla_runtime.core.contract import SERVICE_RESUME
+
+        g = self.g
+        spec, want = self.prepare(task, seed)
         tcp0, _ = self._tcp()
         # 3. Run.
         t_rec = time.monotonic()

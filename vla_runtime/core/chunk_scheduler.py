@@ -603,6 +603,27 @@ class ChunkScheduler:
         return out, mask
 
     # -------------------------------------------------------------- control
+    def replace(self, points: ActionChunk, t0_s: float, dt_s: float) -> None:
+        """Execute ``points`` (spaced ``dt_s`` from ``t0_s``, linear) instead of the plan, no cross-fade.
+
+        For a plan the caller derived from the executing one, so that it already starts where that
+        one is (a stopping profile, core/interruption). Chunks merge onto it as onto any plan (the
+        cross-fade starts from it); its end is the plan's end (then HOLD, as always).
+
+        Raises:
+            ValueError: On a bad shape, non-finite values or a spacing ≤ 0.
+        """
+        arr = np.array(points, dtype=np.float64, copy=True)
+        if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise ValueError(f"points must have shape (n ≥ 1, A ≥ 1), got {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError("points contain non-finite values")
+        if not (dt_s > 0 and math.isfinite(dt_s)):
+            raise ValueError(f"dt_s must be > 0, got {dt_s}")
+        self._check_action_dim(arr.shape[1], "points")
+        self._traj = _Chunk(arr, float(t0_s), float(dt_s), False, self._latest_obs_time)
+        self._status = SchedulerStatus.RUNNING
+
     def hold(self) -> None:
         """Stop executing chunks and hold the last command (HOLD)."""
         self._enter_hold()

@@ -129,12 +129,17 @@ HOLD_TICK_ERROR = "hold: fast path error"
 #: computes one (at start, after a hold, between the chunks of stop-and-go). Bounded by
 #: ``scheduler.max_inference_s``, after which the wait is an engine stall (:data:`HOLD_OVERRUN`).
 HOLD_AWAITING_CHUNK = "hold: awaiting the first chunk"
+#: A new instruction came (``/vla/instruction``): the old plan was brought to rest (core/interruption)
+#: and the fast path waits for a latent computed after the instruction. Bounded by
+#: ``latent.max_age_s``, after which the wait is a stale latent (:data:`HOLD_STALE_LATENT`).
+HOLD_NEW_INSTRUCTION = "hold: new instruction, awaiting its latent"
 #: Holds the bridge makes on its own (``safety.joint_state_timeout_s``) and the detector's
 #: joint-state monitor escalates: the detector's HOLD-streak monitor does not count them.
 JOINT_STATE_HOLDS = (HOLD_NO_JOINT_STATE, HOLD_STALE_JOINT_STATE)
 #: Holds the detector's HOLD-streak monitor does not count: the joint-state ones (escalated by their
-#: own monitor) and waiting for a chunk in flight (escalated as a stall once it lasts too long).
-STREAK_EXEMPT_HOLDS = (*JOINT_STATE_HOLDS, HOLD_AWAITING_CHUNK)
+#: own monitor), waiting for a chunk in flight (escalated as a stall once it lasts too long) and
+#: waiting for a new instruction's latent (a stale latent once it lasts too long).
+STREAK_EXEMPT_HOLDS = (*JOINT_STATE_HOLDS, HOLD_AWAITING_CHUNK, HOLD_NEW_INSTRUCTION)
 
 
 # ------------------------------------------------------------------------------ feature layout

@@ -36,6 +36,19 @@ reason) instead of a plan: the robot holds, it never follows extrapolated motion
 from before such a hold is dropped. Nothing in the loop logs; the loop only takes references to the
 newest frames, the worker fits them to the package's size.
 
+Interruption (core/interruption): the node subscribes to ``/vla/instruction`` (the callback only
+records the text and its receive time). A *different* instruction invalidates the latent at once: on
+the next tick the plan is replaced by a stop (from the commanded position and velocity to rest, every
+dim within its joint's acceleration limit × ``safety.acceleration_scale``, all dims together), the
+chunk in flight is dropped, and no inference starts until a latent observed AFTER the instruction's
+arrival is in the buffer (an older one may have been computed for the old words). The stop is
+published while it lasts, then HOLD (:data:`HOLD_NEW_INSTRUCTION`, which the detector's HOLD-streak
+monitor does not count); after ``latent.max_age_s`` without such a latent it is a stale-latent HOLD.
+The first valid latent starts an inference at once; its chunk cross-fades in from the stop.
+Diagnostics: ``interruptions``, ``instruction_to_latent_ms``, ``instruction_to_first_chunk_ms``,
+``last_stop_s``, ``last_stop_distance`` (the largest dim's travel while stopping). A package without a
+slow part has no latent and is not interrupted.
+
 State input: by default the loop thread itself takes the newest ``/joint_states`` (and, for
 Cartesian layouts, ``/ee_pose``) at the start of each tick, from depth-1 subscriptions on a helper
 node that no executor spins (:class:`PolledTopic`). The robot publishes joint states at hundreds
@@ -48,7 +61,8 @@ mode (:data:`PUBLICATION_MODE`), so a send is a hand-over to the middleware's th
 
 Parameters: ``config_file``, ``autostart``, ``engine`` (``model`` | ``null``: the null engine
 measures the runtime's own overhead), ``rate_hz`` (overrides ``rates.fast_hz``), ``lockstep``
-(false; see below), ``poll_state`` (true; see above).
+(false; see below), ``poll_state`` (true; see above), ``interrupt`` (true; false: a new instruction
+takes effect only when the slow path's next latent does, the baseline ``bench interrupt`` compares with).
 
 Lockstep (``lockstep:=true``) is the single-frequency baseline the fast-slow design replaces: the
 fast graph runs only when a NEW latent version is in the buffer, and its whole chunk is the plan,
@@ -80,7 +94,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension
+from std_msgs.msg import Float32MultiArray, Header, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -89,6 +103,7 @@ from vla_runtime.core.contract import (
     HOLD_AWAITING_CHUNK,
     HOLD_BAD_OUTPUT,
     HOLD_FUTURE_LATENT,
+    HOLD_NEW_INSTRUCTION,
     HOLD_NO_FRAME,
     HOLD_NO_JOINT_STATE,
     HOLD_NO_LATENT,
@@ -103,16 +118,19 @@ from vla_runtime.core.contract import (
     TOPIC_ACTION_CHUNK,
     TOPIC_DIAGNOSTICS,
     TOPIC_EE_POSE,
+    TOPIC_INSTRUCTION,
     TOPIC_JOINT_STATES,
     TOPIC_POLICY_FEATURES,
     TOPIC_SYNC_REQUEST,
 )
+from vla_runtime.core.interruption import GateVerdict, InstructionGate, acceleration_bounds, stopping_profile
 from vla_runtime.core.measured_state import MeasuredState
 from vla_runtime.core.realtime import DEFAULT_SWITCH_INTERVAL_S
 from vla_runtime.core.validation import LENGTH_MISMATCH, JointStateCheck, Rejections
 from vla_runtime.nodes.common import (
     QOS_COMMAND,
     QOS_DIAGNOSTICS,
+    QOS_LATCHED,
     QOS_SENSOR,
     PolledTopic,
     diagnostic_status,
@@ -142,6 +160,7 @@ class ActionChunkNode(LifecycleNode):
         self.declare_parameter("rate_hz", 0.0)
         self.declare_parameter("lockstep", False)
         self.declare_parameter("poll_state", True)
+        self.declare_parameter("interrupt", True)
         self._io_node: Node | None = None
         self._polled: list[tuple[PolledTopic, object]] = []
         self._state_lock = threading.Lock()
@@ -162,6 +181,14 @@ class ActionChunkNode(LifecycleNode):
         self.last_hold_reason = ""
         self.last_latent_version = 0
         self.last_latent_age_s = float("nan")
+        # Interruption (core/interruption): the instruction callback only hands (text, wall ns, monotonic s)
+        # over under this lock; the loop thread acts on it.
+        self._instr_lock = threading.Lock()
+        self._instr_new: tuple[str, int, float] | None = None
+        self.gate = InstructionGate(self.cfg.instruction, self.cfg.latent.max_age_s)
+        self._accepted_at_valid = 0
+        self.last_stop_s = 0.0
+        self.last_stop_distance = 0.0
 
     # ----------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -318,6 +345,10 @@ class ActionChunkNode(LifecycleNode):
             topics = {c.name: c.topic for c in cfg.cameras}
             self.cameras = CameraFrames(self, {c: topics[c] for c in self.step.cameras}, cfg.safety.max_stamp_lead_s,
                                         self.frame_rejections)
+        self._accel_bounds = acceleration_bounds(self.dim_names, cfg.robot.joints, cfg.safety.acceleration_scale)
+        if self.reader is not None and bool(self.get_parameter("interrupt").value):
+            # A latent to invalidate: a new instruction interrupts (_take_instruction).
+            self.create_subscription(String, TOPIC_INSTRUCTION, self._instruction_cb, QOS_LATCHED)
         self.create_timer(1.0, self._publish_diagnostics)
         self.create_service(Trigger, "~/reset_stats", self._reset_stats)
         self.get_logger().info(
@@ -442,6 +473,10 @@ class ActionChunkNode(LifecycleNode):
             self.measured.update_joints(names, pos)  # the decoder's same names tuple per layout
             self._joint_recv_mono = recv_mono
 
+    def _instruction_cb(self, msg: String) -> None:
+        with self._instr_lock:
+            self._instr_new = (msg.data, time.time_ns(), time.monotonic())
+
     def _ee_cb(self, msg: PoseStamped, recv_mono: float | None = None) -> None:
         p, q = msg.pose.position, msg.pose.orientation
         with self._state_lock:
@@ -464,6 +499,8 @@ class ActionChunkNode(LifecycleNode):
         none), and then ``age`` is the oldest frame's when there is no latent. In lockstep, a tick that
         only re-publishes the rest of the same chunk also returns None.
         """
+        if self._instr_new is not None:
+            self._take_instruction(now)
         if self._polled:
             self._poll_state(now)
         recv = self._joint_recv_mono
@@ -487,6 +524,15 @@ class ActionChunkNode(LifecycleNode):
                 if self.lockstep:
                     self._request_latent(now, sample.version)
                 return self._publish_hold(HOLD_STALE_LATENT, now)
+            if self.gate.pending:  # a new instruction: only a latent observed after it may drive
+                verdict = self.gate.judge(sample.obs_stamp_ns, now)
+                if verdict is not GateVerdict.VALID:
+                    if self.lockstep:
+                        self._request_latent(now, sample.version)
+                    if verdict is GateVerdict.STALE:
+                        return self._publish_hold(HOLD_STALE_LATENT, now)
+                    return self._publish_stopping(now)
+                self._accepted_at_valid = self.scheduler.stats["accepted"]
         frames = None
         if self.cameras is not None:
             got = self.cameras.snapshot()
@@ -651,6 +697,8 @@ class ActionChunkNode(LifecycleNode):
 
     def _publish_plan(self, now: float) -> bool:
         """Publish the plan window from ``now``; False (and a HOLD request) when the plan has ended."""
+        if self.gate.awaiting_first_chunk and self.scheduler.stats["accepted"] > self._accepted_at_valid:
+            self.gate.chunk_merged(now)  # the new instruction's first chunk is in this plan
         times, values = self.scheduler.window(now, self.max_points, self.dt_cmd)
         n = len(times)
         if n == 0:
@@ -672,6 +720,37 @@ class ActionChunkNode(LifecycleNode):
         msg.points = self._points[:n]
         self.plan_pub.publish(msg)
         return True
+
+    def _take_instruction(self, now: float) -> None:
+        """A message came on /vla/instruction: a different instruction interrupts the plan at once.
+
+        The latent stops being valid (:class:`InstructionGate`), inference in flight (observed before
+        now) is dropped, and the executing plan is replaced by a stop: from the commanded position
+        and velocity (the plan sampled now and one command period later) to rest within the joints'
+        acceleration limits × ``safety.acceleration_scale`` (core/interruption.stopping_profile).
+        """
+        with self._instr_lock:
+            got, self._instr_new = self._instr_new, None
+        if got is None or not self.gate.instruction_arrived(*got):
+            return
+        self._drop_before = max(self._drop_before, now)
+        self._chunk_obs = None  # the next valid latent starts an inference at once
+        times, values = self.scheduler.window(now, 2, self.dt_cmd)
+        if len(times) < 2:  # holding, or the plan ends now: nothing to stop
+            self.last_stop_s, self.last_stop_distance = 0.0, 0.0
+            return
+        velocity = (values[1] - values[0]) / (times[1] - times[0])
+        stop = stopping_profile(values[0], velocity, self._accel_bounds, self.dt_cmd)
+        self.scheduler.replace(stop.points, now, stop.dt_s)
+        self.last_stop_s = stop.duration_s
+        self.last_stop_distance = float(stop.stop_distance.max())
+
+    def _publish_stopping(self, now: float) -> None:
+        """While a new instruction waits for its latent: the stop while it lasts, then HOLD."""
+        end = self.scheduler.active_until()
+        if end is not None and end >= now and self._publish_plan(now):
+            return None
+        return self._publish_hold(HOLD_NEW_INSTRUCTION, now)
 
     def _publish_hold(self, reason: str, now: float, drop: bool = True) -> None:
         """Ask for HOLD; ``drop``: a chunk in flight (observed before now) is not merged afterwards."""
@@ -731,6 +810,11 @@ class ActionChunkNode(LifecycleNode):
             "inference_in_flight_s": round(self.worker.in_flight_s(time.monotonic()), 3) if self.worker else 0.0,
             "rtc_guided_chunks": getattr(self.step, "guided", 0),
             "last_hold_reason": self.last_hold_reason,
+            "interruptions": self.gate.interruptions,
+            "instruction_to_latent_ms": self.gate.last_instruction_to_latent_ms,
+            "instruction_to_first_chunk_ms": self.gate.last_instruction_to_first_chunk_ms,
+            "last_stop_s": round(self.last_stop_s, 3),
+            "last_stop_distance": round(self.last_stop_distance, 4),
             "provider": self.engine.provider,
             **self.counters,
             **self._js_check.rejections.as_diagnostics("joint_states_rejected"),

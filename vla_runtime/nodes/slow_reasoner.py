@@ -4,7 +4,9 @@ The VLM (the model package's slow graph, through core/policy.SlowStep) runs on i
 the newest frame of each camera; old frames are never queued. Each result goes into the latent
 buffer with the stamp of the observation it came from, so the fast path knows how old its guidance
 is. A new instruction (topic ``/vla/instruction`` or the ``instruction`` parameter) takes effect
-on the next slow step.
+on the next slow step. A different instruction on the topic is stepped on at once (the pacing to
+``slow_hz`` is skipped), on the first frames taken after it arrived: the fast path refuses a latent
+observed before a new instruction (core/interruption), so a step on an older frame would be wasted.
 
 Parameters: ``config_file`` (the runtime YAML), ``instruction`` (overrides the config's),
 ``extra_latency_ms`` (adds latency to each slow step: emulates a heavier VLM or a remote link),
@@ -89,6 +91,8 @@ class SlowReasonerNode(LifecycleNode):
         self._frames: dict[str, tuple[np.ndarray, int]] = {}  # camera → (image, stamp_ns)
         self._new_frame = threading.Event()
         self._instruction = str(self.get_parameter("instruction").value)
+        self._instruction_ns = 0  # receive time of a new instruction no step has used yet (0: none)
+        self._wake = threading.Event()  # a new instruction: stop pacing
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.package = None
@@ -187,6 +191,7 @@ class SlowReasonerNode(LifecycleNode):
         self._stop.set()
         self._new_frame.set()
         self._request.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
@@ -279,6 +284,9 @@ class SlowReasonerNode(LifecycleNode):
 
     def _instruction_cb(self, msg: String) -> None:
         with self._lock:
+            if msg.data != self._instruction:
+                self._instruction_ns = time.time_ns()
+                self._wake.set()
             self._instruction = msg.data
 
     def _on_params(self, params) -> SetParametersResult:
@@ -309,8 +317,14 @@ class SlowReasonerNode(LifecycleNode):
                 # Pace to slow_hz first, then take the newest frames: a frame that arrived during
                 # the wait is used, not the one that woke us (which would be up to a period older).
                 delay = next_start - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
+                if delay > 0 and not self._instruction_ns:
+                    self._wake.wait(delay)
+                if self._stop.is_set():
                     return
+            with self._lock:
+                instruction_ns = self._instruction_ns
+            self._wake.clear()
+            after_ns = max(after_ns, instruction_ns)  # a new instruction: frames taken after it
             self._new_frame.wait(timeout=0.5)
             if self._stop.is_set():
                 return
@@ -325,6 +339,8 @@ class SlowReasonerNode(LifecycleNode):
                 continue  # incomplete, or nothing new since the last step (or the request)
             with self._lock:
                 instruction = self._instruction
+                if self._instruction_ns == instruction_ns:  # not replaced by a newer one since
+                    self._instruction_ns = 0
             t0 = time.monotonic()
             got = self._step_state(min(s for _, s in frames.values()))
             if got is None:  # the slow part takes the robot state and none has come yet
