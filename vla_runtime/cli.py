@@ -210,7 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         with Progress("eval", total=args.episodes, unit="episode", quiet=args.json) as bar:
             result = run_eval(args.task, args.episodes, mode=args.mode, slow_latency_ms=args.slow_latency_ms,
                               config=config, seed=args.seed, realtime=not args.simtime,
-                              log=None if args.json else bar.log, progress=bar)
+                              log=None if args.json else bar.log, progress=bar, colour=args.colour)
     except ValueError as e:
         print(f"vla-runtime eval: {e}", file=sys.stderr)
         return 1
@@ -385,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TESTING: add this latency to every fast inference (model.fast_engine.inject_delay_ms)")
     p.add_argument("--config", default=None, help="default: config/sim_panda_reach.yaml")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--colour", choices=["red", "green", "blue"], default=None,
+                   help="the target cube's colour in every episode (default: each episode's seed picks one)")
     p.add_argument("--simtime", action="store_true",
                    help="run the episodes in simulated time in-process (checks the model, not the runtime)")
     p.add_argument("--json", action="store_true")

@@ -57,6 +57,7 @@ from vla_runtime.graph.harness import (
 )
 from vla_runtime.sim.tasks import (
     ARM_JOINTS,
+    COLOURS,
     CONTROL_HZ,
     SUCCESS_RADIUS_M,
     TASKS,
@@ -78,9 +79,11 @@ RESET_TIMEOUT_S = 5.0
 MOVE_OBJECT_HZ = 30.0
 
 
-def _check_args(task: str, episodes: int, mode: str, slow_latency_ms: float | None) -> None:
+def _check_args(task: str, episodes: int, mode: str, slow_latency_ms: float | None, colour: str | None = None) -> None:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if colour is not None and colour not in COLOURS:
+        raise ValueError(f"colour must be one of {COLOURS}, got {colour!r}")
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if mode not in MODES:
@@ -132,6 +135,9 @@ class _GraphSession:
         self.g = g = GraphHarness(name="eval")
         try:
             config_file = g.write_config(self.config)
+            cfg = load_config(config_file)
+            # A package without a slow part (ACT) runs without slow_reasoner: the fast node takes the camera.
+            need = [n for n in GRAPH_NODES if n != "slow_reasoner" or n in cfg.nodes]
             params = {
                 "slow_reasoner": {"extra_latency_ms": float(self.slow_latency_ms or 0.0),
                                   "step_on_request": self.mode == "sync"},
@@ -139,8 +145,7 @@ class _GraphSession:
             }
             for node, extra in self.extra_params.items():
                 params[node] = {**params.get(node, {}), **extra}
-            specs = node_graph(load_config(config_file), config_file, nodes=GRAPH_NODES, params=params,
-                               require=GRAPH_NODES)
+            specs = node_graph(cfg, config_file, nodes=need, params=params, require=need)
             self.pose = PoseWatch(g.probe)
             self.objects = SimObjects(g.probe)
             self.features = FeaturesWatch(g.probe)
@@ -211,13 +216,23 @@ class _GraphSession:
                "a latent computed after the new scene and instruction")
         return spec, want
 
-    def episode(self, task: str, seed: int, record: bool = False) -> dict:
-        """Reset, instruct, run one episode; its row (and traces when ``record``)."""
+    def episode(self, task: str, seed: int, record: bool = False, colour: str | None = None,
+                before_resume: Callable[[], None] | None = None,
+                after_run: Callable[[dict], None] | None = None) -> dict:
+        """Reset, instruct, run one episode; its row (and traces when ``record``).
+
+        ``colour`` forces the target cube's colour (None: the seed picks it). ``before_resume`` runs
+        once the scene, instruction and a fresh latent are in place, just before ``/vla/resume``;
+        ``after_run`` gets the row once the episode ended (success or time limit), the policy still
+        driving (``tools/lerobot_loop.py`` records each demonstration between the two).
+        """
         from vla_runtime.core.contract import SERVICE_RESUME
 
         g = self.g
-        spec, want = self.prepare(task, seed)
+        spec, want = self.prepare(task, seed, colour)
         tcp0, _ = self._tcp()
+        if before_resume is not None:
+            before_resume()
         # 3. Run.
         t_rec = time.monotonic()
         ok, msg = g.trigger(SERVICE_RESUME)
@@ -273,6 +288,8 @@ class _GraphSession:
                 "fast_diag": [(t, kv) for t, kv in self.diag.since(DIAG_FAST_PATH, t_rec) if t <= t_end],
             }
             row["trace"] = _trace(rec, targets, t0)
+        if after_run is not None:
+            after_run(row)
         return row
 
     def _objects_match(self, want: dict[str, np.ndarray]) -> bool:
@@ -313,7 +330,8 @@ def _trace(rec: dict | None, targets: list, t0: float) -> dict:
 # ------------------------------------------------------------------------------------ public
 def run_eval(task: str, episodes: int, mode: str = "async", slow_latency_ms: float | None = None,
              config: str | os.PathLike | None = None, seed: int = 0, realtime: bool = True,
-             log: Callable[[str], None] | None = print, progress: Callable[[str | None], None] | None = None) -> dict:
+             log: Callable[[str], None] | None = print, progress: Callable[[str | None], None] | None = None,
+             colour: str | None = None) -> dict:
     """Evaluate the config's policy on a task.
 
     Args:
@@ -329,6 +347,7 @@ def run_eval(task: str, episodes: int, mode: str = "async", slow_latency_ms: flo
         log: progress lines (None: quiet).
         progress: called once per finished episode (a :class:`~vla_runtime.commands.progress.Progress`
             bar); its result line goes to ``log``.
+        colour: the target cube's colour in every episode (None: each seed picks one).
 
     Returns:
         ``success_rate``, ``time_to_success_s`` {``mean``, ``p90``} (over successful episodes),
@@ -339,17 +358,17 @@ def run_eval(task: str, episodes: int, mode: str = "async", slow_latency_ms: flo
         ValueError: a bad argument or a config without the evaluation's nodes.
         RuntimeError / TimeoutError: the graph failed (the nodes' log tails are in the message).
     """
-    _check_args(task, episodes, mode, slow_latency_ms)
+    _check_args(task, episodes, mode, slow_latency_ms, colour)
     say = log or (lambda _s: None)
     cfg_path = Path(config) if config else DEFAULT_CONFIG
     tick = progress or (lambda _line=None: None)
     if not realtime:
-        return _run_eval_simtime(task, episodes, mode, slow_latency_ms, cfg_path, seed, say, tick)
+        return _run_eval_simtime(task, episodes, mode, slow_latency_ms, cfg_path, seed, say, tick, colour)
     rows = []
     t_start = time.monotonic()
     with _GraphSession(mode, slow_latency_ms, cfg_path, say) as g:
         for i in range(episodes):
-            row = g.episode(task, seed * EPISODE_SEED_STRIDE + i)
+            row = g.episode(task, seed * EPISODE_SEED_STRIDE + i, colour=colour)
             rows.append(row)
             say(f"eval: {task} {mode} episode {i + 1}/{episodes} ({row['colour']}): "
                 f"{'success in {:.2f} s'.format(row['time_to_success_s']) if row['success'] else 'FAIL'}"
@@ -358,6 +377,8 @@ def run_eval(task: str, episodes: int, mode: str = "async", slow_latency_ms: flo
         timing = g.fast_timing()
     extra = {"achieved_hz": timing.get("achieved_hz"), "fast_path": timing, "realtime": True,
              "wall_s": round(time.monotonic() - t_start, 1), "success_radius_m": SUCCESS_RADIUS_M}
+    if colour is not None:
+        extra["colour"] = colour
     return _summary(task, mode, slow_latency_ms, cfg_path, rows, extra)
 
 
@@ -448,11 +469,12 @@ def write_episodes_plot(path: str | os.PathLike, rows: list[dict], cfg) -> Path:
 
 # --------------------------------------------------------------------------- simulated time
 def _run_eval_simtime(task: str, episodes: int, mode: str, slow_latency_ms: float | None, config: Path, seed: int,
-                      say: Callable[[str], None], tick: Callable[[str | None], None]) -> dict:
+                      say: Callable[[str], None], tick: Callable[[str | None], None],
+                      colour: str | None = None) -> dict:
     """The episodes in simulated time, no ROS (see :func:`run_eval`)."""
     rows = []
     for i in range(episodes):
-        r = simtime_episode(task, seed * EPISODE_SEED_STRIDE + i, mode, slow_latency_ms, config)
+        r = simtime_episode(task, seed * EPISODE_SEED_STRIDE + i, mode, slow_latency_ms, config, colour)
         rows.append(r)
         say(f"eval(sim time): {task} {mode} episode {i + 1}/{episodes}: "
             f"{'success in {:.2f} s'.format(r['time_to_success_s']) if r['success'] else 'FAIL'}")
@@ -464,7 +486,7 @@ _SIM_CACHE: dict = {}
 
 
 def simtime_episode(task: str, seed: int, mode: str = "async", slow_latency_ms: float | None = None,
-                    config: str | os.PathLike | None = None) -> dict:
+                    config: str | os.PathLike | None = None, colour: str | None = None) -> dict:
     """One episode in simulated time: the package's graphs drive a SimRobot directly (no ROS).
 
     The slow graph runs on a frame every ``1 / rates.slow_hz`` (rendered at the config's camera
@@ -497,7 +519,7 @@ def simtime_episode(task: str, seed: int, mode: str = "async", slow_latency_ms: 
     poses = sample_cube_poses(seed, "panda")
     for n, (p, q) in poses.items():
         robot.move_object(n, p, q)
-    spec: EpisodeSpec = make_episode(task, seed, poses)
+    spec: EpisodeSpec = make_episode(task, seed, poses, colour)
     # The robot state as the fast node measures it (a gripper dim through the config's gripper joint).
     measured = fast.measured_state(cfg.robot)
     state_idx = measured.index(fast.state_layout)
@@ -552,11 +574,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow-latency-ms", type=float, default=None)
     ap.add_argument("--config", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--colour", choices=COLOURS, default=None, help="target colour of every episode")
     ap.add_argument("--sim-time", action="store_true", help="simulated time in this process, no ROS graph")
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args(argv)
     r = run_eval(args.task, args.episodes, args.mode, args.slow_latency_ms, args.config, args.seed,
-                 realtime=not args.sim_time)
+                 realtime=not args.sim_time, colour=args.colour)
     brief = {k: v for k, v in r.items() if k != "per_episode"}
     print(json.dumps(brief, indent=2, default=float))
     if args.json is not None:
