@@ -3,6 +3,7 @@ processes over DDS on a private ROS_DOMAIN_ID, driven only through their topics 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import yaml
 
@@ -29,6 +30,11 @@ def test_touch_episodes_through_the_graph():
         assert {"seed", "colour", "instruction", "success", "time_to_success_s", "min_distance_m"} <= set(row)
         assert row["instruction"] == f"touch the {row['colour']} cube"
     assert r["achieved_hz"] is not None and r["achieved_hz"] > 20.0
+    # Every episode starts from home, not where the last one ended (the hold after /sim/reset used to
+    # capture the previous episode's end pose now and then).
+    starts = np.array([row["start_tcp"] for row in r["per_episode"]])
+    spread = float(np.linalg.norm(starts - starts[0], axis=1).max())
+    assert spread < 0.02, f"episodes started {spread * 1e3:.0f} mm apart: {starts.tolist()}"
     if _trained():
         # The instruction names the cube: success means the hand reached THAT cube (the colours of
         # these seeds differ). 50-episode rate: see the README; ≥ 2 of 3 keeps CI from flaking.

@@ -6,9 +6,12 @@
 it, observing it only through its public topics and services, as an operator would:
 
 1. **Reset**: with the bridge in POLICY, ``/sim/reset`` (std_srvs/Trigger) re-homes the arm, and
-   ``/vla/hold`` at once makes the bridge hold the arm there (its hold target is captured from
-   the measured state on the POLICY → HOLD transition). The cubes are placed at the episode
-   seed's random poses with ``/sim/move_object`` and checked on ``/sim/objects``.
+   once ``/ee_pose`` shows the re-homed arm, ``/vla/hold`` makes the bridge hold it there (its hold
+   target is captured from the measured state on the POLICY → HOLD transition; a hold sent before
+   the bridge saw the reset captured the last episode's end pose). 0.3 s later the arm must still
+   be within 2 cm of home, or the reset is tried again (3 tries, then the episode fails with that
+   message). The cubes are placed at the episode seed's random poses with ``/sim/move_object`` and
+   checked on ``/sim/objects``.
 2. **Instruction**: "touch the <colour> cube" on ``/vla/instruction`` (latched). The episode waits
    until the fast path holds a latent computed from an image taken after the scene and the
    instruction were set (``/vla/policy_features`` carries the latent's age), so no episode starts
@@ -77,6 +80,10 @@ STARTUP_TIMEOUT_S = 120.0
 FRESH_LATENT_TIMEOUT_S = 10.0
 RESET_TIMEOUT_S = 5.0
 MOVE_OBJECT_HZ = 30.0
+#: Re-homing before an episode: tries, how long after the hold the pose is checked, how close to home.
+HOME_ATTEMPTS = 3
+HOME_SETTLE_S = 0.3
+HOME_TOLERANCE_M = 0.02
 
 
 def _check_args(task: str, episodes: int, mode: str, slow_latency_ms: float | None, colour: str | None = None) -> None:
@@ -185,17 +192,31 @@ class _GraphSession:
         from vla_runtime.sim.scene import sample_cube_poses
 
         g = self.g
-        # 1. Reset with the bridge in POLICY, then hold at once: the hold target is captured from the
-        #    measured (re-homed) state. In sync mode the bridge is in HOLD between chunks: wait.
-        if not g.wait(lambda: g.safety.mode() == "POLICY", 5.0):
-            g.trigger(SERVICE_RESUME)
-            g.wait_mode("POLICY", 5.0)
-        ok, msg = g.trigger(SERVICE_SIM_RESET)
-        if not ok:
-            raise RuntimeError(f"eval: /sim/reset failed: {msg}")
-        ok, msg = g.trigger(SERVICE_HOLD)
-        if not ok:
-            raise RuntimeError(f"eval: /vla/hold refused: {msg}")
+        # 1. Reset with the bridge in POLICY, then hold: the hold target is captured from the measured
+        #    state, so the hold waits until the re-homed pose is seen (a hold that came first captured
+        #    the last episode's end pose and drove the arm back there). In sync mode the bridge is in
+        #    HOLD between chunks: wait. Checked: the arm rests at home before the episode starts.
+        for attempt in range(1, HOME_ATTEMPTS + 1):
+            if not g.wait(lambda: g.safety.mode() == "POLICY", 5.0):
+                g.trigger(SERVICE_RESUME)
+                g.wait_mode("POLICY", 5.0)
+            ok, msg = g.trigger(SERVICE_SIM_RESET)
+            if not ok:
+                raise RuntimeError(f"eval: /sim/reset failed: {msg}")
+            t_reset = time.monotonic() + 0.01  # a pose received later was published after the reset
+            g.wait(lambda t=t_reset: self._tcp()[1] > t, 2.0, "an end-effector pose after /sim/reset")
+            home = self._tcp()[0]
+            ok, msg = g.trigger(SERVICE_HOLD)
+            if not ok:
+                raise RuntimeError(f"eval: /vla/hold refused: {msg}")
+            t_settled = time.monotonic() + HOME_SETTLE_S
+            g.wait(lambda t=t_settled: self._tcp()[1] > t, 2.0, "an end-effector pose after the hold")
+            off = float(np.linalg.norm(self._tcp()[0] - home))
+            if off <= HOME_TOLERANCE_M:
+                break
+            if attempt == HOME_ATTEMPTS:
+                raise RuntimeError(f"eval: the arm did not stay home after /sim/reset + /vla/hold "
+                                   f"({off * 1e3:.0f} mm off, {attempt} attempts)")
         # 2. Scene for this seed, then the instruction.
         poses = sample_cube_poses(seed, "panda")
         want = {n: p for n, (p, _) in poses.items()}
