@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 def test_300ms_inference_keeps_the_command_stream_at_30hz_with_no_hold_while_the_arm_moves():
     from vla_runtime.bench.delay import bench_delay
 
-    out = bench_delay(episodes=4, delays_ms=[300.0], modes=["async_rtc"])
+    out = bench_delay(episodes=4, delays_ms=[300.0], modes=["async_rtc"], speed=False)
     (row,) = out["rows"]
     assert "INJECTED DELAY 300 ms" in row["provider"]
     # About 12 s of episodes: no HOLD request at all, the stream never silent for more than ~2 periods.

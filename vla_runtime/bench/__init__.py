@@ -56,8 +56,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
         delays = [float(x) for x in args.delays.split(",")] if getattr(args, "delays", None) else DELAYS_MS
         modes = [m.strip() for m in args.modes.split(",")] if getattr(args, "modes", None) else list(MODES)
+        # The speed rows (stop-and-go vs RTC on touch at 300 ms) belong to the full sweep only.
+        speed = not (getattr(args, "delays", None) or getattr(args, "modes", None))
         return bench_delay(episodes=args.trials or 20, delays_ms=delays, modes=modes, config=args.config,
-                           seed=args.seed, log=None if args.json else print)
+                           seed=args.seed, log=None if args.json else print, speed=speed)
     if which == "fuzz":
         from vla_runtime.bench.fuzz import bench_fuzz
 
