@@ -330,7 +330,9 @@ def scenarios(cfg) -> list[Scenario]:
         Scenario("nan_plan", "probe publishes a NaN plan on /vla/action_chunk"),
         Scenario("joint_states_stop", "relay of the sim's /joint_states stops", cfg.safety.joint_state_timeout_s),
         Scenario("camera_stops", "relay of the camera stops; latent goes stale", cfg.latent.max_age_s),
-        Scenario("malformed_wrong_length", "chunk points with A-1 values", 0.0, ("REJECTED",)),
+        # The bridge refuses such a plan; the detector's plan_valid monitor judges plans as the bridge
+        # does (core/validation) and halts on one it would refuse, as for unknown names.
+        Scenario("malformed_wrong_length", "chunk points with A-1 values", 0.0, ("HALTED", "REJECTED")),
         Scenario("malformed_unknown_joints", "chunk with unknown joint names", 0.0, ("HALTED", "REJECTED")),
         Scenario("malformed_latent_shape", "second shm writer with shape (3, 5) on the graph's segment", 0.0,
                  ("REJECTED",)),
