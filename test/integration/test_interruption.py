@@ -136,8 +136,11 @@ def test_a_new_instruction_mid_chunk_stops_the_old_plan_and_the_arm_turns_to_the
             if len(q) >= 3:
                 acc = np.abs(np.diff(q, 2, axis=0)) / dt_cmd**2
                 assert (acc <= bound * 1.05 + 0.05).all(), f"deceleration {acc.max(axis=0)} over the bound {bound}"
-        rest = stop_plans[-1][3][-2:, arm]  # at rest: the window ends within a command period of it
-        assert (np.abs(rest[1] - rest[0]) / dt_cmd <= 2.0 * bound * dt_cmd + 1e-6).all()
+        # At rest: the last window of two or more points ends within a command period of it (the very
+        # last window may hold the rest point alone).
+        rest = [r for r in stop_plans if len(r[3]) >= 2][-1][3][-2:, arm] if any(len(r[3]) >= 2 for r in stop_plans) \
+            else None
+        assert rest is None or (np.abs(rest[1] - rest[0]) / dt_cmd <= 2.0 * bound * dt_cmd + 1e-6).all()
 
     assert reached, "the hand did not reach the blue cube within 10 s of the new instruction"
     assert not touched_red, "the hand touched the red cube after the switch"
