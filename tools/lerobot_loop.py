@@ -67,7 +67,8 @@ def _write(work: Path, stage: str, result: dict) -> None:
     (work / f"{stage}.json").write_text(json.dumps(result, indent=2, default=float))
 
 
-def _run(cmd: list[str], log_file: Path, env: dict[str, str] | None = None, time_box_s: float | None = None) -> bool:
+def _run(cmd: list[str], log_file: Path, env: dict[str, str] | None = None, time_box_s: float | None = None,
+         append: bool = False) -> bool:
     """Run a command, its output to ``log_file`` (and the tail in the error when it fails).
 
     With ``time_box_s`` the command is interrupted (SIGINT, then SIGKILL) when it runs longer;
@@ -75,7 +76,7 @@ def _run(cmd: list[str], log_file: Path, env: dict[str, str] | None = None, time
     """
     _log("$ " + " ".join(cmd))
     stopped = False
-    with open(log_file, "w") as f:
+    with open(log_file, "a" if append else "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         try:
             rc = proc.wait(timeout=time_box_s)
@@ -197,13 +198,28 @@ def export(work: Path, config: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------ train
 def train(work: Path, python: Path, steps: int, batch_size: int, chunk_size: int, n_action_steps: int,
-          dim_model: int, lr: float, seed: int, minutes: float | None, save_every: int) -> dict:
+          dim_model: int, lr: float, seed: int, minutes: float | None, save_every: int,
+          resume: bool = False) -> dict:
+    """Train ACT with ``lerobot-train``; with ``resume``, go on from the last checkpoint of the
+    previous train stage (LeRobot's own ``--resume``: weights, optimizer and step counter) and report
+    the time and steps of both legs together."""
     ds = work / "dataset"
     demos = json.loads((work / "export.json").read_text())["demonstrations"]
     out = work / "train"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    earlier_s = 0.0
+    if resume:
+        last = out / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+        if not last.is_file() or not (work / "train.json").is_file():
+            raise SystemExit(f"lerobot_loop: --resume-train needs a previous train stage; {last} is missing")
+        earlier_s = float(json.loads((work / "train.json").read_text())["wall_s"])
+        cmd = [str(python), "-m", "lerobot.scripts.lerobot_train", f"--config_path={last}", "--resume=true",
+               f"--steps={steps}"]
+        stopped = _run(cmd, work / "train.log", env, time_box_s=minutes * 60 if minutes else None, append=True)
+        return _trained(work, out, steps, stopped, batch_size, chunk_size, dim_model, lr) | {
+            "earlier_legs_s": earlier_s}
     if out.exists():
         shutil.rmtree(out)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [str(python), "-m", "lerobot.scripts.lerobot_train",  # = lerobot-train
            f"--dataset.repo_id={REPO_ID}", f"--dataset.root={ds}", "--dataset.use_imagenet_stats=false",
            "--dataset.video_backend=pyav",
@@ -218,6 +234,12 @@ def train(work: Path, python: Path, steps: int, batch_size: int, chunk_size: int
            "--num_workers=1", f"--seed={seed}", "--wandb.enable=false", f"--output_dir={out}",
            "--job_name=act_touch_red"]
     stopped = _run(cmd, work / "train.log", env, time_box_s=minutes * 60 if minutes else None)
+    return _trained(work, out, steps, stopped, batch_size, chunk_size, dim_model, lr)
+
+
+def _trained(work: Path, out: Path, steps: int, stopped: bool, batch_size: int, chunk_size: int,
+             dim_model: int, lr: float) -> dict:
+    """What the train stage reports: the newest checkpoint, its step, the loss log."""
     saved = sorted(d for d in (out / "checkpoints").glob("[0-9]*")
                    if (d / "pretrained_model" / "model.safetensors").is_file())
     if not saved:
@@ -291,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-steps", type=int, default=3000)
     ap.add_argument("--train-minutes", type=float, default=None,
                     help="time box: stop lerobot-train after this long and use its last saved checkpoint")
+    ap.add_argument("--resume-train", action="store_true",
+                    help="train goes on from the previous train stage's last checkpoint (its time is added)")
     ap.add_argument("--save-every", type=int, default=250, help="checkpoint every this many steps")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--chunk-size", type=int, default=20)
@@ -322,12 +346,13 @@ def main(argv: list[str] | None = None) -> int:
             r = export(work, work / "record_config.yaml")
         elif stage == "train":
             r = train(work, python, args.train_steps, args.batch_size, args.chunk_size, args.n_action_steps,
-                      args.dim_model, args.lr, args.record_seed, args.train_minutes, args.save_every)
+                      args.dim_model, args.lr, args.record_seed, args.train_minutes, args.save_every,
+                      args.resume_train)
         elif stage == "import":
             r = import_(work, python)
         else:
             r = evaluate(work, args.eval_episodes, args.execution_horizon_steps, args.camera_size)
-        r["wall_s"] = round(time.monotonic() - t0, 1)
+        r["wall_s"] = round(time.monotonic() - t0 + r.pop("earlier_legs_s", 0.0), 1)
         _write(work, stage, r)
         summary[stage] = {k: v for k, v in r.items() if k not in ("per_episode", "bags")}
         summary_path.write_text(json.dumps(summary, indent=2, default=float))
