@@ -185,11 +185,16 @@ def export(work: Path, config: Path) -> dict:
     _run([sys.executable, "-m", "vla_runtime.cli", "export", "lerobot", *rec["bags"], "--out", str(out),
           "--config", str(config), "--fps", str(FPS), "--repo-id", REPO_ID], work / "export.log")
     info = json.loads((out / "meta" / "info.json").read_text())
-    # The demonstrations: the episode of each bag that starts where the bridge left HALTED, just before
-    # the resume (the other one is the arm holding while the recorder came up).
+    # The demonstration of a bag: its episode that starts where the bridge left HALTED, just before the
+    # resume (the other one is the arm holding while the recorder came up; when the recorder came up
+    # less than the tolerance before the boundary, that one starts near it too, so take the nearest).
     eps = json.loads((out / "meta" / "vla_runtime_export.json").read_text())["episodes"]
-    demos = [e["episode_index"] for e in eps
-             if abs(e["start_ns"] - rec["reset_wall_ns"][e["bag"]]) < BOUNDARY_TOLERANCE_NS]
+    nearest: dict[str, tuple[int, int]] = {}
+    for e in eps:
+        gap = abs(e["start_ns"] - rec["reset_wall_ns"][e["bag"]])
+        if gap < BOUNDARY_TOLERANCE_NS and gap < nearest.get(e["bag"], (gap + 1, -1))[0]:
+            nearest[e["bag"]] = (gap, e["episode_index"])
+    demos = sorted(i for _, i in nearest.values())
     frames = sum(e["frames"] for e in eps if e["episode_index"] in demos)
     return {"dataset": str(out), "episodes": info["total_episodes"], "frames": info["total_frames"],
             "fps": info["fps"], "features": sorted(info["features"]), "demonstrations": demos,
