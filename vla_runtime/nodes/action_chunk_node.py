@@ -133,6 +133,7 @@ from vla_runtime.nodes.common import (
     QOS_LATCHED,
     QOS_SENSOR,
     PolledTopic,
+    WorkerLifecycle,
     diagnostic_status,
     latent_buffer_config,
     load_node_config,
@@ -146,7 +147,7 @@ from vla_runtime.nodes.common import (
 _STAMP = struct.Struct("<iI")
 
 
-class ActionChunkNode(LifecycleNode):
+class ActionChunkNode(WorkerLifecycle, LifecycleNode):
     """Runs the fast graph at a fixed rate and streams a delay-compensated command plan."""
 
     #: ``process.rt_priority`` applies to the deadline loop's thread (the executor's stays normal).
@@ -406,25 +407,9 @@ class ActionChunkNode(LifecycleNode):
         self.loop.start()
         return super().on_activate(state)
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_loop()
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_loop()
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def close(self) -> None:
-        """Stop the loop (with a last HOLD request) and release the engine and the latent reader."""
-        self._stop_loop()
-        self._release()
-
-    def _stop_loop(self) -> None:
+    def _stop_work(self) -> None:
+        """Stop the loop with a last HOLD request (``WorkerLifecycle``; ``_release`` frees the engine
+        and the latent reader)."""
         if self.loop is not None:
             self.loop.stop(timeout_s=2.0)
             if self.plan_pub is not None and rclpy.ok(context=self.context):

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -48,6 +49,37 @@ QOS_STATE = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 QOS_DIAGNOSTICS = QoSProfile(depth=10)
+
+
+class WorkerLifecycle:
+    """The lifecycle transitions of a node that runs its own work thread (mixed in before
+    ``LifecycleNode``): deactivating stops the work, cleaning up releases what the node holds
+    (engines, latent buffers), shutting down and :meth:`close` do both. The node says how with
+    ``_stop_work`` and ``_release``; activation, which differs, stays the node's own."""
+
+    def _stop_work(self) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_work()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_work()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def close(self) -> None:
+        """Stop the work and release what the node holds (outside a lifecycle transition)."""
+        self._stop_work()
+        self._release()
 
 
 @contextlib.contextmanager

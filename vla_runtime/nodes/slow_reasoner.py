@@ -62,6 +62,7 @@ from vla_runtime.nodes.common import (
     QOS_DIAGNOSTICS,
     QOS_LATCHED,
     QOS_SENSOR,
+    WorkerLifecycle,
     diagnostic_status,
     guarded,
     latent_buffer_config,
@@ -73,7 +74,7 @@ from vla_runtime.nodes.common import (
 ENCODINGS = {"rgb8": (3, False), "bgr8": (3, True)}
 
 
-class SlowReasonerNode(LifecycleNode):
+class SlowReasonerNode(WorkerLifecycle, LifecycleNode):
     """Runs the slow (VLM) graph on the newest camera frames and writes the latent buffer."""
 
     def __init__(self, **kwargs) -> None:
@@ -169,25 +170,9 @@ class SlowReasonerNode(LifecycleNode):
         self._thread.start()
         return super().on_activate(state)
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._halt_thread()
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._halt_thread()
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def close(self) -> None:
-        """Stop the slow loop and release the engine and the latent buffer."""
-        self._halt_thread()
-        self._release()
-
-    def _halt_thread(self) -> None:
+    def _stop_work(self) -> None:
+        """Stop the slow loop (``WorkerLifecycle``; ``_release`` frees the engine and the latent
+        buffer)."""
         self._stop.set()
         self._new_frame.set()
         self._request.set()
