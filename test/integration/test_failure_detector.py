@@ -133,6 +133,10 @@ def test_nan_features_halt_within_deadline_and_silent_detector_holds(graph):
     g, h = graph, graph.h
     h.wait_mode("POLICY", 30.0)
     wait_for(lambda: bool(g.features.label), 10, what="policy features")
+    # From a steady POLICY, as in the test above: a cold fast path's first seconds can stall past
+    # its timeout, which the detector rightly halts (make test here: HALTED before the poisoned
+    # features were sent, so nothing was left to measure).
+    h.steady_policy(0.5, timeout=40.0)
     msg = g.features.poisoned(3, np.inf)
     t_f = time.monotonic()
     g.features_pub.publish(msg)

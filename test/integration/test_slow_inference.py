@@ -60,6 +60,9 @@ def test_an_engine_that_hangs_ends_in_hold_then_halted(harness):
     plans = h.probe.collect(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
     h.start_policy(node_graph(cfg, cfg_file, params={"failure_detector": TIMING_POLICY_DETECTOR_PARAMS}), 90.0)
     h.steady_policy(0.5)
+    # The hang is timed from the last features message: the probe must be receiving them (its
+    # best-effort subscription once had received none when the hang came, make test here).
+    h.wait(lambda: features.count > 0, 10.0, "policy features at the probe")
     h.wait(lambda: h.safety.mode() in ("HOLD", "HALTED"), 45.0, "the hang to take the graph out of POLICY")
     h.wait(lambda: h.safety.mode() == "HALTED", 5.0, "HALTED after the hang")
     t_halted = time.monotonic()
