@@ -189,10 +189,11 @@ def export(work: Path, config: Path) -> dict:
     # resume (the other one is the arm holding while the recorder came up; when the recorder came up
     # less than the tolerance before the boundary, that one starts near it too, so take the nearest).
     eps = json.loads((out / "meta" / "vla_runtime_export.json").read_text())["episodes"]
-    nearest: dict[str, tuple[int, int]] = {}
+    nearest: dict[str, tuple[int, int]] = {}  # bag -> (gap to the boundary, episode index)
     for e in eps:
         gap = abs(e["start_ns"] - rec["reset_wall_ns"][e["bag"]])
-        if gap < BOUNDARY_TOLERANCE_NS and gap < nearest.get(e["bag"], (gap + 1, -1))[0]:
+        best = nearest.get(e["bag"])
+        if gap < BOUNDARY_TOLERANCE_NS and (best is None or gap < best[0]):
             nearest[e["bag"]] = (gap, e["episode_index"])
     demos = sorted(i for _, i in nearest.values())
     frames = sum(e["frames"] for e in eps if e["episode_index"] in demos)
@@ -208,8 +209,6 @@ def train(work: Path, python: Path, steps: int, batch_size: int, chunk_size: int
     """Train ACT with ``lerobot-train``; with ``resume``, go on from the last checkpoint of the
     previous train stage (LeRobot's own ``--resume``: weights, optimizer and step counter) and report
     the time and steps of both legs together."""
-    ds = work / "dataset"
-    demos = json.loads((work / "export.json").read_text())["demonstrations"]
     out = work / "train"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     earlier_s = 0.0
@@ -220,31 +219,26 @@ def train(work: Path, python: Path, steps: int, batch_size: int, chunk_size: int
         earlier_s = float(json.loads((work / "train.json").read_text())["wall_s"])
         cmd = [str(python), "-m", "lerobot.scripts.lerobot_train", f"--config_path={last}", "--resume=true",
                f"--steps={steps}"]
-        stopped = _run(cmd, work / "train.log", env, time_box_s=minutes * 60 if minutes else None, append=True)
-        return _trained(work, out, steps, stopped, batch_size, chunk_size, dim_model, lr) | {
-            "earlier_legs_s": earlier_s}
-    if out.exists():
-        shutil.rmtree(out)
-    cmd = [str(python), "-m", "lerobot.scripts.lerobot_train",  # = lerobot-train
-           f"--dataset.repo_id={REPO_ID}", f"--dataset.root={ds}", "--dataset.use_imagenet_stats=false",
-           "--dataset.video_backend=pyav",
-           f"--dataset.episodes=[{','.join(map(str, demos))}]",
-           "--policy.type=act", "--policy.device=cpu", "--policy.push_to_hub=false",
-           "--policy.pretrained_backbone_weights=null", "--policy.vision_backbone=resnet18",
-           "--policy.use_vae=false", f"--policy.dim_model={dim_model}", f"--policy.dim_feedforward={4 * dim_model}",
-           "--policy.n_heads=8", "--policy.n_encoder_layers=2", "--policy.n_decoder_layers=1",
-           f"--policy.chunk_size={chunk_size}", f"--policy.n_action_steps={n_action_steps}",
-           f"--policy.optimizer_lr={lr}", f"--policy.optimizer_lr_backbone={lr}",
-           f"--batch_size={batch_size}", f"--steps={steps}", f"--save_freq={save_every}", "--log_freq=50",
-           "--num_workers=1", f"--seed={seed}", "--wandb.enable=false", f"--output_dir={out}",
-           "--job_name=act_touch_red"]
-    stopped = _run(cmd, work / "train.log", env, time_box_s=minutes * 60 if minutes else None)
-    return _trained(work, out, steps, stopped, batch_size, chunk_size, dim_model, lr)
-
-
-def _trained(work: Path, out: Path, steps: int, stopped: bool, batch_size: int, chunk_size: int,
-             dim_model: int, lr: float) -> dict:
-    """What the train stage reports: the newest checkpoint, its step, the loss log."""
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        demos = json.loads((work / "export.json").read_text())["demonstrations"]
+        cmd = [str(python), "-m", "lerobot.scripts.lerobot_train",  # = lerobot-train
+               f"--dataset.repo_id={REPO_ID}", f"--dataset.root={work / 'dataset'}",
+               "--dataset.use_imagenet_stats=false", "--dataset.video_backend=pyav",
+               f"--dataset.episodes=[{','.join(map(str, demos))}]",
+               "--policy.type=act", "--policy.device=cpu", "--policy.push_to_hub=false",
+               "--policy.pretrained_backbone_weights=null", "--policy.vision_backbone=resnet18",
+               "--policy.use_vae=false", f"--policy.dim_model={dim_model}",
+               f"--policy.dim_feedforward={4 * dim_model}",
+               "--policy.n_heads=8", "--policy.n_encoder_layers=2", "--policy.n_decoder_layers=1",
+               f"--policy.chunk_size={chunk_size}", f"--policy.n_action_steps={n_action_steps}",
+               f"--policy.optimizer_lr={lr}", f"--policy.optimizer_lr_backbone={lr}",
+               f"--batch_size={batch_size}", f"--steps={steps}", f"--save_freq={save_every}", "--log_freq=50",
+               "--num_workers=1", f"--seed={seed}", "--wandb.enable=false", f"--output_dir={out}",
+               "--job_name=act_touch_red"]
+    # A resumed leg appends to the log, so the loss log below covers both legs.
+    stopped = _run(cmd, work / "train.log", env, time_box_s=minutes * 60 if minutes else None, append=resume)
     saved = sorted(d for d in (out / "checkpoints").glob("[0-9]*")
                    if (d / "pretrained_model" / "model.safetensors").is_file())
     if not saved:
@@ -255,7 +249,8 @@ def _trained(work: Path, out: Path, steps: int, stopped: bool, batch_size: int, 
     return {"checkpoint": str(ckpt), "trained_steps": int(saved[-1].name), "steps_asked": steps,
             "time_boxed": stopped, "batch_size": batch_size, "chunk_size": chunk_size,
             "dim_model": dim_model, "lr": lr, "loss_log": losses,
-            "checkpoint_mb": round(sum(f.stat().st_size for f in ckpt.iterdir()) / 1e6, 2)}
+            "checkpoint_mb": round(sum(f.stat().st_size for f in ckpt.iterdir()) / 1e6, 2),
+            "earlier_legs_s": earlier_s}
 
 
 # ----------------------------------------------------------------------------------------- import
