@@ -52,7 +52,7 @@ def test_layout_is_foxglove_layout_json_with_every_panel_placed():
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_topic_in_the_layout_is_recorded(config):
-    recorded = {spec.name for spec, _ in recorded_topics(load_config(ROOT / "config" / config))}
+    recorded = {spec.name for spec in recorded_topics(load_config(ROOT / "config" / config))}
     paths = _message_paths(_layout()["configById"])
     topics = set()
     for p in paths:

@@ -12,10 +12,20 @@ from a run, and hands the bytes to a writer thread (:class:`~vla_runtime.data.re
 * the operator: ``/joy``, ``/vla/teleop/{twist,pose,joint_jog,gripper,engage}`` and
   ``/vla/intervention`` (interventions are also listed in the bag's metadata).
 
+Each topic is recorded with the reliability its publishers offer, as ``ros2 bag record`` does: a
+topic is subscribed once its first publisher appears, reliably when every publisher offers
+reliable delivery (samples lost on the way are repaired), best effort otherwise; a best-effort
+publisher that joins later turns a reliable subscription into a best-effort one (logged and
+counted). Latched topics are subscribed at start, reliable and transient-local. On a loaded
+machine the recorder can discover a publisher seconds after it started publishing; what was
+published before is not in the bag, and the diagnostics say while publishers remain unmatched.
+
 Parameters: ``config_file``, ``bag_dir`` (default ``runs/bags/<UTC time>``), ``max_bytes``
 (2 GiB), ``max_duration_s`` (3600), ``part_s`` (5.0), ``record_images`` (true).
 Diagnostics (``/diagnostics``, 1 Hz): status (ERROR with the reason when the disk is full),
-parts closed, bytes, messages, queue drops.
+parts closed, bytes, messages, queue drops, topics still without a publisher, publishers matched,
+publishers on the graph not yet matched (nonzero: the recording is incomplete), topics recorded
+best effort, QoS downgrades.
 """
 
 from __future__ import annotations
@@ -27,10 +37,11 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from vla_runtime.core.config import PROJECT_ROOT, RuntimeConfig
 from vla_runtime.core.contract import (
+    DIAG_RECORDER,
     TOPIC_ACTION_CHUNK,
     TOPIC_DIAGNOSTICS,
     TOPIC_EE_POSE,
@@ -50,45 +61,53 @@ from vla_runtime.core.contract import (
 from vla_runtime.core.controller_kinds import KINDS
 from vla_runtime.data.recording import BagRecorder, RecorderLimits, RecordingError, TopicSpec
 from vla_runtime.nodes.common import (
-    QOS_COMMAND,
     QOS_DIAGNOSTICS,
     QOS_LATCHED,
-    QOS_SENSOR,
     diagnostic_status,
     load_node_config,
     run_node,
 )
 
 QUEUE_SIZE = 4096
+#: Samples a recording subscription holds while the recorder's executor is busy (0.4 s of 250 Hz).
+SUBSCRIPTION_DEPTH = 100
+#: How often the recorder looks for new publishers and their QoS.
+DISCOVERY_PERIOD_S = 0.25
 
 
-def recorded_topics(cfg: RuntimeConfig, record_images: bool = True) -> list[tuple[TopicSpec, str]]:
-    """Every topic the recorder subscribes to, with its QoS kind (``sensor``/``command``/``latched``/``reliable``)."""
-    out: list[tuple[TopicSpec, str]] = [
-        (TopicSpec(TOPIC_JOINT_STATES, "sensor_msgs/msg/JointState"), "sensor"),
-        (TopicSpec(TOPIC_EE_POSE, "geometry_msgs/msg/PoseStamped"), "sensor"),
-        (TopicSpec(TOPIC_ACTION_CHUNK, "trajectory_msgs/msg/JointTrajectory"), "command"),
-        (TopicSpec(TOPIC_POLICY_FEATURES, "std_msgs/msg/Float32MultiArray"), "sensor"),
-        (TopicSpec(TOPIC_DIAGNOSTICS, "diagnostic_msgs/msg/DiagnosticArray"), "reliable"),
-        (TopicSpec(TOPIC_SAFETY_STATE, "diagnostic_msgs/msg/DiagnosticStatus", latched=True), "latched"),
-        (TopicSpec(TOPIC_HALT, "std_msgs/msg/String", latched=True), "latched"),
-        (TopicSpec(TOPIC_INSTRUCTION, "std_msgs/msg/String", latched=True), "latched"),
-        (TopicSpec(TOPIC_INTERVENTION, "std_msgs/msg/String"), "reliable"),
-        (TopicSpec(TOPIC_JOY, "sensor_msgs/msg/Joy"), "sensor"),
-        (TopicSpec(TOPIC_TELEOP_TWIST, "geometry_msgs/msg/TwistStamped"), "command"),
-        (TopicSpec(TOPIC_TELEOP_POSE, "geometry_msgs/msg/PoseStamped"), "command"),
-        (TopicSpec(TOPIC_TELEOP_JOINT_JOG, "sensor_msgs/msg/JointState"), "command"),
-        (TopicSpec(TOPIC_TELEOP_GRIPPER, "std_msgs/msg/Float64"), "command"),
-        (TopicSpec(TOPIC_TELEOP_ENGAGE, "std_msgs/msg/Bool"), "reliable"),
+def recorded_topics(cfg: RuntimeConfig, record_images: bool = True) -> list[TopicSpec]:
+    """Every topic the recorder records (``latched`` ones are subscribed transient-local at start)."""
+    out = [
+        TopicSpec(TOPIC_JOINT_STATES, "sensor_msgs/msg/JointState"),
+        TopicSpec(TOPIC_EE_POSE, "geometry_msgs/msg/PoseStamped"),
+        TopicSpec(TOPIC_ACTION_CHUNK, "trajectory_msgs/msg/JointTrajectory"),
+        TopicSpec(TOPIC_POLICY_FEATURES, "std_msgs/msg/Float32MultiArray"),
+        TopicSpec(TOPIC_DIAGNOSTICS, "diagnostic_msgs/msg/DiagnosticArray"),
+        TopicSpec(TOPIC_SAFETY_STATE, "diagnostic_msgs/msg/DiagnosticStatus", latched=True),
+        TopicSpec(TOPIC_HALT, "std_msgs/msg/String", latched=True),
+        TopicSpec(TOPIC_INSTRUCTION, "std_msgs/msg/String", latched=True),
+        TopicSpec(TOPIC_INTERVENTION, "std_msgs/msg/String"),
+        TopicSpec(TOPIC_JOY, "sensor_msgs/msg/Joy"),
+        TopicSpec(TOPIC_TELEOP_TWIST, "geometry_msgs/msg/TwistStamped"),
+        TopicSpec(TOPIC_TELEOP_POSE, "geometry_msgs/msg/PoseStamped"),
+        TopicSpec(TOPIC_TELEOP_JOINT_JOG, "sensor_msgs/msg/JointState"),
+        TopicSpec(TOPIC_TELEOP_GRIPPER, "std_msgs/msg/Float64"),
+        TopicSpec(TOPIC_TELEOP_ENGAGE, "std_msgs/msg/Bool"),
     ]
     for g in cfg.robot.groups.values():
-        out.append((TopicSpec(g.resolved_topic, KINDS[g.controller].msgtype), "command"))
+        out.append(TopicSpec(g.resolved_topic, KINDS[g.controller].msgtype))
         if KINDS[g.controller].stiffness and g.stiffness_limits is not None:
-            out.append((TopicSpec(f"/{g.controller_name}/target_stiffness", "std_msgs/msg/Float64MultiArray"),
-                        "command"))
+            out.append(TopicSpec(f"/{g.controller_name}/target_stiffness", "std_msgs/msg/Float64MultiArray"))
     if record_images:
-        out += [(TopicSpec(c.topic, "sensor_msgs/msg/Image"), "sensor") for c in cfg.cameras]
+        out += [TopicSpec(c.topic, "sensor_msgs/msg/Image") for c in cfg.cameras]
     return out
+
+
+def recording_qos(reliable: bool) -> QoSProfile:
+    """The QoS a recording subscription uses: deep, volatile, reliable only when every publisher is."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SUBSCRIPTION_DEPTH,
+                      reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.VOLATILE)
 
 
 def _msg_class(msgtype: str):
@@ -118,21 +137,25 @@ class RecorderNode(Node):
         )
         topics = recorded_topics(self.cfg, bool(self.get_parameter("record_images").value))
         try:
-            self.bag = BagRecorder(Path(bag_dir), [t for t, _ in topics], limits)
+            self.bag = BagRecorder(Path(bag_dir), topics, limits)
         except (RecordingError, OSError) as e:
             self.get_logger().fatal(f"cannot record into {bag_dir}: {e}")
             raise SystemExit(2) from None
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self.queue_drops = 0
-        # A recorder must not lose samples to a short scheduling hiccup: deeper queues than the
-        # runtime's own (newest-wins) subscriptions.
-        sensor = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=QOS_SENSOR.reliability,
-                            durability=QOS_SENSOR.durability)
-        deep = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=QOS_COMMAND.reliability)
-        qos = {"sensor": sensor, "command": deep, "latched": QOS_LATCHED, "reliable": deep}
-        for spec, kind in topics:
-            self.create_subscription(_msg_class(spec.msgtype), spec.name, self._make_cb(spec.name), qos[kind],
-                                     raw=True)
+        self.qos_downgrades = 0
+        # topic -> (subscription, reliable); adaptive topics enter once a publisher shows up
+        self._subs: dict[str, tuple[object, bool]] = {}
+        self._adaptive = [spec for spec in topics if not spec.latched]
+        # latched topics keep their last sample for late joiners; the recorder wants every change,
+        # which a depth-1 history loses whenever the executor falls behind
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SUBSCRIPTION_DEPTH,
+                             reliability=QOS_LATCHED.reliability, durability=QOS_LATCHED.durability)
+        for spec in topics:
+            if spec.latched:
+                self._subscribe(spec, latched, True)
+        self._discover()
+        self.create_timer(DISCOVERY_PERIOD_S, self._discover)
         self._diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
         self.create_timer(1.0, self._publish_diagnostics)
         self._last_status = self.bag.status
@@ -140,6 +163,28 @@ class RecorderNode(Node):
         self._writer.start()
         self.get_logger().info(f"recording {len(topics)} topics into {bag_dir} "
                                f"(parts of {limits.part_s:g} s, ≤ {limits.max_bytes} bytes)")
+
+    def _subscribe(self, spec: TopicSpec, qos: QoSProfile, reliable: bool) -> None:
+        sub = self.create_subscription(_msg_class(spec.msgtype), spec.name, self._make_cb(spec.name), qos, raw=True)
+        self._subs[spec.name] = (sub, reliable)
+
+    def _discover(self) -> None:
+        """Subscribe to topics whose first publisher appeared; downgrade to best effort when one needs it."""
+        for spec in self._adaptive:
+            pubs = self.get_publishers_info_by_topic(spec.name)
+            if not pubs:
+                continue
+            reliable = all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in pubs)
+            current = self._subs.get(spec.name)
+            if current is None:
+                self._subscribe(spec, recording_qos(reliable), reliable)
+            elif current[1] and not reliable:
+                # A reliable reader does not match a best-effort writer: record that writer too,
+                # at the cost of repair for the others.
+                self.destroy_subscription(current[0])
+                self._subscribe(spec, recording_qos(False), False)
+                self.qos_downgrades += 1
+                self.get_logger().warning(f"{spec.name}: a publisher offers best effort; recording it best effort")
 
     def _make_cb(self, topic: str):
         def cb(data: bytes) -> None:
@@ -170,6 +215,15 @@ class RecorderNode(Node):
     def _publish_diagnostics(self) -> None:
         s = self.bag.summary()
         s["queue_drops"] = self.queue_drops
+        s["topics_without_publisher"] = sum(1 for spec in self._adaptive if spec.name not in self._subs)
+        # publishers on the graph whose samples do not reach the recorder yet (endpoint discovery
+        # lags on a loaded machine): nonzero means the recording is still incomplete
+        matched = {name: sub.get_publisher_count() for name, (sub, _reliable) in self._subs.items()}
+        s["publishers_matched"] = sum(matched.values())
+        s["unmatched_publishers"] = sum(max(0, len(self.get_publishers_info_by_topic(name)) - n)
+                                        for name, n in matched.items())
+        s["topics_best_effort"] = sum(1 for _sub, reliable in self._subs.values() if not reliable)
+        s["qos_downgrades"] = self.qos_downgrades
         failed = str(s["status"]).startswith("FAILED")
         if s["status"] != self._last_status:
             self._last_status = s["status"]
@@ -178,7 +232,7 @@ class RecorderNode(Node):
             else:
                 self.get_logger().info(f"recording: {s['status']}")
         level = 2 if failed else 0  # DiagnosticStatus ERROR / OK
-        arr = DiagnosticArray(status=[diagnostic_status("vla/recorder", level, str(s["status"]), s)])
+        arr = DiagnosticArray(status=[diagnostic_status(DIAG_RECORDER, level, str(s["status"]), s)])
         arr.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(arr)
 
