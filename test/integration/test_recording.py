@@ -7,26 +7,17 @@ import time
 
 import pytest
 import yaml
-from diagnostic_msgs.msg import DiagnosticArray
 
 from test.conftest import node_logs, wait_for
 from vla_runtime.core.config import load_config
-from vla_runtime.core.contract import DIAG_RECORDER, TOPIC_DIAGNOSTICS
+from vla_runtime.core.contract import DIAG_RECORDER
 from vla_runtime.data.recording import read_bag, recover
+from vla_runtime.graph.harness import DiagnosticsWatch
 from vla_runtime.graph.supervisor import NODE_MODULES, NodeSpec
 from vla_runtime.graph.teleop_rig import GAMEPAD_TELEOP, TeleopRig, teleop_graph
 from vla_runtime.nodes.recorder import recorded_topics
 
 pytestmark = pytest.mark.integration
-
-
-def recorder_values(diags: list) -> dict[str, str]:
-    """The newest recorder diagnostics among collected /diagnostics messages, as a dict."""
-    for _t, arr in reversed(diags):
-        for st in arr.status:
-            if st.name == DIAG_RECORDER:
-                return {kv.key: kv.value for kv in st.values}
-    return {}
 
 
 def test_recorder_survives_sigkill_with_closed_parts_and_interventions(harness, write_config, tmp_path):
@@ -39,25 +30,27 @@ def test_recorder_survives_sigkill_with_closed_parts_and_interventions(harness, 
     harness.wait(rig.teleop_ready, 30, "the teleop node on the graph")
     harness.wait(lambda: (bag / "metadata.yaml").exists(), 10, "a first closed part")
 
+    def closed() -> dict:
+        return yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+
     def closed_counts() -> dict[str, int]:
-        meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-        return {t["topic_metadata"]["name"]: t["message_count"] for t in meta["topics_with_message_count"]}
+        return {t["topic_metadata"]["name"]: t["message_count"] for t in closed()["topics_with_message_count"]}
 
     # On a loaded machine the recorder has matched the simulator's publishers seconds after the
     # rest of the graph (CI once killed it with 53 joint states recorded; here once with none, and
     # once before the teleop node's engage was matched): the recording is judged from the moment
     # its diagnostics say every publisher on the graph is matched and it holds the robot's state.
     probe, supervisor = harness.probe, harness.supervisor
-    diags = probe.collect(DiagnosticArray, TOPIC_DIAGNOSTICS)
+    diags = DiagnosticsWatch(probe)
 
     topics = [spec.name for spec in recorded_topics(load_config(cfg), record_images=False)]
 
     def all_matched() -> bool:
         on_graph = sum(probe.node.count_publishers(t) for t in topics)  # as the probe sees the graph
-        return int(recorder_values(diags).get("publishers_matched", -1)) >= on_graph
+        return int(diags.latest(DIAG_RECORDER).get("publishers_matched", -1)) >= on_graph
 
     harness.wait(all_matched, 20, "the recorder matched with every publisher", interval=0.2,
-                 detail=lambda: str(recorder_values(diags)))
+                 detail=lambda: str(diags.latest(DIAG_RECORDER)))
     harness.wait(lambda: min(closed_counts().get(t, 0) for t in ("/joint_states", "/ee_pose")) > 0,
                  15, "closed parts holding joint states and poses", interval=0.1)
     rig.deadman(True, [1.0, 0, 0, 0, 0, 0])
@@ -69,7 +62,7 @@ def test_recorder_survives_sigkill_with_closed_parts_and_interventions(harness, 
     time.sleep(1.0)
 
     def closed_until() -> int:
-        meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        meta = closed()
         return meta["starting_time"]["nanoseconds_since_epoch"] + meta["duration"]["nanoseconds"]
 
     # the writer may lag on a loaded machine: kill once the handback lies in closed parts
@@ -151,7 +144,7 @@ def test_recorder_records_each_topic_with_its_publishers_reliability(supervisor,
 
     cfg = write_config("sim_panda.yaml", {"cameras": []})
     bag = tmp_path / "bag"
-    diags = probe.collect(DiagnosticArray, TOPIC_DIAGNOSTICS)
+    diags = DiagnosticsWatch(probe)
     reliable = probe.node.create_publisher(JointState, TOPIC_JOINT_STATES,
                                            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     supervisor.start(NodeSpec("recorder", NODE_MODULES["recorder"], str(cfg), params={"bag_dir": str(bag)}))
@@ -165,7 +158,7 @@ def test_recorder_records_each_topic_with_its_publishers_reliability(supervisor,
     publish(reliable, "reliable", 50)
     best_effort = probe.node.create_publisher(JointState, TOPIC_JOINT_STATES,
                                               QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
-    wait_for(lambda: recorder_values(diags).get("qos_downgrades") == "1", 10, what="the recorder's QoS downgrade")
+    wait_for(lambda: diags.latest(DIAG_RECORDER).get("qos_downgrades") == "1", 10, what="the recorder's QoS downgrade")
     wait_for(lambda: best_effort.get_subscription_count() >= 1, 10, what="the best-effort publisher matched")
     publish(best_effort, "best_effort", 50)
     publish(reliable, "reliable_after", 50)

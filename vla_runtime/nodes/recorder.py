@@ -38,6 +38,7 @@ from pathlib import Path
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
 
 from vla_runtime.core.config import PROJECT_ROOT, RuntimeConfig
 from vla_runtime.core.contract import (
@@ -62,7 +63,6 @@ from vla_runtime.core.controller_kinds import KINDS
 from vla_runtime.data.recording import BagRecorder, RecorderLimits, RecordingError, TopicSpec
 from vla_runtime.nodes.common import (
     QOS_DIAGNOSTICS,
-    QOS_LATCHED,
     diagnostic_status,
     load_node_config,
     run_node,
@@ -103,11 +103,12 @@ def recorded_topics(cfg: RuntimeConfig, record_images: bool = True) -> list[Topi
     return out
 
 
-def recording_qos(reliable: bool) -> QoSProfile:
-    """The QoS a recording subscription uses: deep, volatile, reliable only when every publisher is."""
+def recording_qos(reliable: bool, latched: bool = False) -> QoSProfile:
+    """The QoS a recording subscription uses: deep (a latched topic's every change, not only its
+    last), reliable only when every publisher is, transient-local for latched topics."""
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SUBSCRIPTION_DEPTH,
                       reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
-                      durability=DurabilityPolicy.VOLATILE)
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
 
 
 def _msg_class(msgtype: str):
@@ -144,16 +145,14 @@ class RecorderNode(Node):
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self.queue_drops = 0
         self.qos_downgrades = 0
-        # topic -> (subscription, reliable); adaptive topics enter once a publisher shows up
-        self._subs: dict[str, tuple[object, bool]] = {}
-        self._adaptive = [spec for spec in topics if not spec.latched]
-        # latched topics keep their last sample for late joiners; the recorder wants every change,
-        # which a depth-1 history loses whenever the executor falls behind
-        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=SUBSCRIPTION_DEPTH,
-                             reliability=QOS_LATCHED.reliability, durability=QOS_LATCHED.durability)
+        self._topics = topics
+        # topic -> subscription; a non-latched topic enters once a publisher shows up
+        self._subs: dict[str, Subscription] = {}
+        # topic -> publishers on the graph, as the last discovery pass saw them
+        self._on_graph: dict[str, int] = {}
         for spec in topics:
             if spec.latched:
-                self._subscribe(spec, latched, True)
+                self._subscribe(spec, recording_qos(True, latched=True))
         self._discover()
         self.create_timer(DISCOVERY_PERIOD_S, self._discover)
         self._diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, QOS_DIAGNOSTICS)
@@ -164,25 +163,31 @@ class RecorderNode(Node):
         self.get_logger().info(f"recording {len(topics)} topics into {bag_dir} "
                                f"(parts of {limits.part_s:g} s, ≤ {limits.max_bytes} bytes)")
 
-    def _subscribe(self, spec: TopicSpec, qos: QoSProfile, reliable: bool) -> None:
-        sub = self.create_subscription(_msg_class(spec.msgtype), spec.name, self._make_cb(spec.name), qos, raw=True)
-        self._subs[spec.name] = (sub, reliable)
+    def _subscribe(self, spec: TopicSpec, qos: QoSProfile) -> None:
+        self._subs[spec.name] = self.create_subscription(_msg_class(spec.msgtype), spec.name,
+                                                         self._make_cb(spec.name), qos, raw=True)
+
+    @staticmethod
+    def _reliable(sub: Subscription) -> bool:
+        return sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
 
     def _discover(self) -> None:
-        """Subscribe to topics whose first publisher appeared; downgrade to best effort when one needs it."""
-        for spec in self._adaptive:
+        """Count each topic's publishers; subscribe to topics whose first publisher appeared;
+        downgrade to best effort when a publisher needs it."""
+        for spec in self._topics:
             pubs = self.get_publishers_info_by_topic(spec.name)
-            if not pubs:
+            self._on_graph[spec.name] = len(pubs)
+            if spec.latched or not pubs:
                 continue
             reliable = all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in pubs)
             current = self._subs.get(spec.name)
             if current is None:
-                self._subscribe(spec, recording_qos(reliable), reliable)
-            elif current[1] and not reliable:
+                self._subscribe(spec, recording_qos(reliable))
+            elif self._reliable(current) and not reliable:
                 # A reliable reader does not match a best-effort writer: record that writer too,
                 # at the cost of repair for the others.
-                self.destroy_subscription(current[0])
-                self._subscribe(spec, recording_qos(False), False)
+                self.destroy_subscription(current)
+                self._subscribe(spec, recording_qos(False))
                 self.qos_downgrades += 1
                 self.get_logger().warning(f"{spec.name}: a publisher offers best effort; recording it best effort")
 
@@ -215,14 +220,14 @@ class RecorderNode(Node):
     def _publish_diagnostics(self) -> None:
         s = self.bag.summary()
         s["queue_drops"] = self.queue_drops
-        s["topics_without_publisher"] = sum(1 for spec in self._adaptive if spec.name not in self._subs)
+        s["topics_without_publisher"] = sum(1 for spec in self._topics
+                                            if not spec.latched and spec.name not in self._subs)
         # publishers on the graph whose samples do not reach the recorder yet (endpoint discovery
         # lags on a loaded machine): nonzero means the recording is still incomplete
-        matched = {name: sub.get_publisher_count() for name, (sub, _reliable) in self._subs.items()}
+        matched = {name: sub.get_publisher_count() for name, sub in self._subs.items()}
         s["publishers_matched"] = sum(matched.values())
-        s["unmatched_publishers"] = sum(max(0, len(self.get_publishers_info_by_topic(name)) - n)
-                                        for name, n in matched.items())
-        s["topics_best_effort"] = sum(1 for _sub, reliable in self._subs.values() if not reliable)
+        s["unmatched_publishers"] = sum(max(0, self._on_graph.get(name, 0) - n) for name, n in matched.items())
+        s["topics_best_effort"] = sum(1 for sub in self._subs.values() if not self._reliable(sub))
         s["qos_downgrades"] = self.qos_downgrades
         failed = str(s["status"]).startswith("FAILED")
         if s["status"] != self._last_status:
