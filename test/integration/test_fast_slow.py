@@ -222,3 +222,72 @@ def test_state_merged_from_split_joint_state_messages(supervisor, probe, write_c
     last = next(m for _, m in reversed(plans) if m.points)
     assert last.joint_names == JOINTS[:7] + ["gripper/gripper"]
     assert all(np.all(np.isfinite(p.positions)) for p in last.points)
+
+
+
+class RefusingPublisher:
+    """A real publisher that refuses its next ``n`` publishes the way rclpy reports Fast DDS's
+    refusal (``RCLError: Failed to publish: cannot publish data``)."""
+
+    def __init__(self, real, n: int):
+        self.real, self.left, self.refused = real, n, 0
+
+    def publish(self, msg) -> None:
+        from rclpy._rclpy_pybind11 import RCLError
+
+        if self.left > 0:
+            self.left -= 1
+            self.refused += 1
+            raise RCLError("Failed to publish: cannot publish data, at rmw_publish.cpp")
+        self.real.publish(msg)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_fast_loop_outlives_publishes_the_middleware_refuses(probe, write_config, monkeypatch):
+    """Fast DDS's asynchronous writer refuses a publish (rclpy ``RCLError: cannot publish data``)
+    when its sender thread was preempted holding the writer past its blocking time. CI lost the fast
+    path this way once: the tick's publish was refused, so was the HOLD request after it, the
+    exception ended the loop thread, and the node stayed up but silent (reproduced here in 2 of ~25
+    loaded runs of the recording test). The refusal cannot be provoked on demand (a SCHED_FIFO
+    spinner on the sender threads' CPU did not do it), so the node runs in this process with its
+    real loop, engine and DDS publisher, and the publisher refuses the next 6 publishes: the loop
+    must count the refused ticks and HOLD requests, go on, and be heard again."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from vla_runtime.core.contract import DIAG_FAST_PATH, HOLD_NO_JOINT_STATE, TOPIC_ACTION_CHUNK
+    from vla_runtime.graph.harness import DiagnosticsWatch
+    from vla_runtime.nodes.action_chunk_node import PUBLICATION_MODE, ActionChunkNode
+
+    cfg = write_config("sim_panda.yaml")
+    monkeypatch.setenv("RMW_FASTRTPS_PUBLICATION_MODE", PUBLICATION_MODE)  # read when the participant is made
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, args=["--ros-args", "-p", f"config_file:={cfg}"])
+    node = ActionChunkNode(context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    plans = probe.collect(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
+    diags = DiagnosticsWatch(probe)
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        wait_for(lambda: len(plans) >= 10, 20, what="HOLD requests from the fast path before the refusals")
+        refusing = node.plan_pub = RefusingPublisher(node.plan_pub, 6)
+        wait_for(lambda: refusing.left == 0, 5, what="six refused publishes")
+        n_after = len(plans)
+        wait_for(lambda: len(plans) >= n_after + 30, 10, what="HOLD requests again after the refusals")
+        assert node.loop.running and node.loop.error is None
+        # each refused tick is followed by a refused HOLD request: 3 + 3
+        assert (node.counters["tick_errors"], node.counters["hold_publish_errors"]) == (3, 3), node.counters
+        assert plans[-1][1].header.frame_id == HOLD_NO_JOINT_STATE
+        wait_for(lambda: diags.latest(DIAG_FAST_PATH).get("tick_errors") == "3", 5,
+                 what="the refusals in the fast path's diagnostics")
+        assert "cannot publish data" in diags.latest(DIAG_FAST_PATH)["last_tick_error"]
+    finally:
+        node.trigger_deactivate()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)

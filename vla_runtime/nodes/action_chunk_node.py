@@ -175,11 +175,14 @@ class ActionChunkNode(WorkerLifecycle, LifecycleNode):
         self.frame_rejections = Rejections()
         self.counters = {"ticks": 0, "hold_ticks": 0, "chunks": 0, "bad_joint_states": 0, "overruns": 0,
                          "sync_requests": 0, "inferences": 0, "chunks_dropped": 0, "inference_errors": 0,
-                         "tick_errors": 0}
+                         "tick_errors": 0, "hold_publish_errors": 0}
         self.worker = None  # InferenceWorker (inference async / sync), built in on_activate
         self.selector = None  # ChunkSelector (scheduler.candidates > 1), built in on_configure
         self._consensus = False  # scheduler.horizon_policy consensus (a ConsensusTrigger)
         self.last_hold_reason = ""
+        self.last_tick_error: Exception | None = None  # the loop's; the diagnostics timer logs it
+        self._tick_errors_logged = 0
+        self._loop_death_logged = False
         self.last_latent_version = 0
         self.last_latent_age_s = float("nan")
         # Interruption (core/interruption): the instruction callback only hands (text, wall ns, monotonic s)
@@ -544,12 +547,25 @@ class ActionChunkNode(WorkerLifecycle, LifecycleNode):
         return self._latent_view, age, state, frames
 
     def _guarded_tick(self, tick: int, scheduled_s: float) -> None:
-        """One tick; an exception in it is counted and turned into a HOLD instead of ending the loop."""
+        """One tick; an exception in it is counted and turned into a HOLD instead of ending the loop.
+
+        The middleware may refuse a publish: Fast DDS's asynchronous writer gives up after its
+        blocking time (rclpy raises ``RCLError: cannot publish data``) when its sender thread was
+        preempted holding the writer (seen in CI and in loaded runs on 2 cores; a publish that
+        blocks 20–70 ms without failing is more common). The HOLD request then often fails too;
+        that is counted and the loop goes on: the bridge holds on its watchdog meanwhile, and the
+        next tick publishes again. (An exception leaving this method would end the loop thread and
+        leave a node that is up but silent.)
+        """
         try:
             self._tick_fn(tick, scheduled_s)
-        except Exception:  # noqa: BLE001 - the loop must outlive any one tick; the hold says why
+        except Exception as e:  # noqa: BLE001 - the loop must outlive any one tick; the hold says why
             self.counters["tick_errors"] += 1
-            self._publish_hold(HOLD_TICK_ERROR, time.monotonic())
+            self.last_tick_error = e
+            try:
+                self._publish_hold(HOLD_TICK_ERROR, time.monotonic())
+            except Exception:  # noqa: BLE001 - the same refusal, most likely; see above
+                self.counters["hold_publish_errors"] += 1
 
     def _tick(self, tick: int, scheduled_s: float) -> None:
         """``scheduler.inference: inline``: inference inside the tick."""
@@ -765,6 +781,7 @@ class ActionChunkNode(WorkerLifecycle, LifecycleNode):
         self.loop.stats.reset()
         for k in self.counters:
             self.counters[k] = 0
+        self._tick_errors_logged = 0
         response.success, response.message = True, "timing statistics reset"
         return response
 
@@ -804,12 +821,24 @@ class ActionChunkNode(WorkerLifecycle, LifecycleNode):
             **self.counters,
             **self._js_check.rejections.as_diagnostics("joint_states_rejected"),
             **(self.frame_rejections.as_diagnostics("images_rejected") if self.cameras is not None else {}),
+            "last_tick_error": "" if self.last_tick_error is None else repr(self.last_tick_error),
             "timing_json": json.dumps(s),
         }
+        level, message = (0 if self.scheduler.status.name == "RUNNING" else 1), self.scheduler.status.name
+        errors = self.counters["tick_errors"]
+        if errors > self._tick_errors_logged:  # the loop never logs; this 1 Hz timer says it for it
+            self.get_logger().warning(f"fast loop: {errors - self._tick_errors_logged} tick(s) failed and held "
+                                      f"({self.counters['hold_publish_errors']} HOLD request(s) could not be "
+                                      f"published either); last: {self.last_tick_error!r}")
+            self._tick_errors_logged = errors
+        if self.loop.error is not None:  # the loop thread ended: nothing is published any more
+            level, message = 2, f"fast loop stopped: {self.loop.error!r}"
+            if not self._loop_death_logged:
+                self._loop_death_logged = True
+                self.get_logger().error(f"{message}; the bridge holds on its watchdog; restart the node")
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
-        level = 0 if self.scheduler.status.name == "RUNNING" else 1
-        arr.status = [diagnostic_status(DIAG_FAST_PATH, level, self.scheduler.status.name, values)]
+        arr.status = [diagnostic_status(DIAG_FAST_PATH, level, message, values)]
         self.diag_pub.publish(arr)
 
 
