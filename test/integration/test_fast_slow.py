@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from test.conftest import node_logs, wait_for
+from vla_runtime.graph.harness import DiagnosticsWatch
 from vla_runtime.graph.supervisor import NODE_MODULES, NodeSpec
 from vla_runtime.nodes.common import QOS_COMMAND, QOS_SENSOR
 
@@ -57,14 +57,6 @@ class FakeRobotAndCamera:
         self.img_pub.publish(img)
 
 
-def _diag_values(got, name):
-    for _, arr in reversed(got):
-        for st in arr.status:
-            if st.name == name:
-                return {kv.key: kv.value for kv in st.values}
-    return {}
-
-
 def test_fast_loop_keeps_rate_while_slow_path_runs_at_2hz(supervisor, probe, write_config, domain_id, tmp_path):
     cfg = write_config("sim_panda.yaml", {
         "nodes": ["slow_reasoner", "action_chunk_node"],
@@ -72,7 +64,7 @@ def test_fast_loop_keeps_rate_while_slow_path_runs_at_2hz(supervisor, probe, wri
         "safety": {"joint_state_timeout_s": 0.2},
     })
     plans = probe.collect(JointTrajectory, "/vla/action_chunk", QOS_COMMAND)
-    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    diags = DiagnosticsWatch(probe)
     robot = FakeRobotAndCamera(probe, "/camera/scene/image_raw")
     supervisor.start(NodeSpec("slow_reasoner", NODE_MODULES["slow_reasoner"], str(cfg),
                               params={"extra_latency_ms": 500.0}))
@@ -83,7 +75,7 @@ def test_fast_loop_keeps_rate_while_slow_path_runs_at_2hz(supervisor, probe, wri
         reasons = sorted({m.header.frame_id for _, m in plans})
         raise AssertionError(f"plan reasons seen: {reasons}\n{node_logs(tmp_path)}") from None
 
-    v0 = int(_diag_values(diags, "vla/action_chunk_node").get("latent_version", 0) or 0)
+    v0 = int(diags.latest("vla/action_chunk_node").get("latent_version", 0) or 0)
     t0 = time.monotonic()
     n0 = len(plans)
     time.sleep(5.0)
@@ -96,9 +88,9 @@ def test_fast_loop_keeps_rate_while_slow_path_runs_at_2hz(supervisor, probe, wri
     # loaded 2-core machine may still ask for HOLD — that is the safe answer — but rarely.)
     assert not [h for h in holds if "latent" in h], f"held for latent reasons while guidance was fresh: {holds}"
     assert plan_share >= 0.95, f"only {plan_share:.0%} of ticks produced a plan: {holds[:5]}"
-    wait_for(lambda: int(_diag_values(diags, "vla/action_chunk_node").get("latent_version", 0) or 0) >= v0 + 4,
+    wait_for(lambda: int(diags.latest("vla/action_chunk_node").get("latent_version", 0) or 0) >= v0 + 4,
              10, what="the latent version to advance")
-    slow = _diag_values(diags, "vla/slow_reasoner")
+    slow = diags.latest("vla/slow_reasoner")
     assert 1.0 <= float(slow["rate_hz"]) <= 2.5, slow
 
     # A plan is a command-rate trajectory for every action dim, stamped at its first point.
@@ -148,7 +140,7 @@ def test_stop_and_go_baseline_alternates_inference_and_execution(supervisor, pro
     })
     plans = probe.collect(JointTrajectory, "/vla/action_chunk", QOS_COMMAND)
     requests = probe.collect(Header, TOPIC_SYNC_REQUEST, QOS_COMMAND)
-    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    diags = DiagnosticsWatch(probe)
     FakeRobotAndCamera(probe, "/camera/scene/image_raw")
     supervisor.start(NodeSpec("slow_reasoner", NODE_MODULES["slow_reasoner"], str(cfg),
                               params={"extra_latency_ms": 300.0, "step_on_request": True}))
@@ -162,9 +154,9 @@ def test_stop_and_go_baseline_alternates_inference_and_execution(supervisor, pro
         wait_for(lambda: len(cycles()) >= 4, 60, what="four stop-and-go cycles")
     except AssertionError:
         raise AssertionError(f"{len(requests)} requests\n{node_logs(tmp_path)}") from None
-    wait_for(lambda: int(_diag_values(diags, "vla/slow_reasoner").get("steps", 0) or 0) >= 3, 10,
+    wait_for(lambda: int(diags.latest("vla/slow_reasoner").get("steps", 0) or 0) >= 3, 10,
              what="slow steps")
-    slow = _diag_values(diags, "vla/slow_reasoner")
+    slow = diags.latest("vla/slow_reasoner")
     # one slow step per request: the slow path never runs at its own pace here
     assert int(slow["steps"]) <= int(slow["sync_requests"]) + 1, slow
     # between two requests: first a wait (the robot holds while the slow path infers, >= 300 ms),
@@ -258,7 +250,6 @@ def test_fast_loop_outlives_publishes_the_middleware_refuses(probe, write_config
     from rclpy.executors import SingleThreadedExecutor
 
     from vla_runtime.core.contract import DIAG_FAST_PATH, HOLD_NO_JOINT_STATE, TOPIC_ACTION_CHUNK
-    from vla_runtime.graph.harness import DiagnosticsWatch
     from vla_runtime.nodes.action_chunk_node import PUBLICATION_MODE, ActionChunkNode
 
     cfg = write_config("sim_panda.yaml")

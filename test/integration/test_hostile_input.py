@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
@@ -31,7 +31,6 @@ from vla_runtime.core.contract import (
     SERVICE_RESET,
     SERVICE_RESUME,
     TOPIC_ACTION_CHUNK,
-    TOPIC_DIAGNOSTICS,
     TOPIC_EE_POSE,
     TOPIC_JOINT_STATES,
     TOPIC_SAFETY_STATE,
@@ -39,6 +38,7 @@ from vla_runtime.core.contract import (
     TOPIC_TELEOP_JOINT_JOG,
     camera_topic,
 )
+from vla_runtime.graph.harness import DiagnosticsWatch
 from vla_runtime.graph.probe import Probe
 from vla_runtime.graph.supervisor import Supervisor, graph_for_config, ros_environment
 from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR, ns_to_stamp
@@ -59,7 +59,7 @@ class Graph:
         self.cfg = load_config(cfg_path)
         self.states = probe.collect(DiagnosticStatus, TOPIC_SAFETY_STATE, QOS_LATCHED)
         self.ee = probe.collect(PoseStamped, TOPIC_EE_POSE, QOS_SENSOR)
-        self.diags = probe.collect(DiagnosticArray, TOPIC_DIAGNOSTICS, 50)
+        self.diags = DiagnosticsWatch(probe)
         self.pub_js = probe.node.create_publisher(JointState, TOPIC_JOINT_STATES, QOS_SENSOR)
         self.pub_plan = probe.node.create_publisher(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
 
@@ -68,13 +68,6 @@ class Graph:
 
     def bridge(self) -> dict[str, str]:
         return {kv.key: kv.value for kv in self.states[-1][1].values} if self.states else {}
-
-    def diag(self, name: str) -> dict[str, str]:
-        for _, arr in reversed(self.diags[-200:]):
-            for st in arr.status:
-                if st.name == name:
-                    return {kv.key: kv.value for kv in st.values}
-        return {}
 
     def count(self, values: dict[str, str], key: str) -> int:
         return int(values.get(key, "0") or 0)
@@ -102,11 +95,11 @@ class Graph:
             wait_for(lambda: self.mode() == "POLICY", 20, what="POLICY again")
         except AssertionError as e:
             b = self.bridge()
-            fast = self.diag(DIAG_FAST_PATH)
+            fast = self.diags.latest(DIAG_FAST_PATH)
             raise AssertionError(f"{e}: {b.get('reason')!r}, refused: {b.get('policy_refused')!r}, controllers: "
                                  f"{b.get('controllers')!r}, fast path: {fast.get('last_hold_reason')!r} (latent "
                                  f"{fast.get('latent_version')}, age {fast.get('latent_age_s')}), slow path: "
-                                 f"{self.diag(DIAG_SLOW_PATH)}\n{self.logs()}") from None
+                                 f"{self.diags.latest(DIAG_SLOW_PATH)}\n{self.logs()}") from None
         time.sleep(1.5)  # the policy has taken over from the hold: its motion is the baseline again
 
     def motion(self, t0: float, t1: float) -> float:
@@ -156,7 +149,7 @@ def graph(tmp_path_factory):
                          for s in graph_for_config(g.cfg, str(cfg_path))])
         try:
             wait_for(lambda: g.mode() == "POLICY", 90, what="POLICY")
-            wait_for(lambda: len(g.ee) > 50 and bool(g.diag(DIAG_FAST_PATH)), 30, what="poses and diagnostics")
+            wait_for(lambda: len(g.ee) > 50 and bool(g.diags.latest(DIAG_FAST_PATH)), 30, what="poses and diagnostics")
         except AssertionError as e:
             raise AssertionError(f"{e}\n{g.logs()}") from None
         yield g
@@ -186,7 +179,7 @@ def test_nan_and_inf_joint_states_are_refused_and_the_bridge_stays_up(graph):
     assert graph.count(b, "joint_states_rejected.non_finite") > 50, b
     # The fast path takes only the newest joint state each tick (depth 1): it sees the ones that
     # were newest at a tick, and refuses them.
-    wait_for(lambda: graph.count(graph.diag(DIAG_FAST_PATH), "joint_states_rejected.non_finite") >= 1, 3,
+    wait_for(lambda: graph.count(graph.diags.latest(DIAG_FAST_PATH), "joint_states_rejected.non_finite") >= 1, 3,
              what="the fast path's refusals in its diagnostics")
     assert attacked <= base + EXTRA_MOTION_M, (base, attacked)
 
@@ -216,7 +209,7 @@ def test_spoofed_joint_states_never_become_state_or_hold_targets(graph):
     b = graph.bridge()
     for reason in ("length_mismatch", "out_of_limits", "duplicate_name"):
         assert graph.count(b, f"joint_states_rejected.{reason}") > 10, (reason, b)
-    wait_for(lambda: graph.count(graph.diag(DIAG_FAST_PATH), "joint_states_rejected_total") >= 1, 3,
+    wait_for(lambda: graph.count(graph.diags.latest(DIAG_FAST_PATH), "joint_states_rejected_total") >= 1, 3,
              what="the fast path's refusals in its diagnostics")
     assert attacked <= base + EXTRA_MOTION_M, (base, attacked)
     held = graph.motion(t_hold, time.monotonic())
@@ -283,9 +276,9 @@ def test_future_stamped_camera_frames_are_refused_and_a_frozen_slow_path_still_h
         img.header.stamp = ns_to_stamp(time.time_ns() + HOUR_NS)
         pub.publish(img)
         time.sleep(0.025)
-    wait_for(lambda: graph.count(graph.diag(DIAG_SLOW_PATH), "images_rejected.future_stamp") >= 10, 5,
+    wait_for(lambda: graph.count(graph.diags.latest(DIAG_SLOW_PATH), "images_rejected.future_stamp") >= 10, 5,
              what="future-stamped frames counted by the slow path")
-    assert float(graph.diag(DIAG_FAST_PATH).get("latent_age_s", "nan")) >= -0.5
+    assert float(graph.diags.latest(DIAG_FAST_PATH).get("latent_age_s", "nan")) >= -0.5
     graph.sup.kill("slow_reasoner", signal.SIGSTOP)
     t_stop = time.monotonic()
     try:

@@ -14,14 +14,15 @@ import time
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image, JointState
 
 from test.conftest import ROOT, node_logs, wait_for
 from vla_runtime.core.config import load_config
+from vla_runtime.core.contract import DIAG_SLOW_PATH
 from vla_runtime.core.latent_buffer import open_latent_reader
 from vla_runtime.core.policy import LatentSlowStep
 from vla_runtime.engines.model_package import load_model_package
+from vla_runtime.graph.harness import DiagnosticsWatch
 from vla_runtime.graph.supervisor import NODE_MODULES, NodeSpec
 from vla_runtime.nodes.common import QOS_SENSOR, latent_buffer_config
 
@@ -79,18 +80,11 @@ def test_slow_reasoner_writes_an_imported_policys_kv_cache(supervisor, probe, wr
             js_pub.publish(m)
 
     node.create_timer(0.05, tick)
-    diags = probe.collect(DiagnosticArray, "/diagnostics")
+    diags = DiagnosticsWatch(probe)
     supervisor.start(NodeSpec("slow_reasoner", NODE_MODULES["slow_reasoner"], str(cfg_path)))
     try:
-        def slow_diag() -> dict:
-            for _, arr in reversed(diags):
-                for st in arr.status:
-                    if st.name == "vla/slow_reasoner":
-                        return {kv.key: kv.value for kv in st.values}
-            return {}
-
         # Frames but no robot state yet: the slow part takes the state, so nothing is written.
-        wait_for(lambda: int(slow_diag().get("waiting_for_state", 0) or 0) >= 2, 60,
+        wait_for(lambda: int(diags.latest(DIAG_SLOW_PATH).get("waiting_for_state", 0) or 0) >= 2, 60,
                  what="the slow path waiting for the robot state")
         assert reader.read() is None
         joints_on[0] = True
@@ -106,4 +100,5 @@ def test_slow_reasoner_writes_an_imported_policys_kv_cache(supervisor, probe, wr
     for name, v in want.items():
         np.testing.assert_allclose(s.tensors[name], v, atol=1e-5, err_msg=name)
     assert 0 < (time.time_ns() - s.obs_stamp_ns) / 1e9 < 5.0
-    wait_for(lambda: int(slow_diag().get("latent_version", 0) or 0) >= 2, 10, what="the version in diagnostics")
+    wait_for(lambda: int(diags.latest(DIAG_SLOW_PATH).get("latent_version", 0) or 0) >= 2, 10,
+             what="the version in diagnostics")
