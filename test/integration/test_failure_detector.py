@@ -35,6 +35,9 @@ pytestmark = pytest.mark.integration
 
 #: 2 fast-loop periods at 30 Hz, plus DDS and a loaded 2-core machine.
 HALT_DEADLINE_S = 0.1
+#: POLICY without a break before a fault is injected: longer than the tracking monitor's
+#: persistence (0.3 s) after the first move's lag has built up (see the first test).
+STEADY_S = 1.5
 
 
 @dataclass
@@ -79,19 +82,23 @@ def test_fault_halts_holds_and_reset_waits_for_the_cause(graph):
     wait_for(lambda: len(g.pose.samples) >= 20, 5.0, what="hand poses from the sim")
     # From a steady POLICY, as the fault bench does: on a cold machine the fast path's first
     # seconds can stall past its 133 ms timeout, which the detector rightly halts (a fresh-clone
-    # run was HALTED before the fault here); steady_policy() resets such a halt and waits.
-    h.steady_policy(0.5, timeout=40.0)
+    # run was HALTED before the fault here); steady_policy() resets such a halt and waits. And
+    # the first move from the start-up pose can lag its command past the tracking monitor's limit
+    # when the simulator runs slower than real time: beside a training job, 2 runs in 25 halted on
+    # tracking (0.36–0.51 rad on joint 6) 0.55 s into POLICY, just after a 0.5 s settle had ended.
+    h.steady_policy(STEADY_S, timeout=60.0)
     # Fault: the fast path freezes (SIGSTOP) — plans stop, the detector's fast-path monitor fires.
     pid = h.supervisor.process("action_chunk_node").pid
     t_f = time.monotonic()
     n_jt = len(g.jt)
     h.supervisor.kill("action_chunk_node", signal.SIGSTOP)
     try:
-        wait_for(lambda: h.safety.safe_after(t_f)[1] == "HALTED", 2.0, interval=0.005,
-                 what="HALTED after the fast path froze")
+        h.wait(lambda: h.safety.safe_after(t_f)[1] == "HALTED", 2.0, "HALTED after the fast path froze",
+               interval=0.005, detail=lambda: f"modes since the freeze {h.safety.modes_since(t_f)}")
         t_safe, worst = h.safety.safe_after(t_f)
         reason = h.safety.state()["reason"]
-        assert "failure_detector: fast_path" in reason, reason
+        assert "failure_detector: fast_path" in reason, \
+            f"{reason}; modes from 1 s before the freeze {h.safety.modes_since(t_f - 1.0)}\n{h.logs()}"
         assert decision_ns(reason) is not None
         # fast-path timeout (4 periods = 133 ms) + the bridge's reaction
         assert t_safe - t_f <= 4 / g.cfg.rates.fast_hz + HALT_DEADLINE_S, (t_safe - t_f, h.safety.state())
@@ -136,7 +143,7 @@ def test_nan_features_halt_within_deadline_and_silent_detector_holds(graph):
     # From a steady POLICY, as in the test above: a cold fast path's first seconds can stall past
     # its timeout, which the detector rightly halts (make test here: HALTED before the poisoned
     # features were sent, so nothing was left to measure).
-    h.steady_policy(0.5, timeout=40.0)
+    h.steady_policy(STEADY_S, timeout=60.0)
     msg = g.features.poisoned(3, np.inf)
     t_f = time.monotonic()
     g.features_pub.publish(msg)
@@ -149,9 +156,19 @@ def test_nan_features_halt_within_deadline_and_silent_detector_holds(graph):
     # The detector dies: no heartbeat → the bridge HOLDs (it cannot enter POLICY without one).
     t_k = time.monotonic()
     h.supervisor.kill("failure_detector", signal.SIGKILL)
-    wait_for(lambda: h.safety.mode() == "HOLD", 2.0, interval=0.005, what="HOLD after the detector went silent")
+    try:  # (not h.wait: it fails on any exited node, and this one was killed on purpose)
+        wait_for(lambda: h.safety.mode() == "HOLD", 2.0, interval=0.005, what="HOLD after the detector went silent")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; modes from 3 s before the kill {h.safety.modes_since(t_k - 3.0)}\n{h.logs()}") \
+            from None
     t_hold, _ = h.safety.safe_after(t_k)
-    assert "failure detector silent" in h.safety.state()["reason"], h.safety.state()
+    # The first HOLD says the heartbeat stopped, or (2 of 6 runs here beside a training job) that
+    # joint states went stale 0.13 s after the kill: most likely the simulator's publish waiting on
+    # the dead subscriber's shared-memory port (Fast DDS checks a port's health with a timeout,
+    # Fast-DDS #6535). Either way the bridge held in time; that it stays out of POLICY because the
+    # heartbeat stopped is what policy_refused says below.
+    reason = h.safety.state()["reason"]
+    assert "failure detector silent" in reason or "joint states stale" in reason, h.safety.modes_since(t_k - 1.0)
     assert t_hold - t_k <= g.cfg.safety.detector_heartbeat_s + HALT_DEADLINE_S
     time.sleep(0.5)
     assert h.safety.mode() == "HOLD" and "failure detector heartbeat missing" in h.safety.state().get(

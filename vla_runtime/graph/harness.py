@@ -182,6 +182,11 @@ class SafetyWatch:
         """The newest ``/vla/halt`` text (None before any)."""
         return self.halts[-1][1].data if self.halts else None
 
+    def modes_since(self, t0: float) -> list[tuple[float, str, str]]:
+        """``(seconds after t0, mode, reason)`` of every report received at or after ``t0`` (for
+        failure messages: what the bridge went through)."""
+        return [(round(t - t0, 3), msg.message, self.reason(msg)) for t, msg in list(self.reports) if t >= t0]
+
     def safe_after(self, t0: float) -> tuple[float | None, str]:
         """(receive time of the first HOLD/HALTED report after ``t0``, the worst mode seen after it)."""
         first, worst = None, ""
