@@ -216,20 +216,18 @@ def test_state_merged_from_split_joint_state_messages(supervisor, probe, write_c
     assert all(np.all(np.isfinite(p.positions)) for p in last.points)
 
 
-
 class RefusingPublisher:
     """A real publisher that refuses its next ``n`` publishes the way rclpy reports Fast DDS's
     refusal (``RCLError: Failed to publish: cannot publish data``)."""
 
     def __init__(self, real, n: int):
-        self.real, self.left, self.refused = real, n, 0
+        self.real, self.left = real, n
 
     def publish(self, msg) -> None:
         from rclpy._rclpy_pybind11 import RCLError
 
         if self.left > 0:
             self.left -= 1
-            self.refused += 1
             raise RCLError("Failed to publish: cannot publish data, at rmw_publish.cpp")
         self.real.publish(msg)
 
