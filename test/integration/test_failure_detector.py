@@ -89,27 +89,33 @@ def test_fault_halts_holds_and_reset_waits_for_the_cause(graph):
     h.steady_policy(STEADY_S, timeout=60.0)
     # Fault: the fast path freezes (SIGSTOP) — plans stop, the detector's fast-path monitor fires.
     pid = h.supervisor.process("action_chunk_node").pid
-    t_f = time.monotonic()
+    t_f, t_f_wall = time.monotonic(), time.time()
     n_jt = len(g.jt)
     h.supervisor.kill("action_chunk_node", signal.SIGSTOP)
     try:
-        h.wait(lambda: h.safety.safe_after(t_f)[1] == "HALTED", 2.0, "HALTED after the fast path froze",
+        # The waits here only observe (5 s): the latency is the bridge's own, below. This probe has
+        # received the bridge's reports ~1 s late (once in 25 runs beside a training job: the
+        # detector had decided 112 ms after the freeze), and the latched halt once not within 2 s.
+        h.wait(lambda: h.safety.safe_after(t_f)[1] == "HALTED", 5.0, "HALTED after the fast path froze",
                interval=0.005, detail=lambda: f"modes since the freeze {h.safety.modes_since(t_f)}")
         t_safe, worst = h.safety.safe_after(t_f)
         reason = h.safety.state()["reason"]
         assert "failure_detector: fast_path" in reason, \
             f"{reason}; modes from 1 s before the freeze {h.safety.modes_since(t_f - 1.0)}\n{h.logs()}"
         assert decision_ns(reason) is not None
-        # fast-path timeout (4 periods = 133 ms) + the bridge's reaction
-        assert t_safe - t_f <= 4 / g.cfg.rates.fast_hz + HALT_DEADLINE_S, (t_safe - t_f, h.safety.state())
+        # fast-path timeout (4 periods = 133 ms) + the bridge's reaction, by the bridge's clock (the
+        # system clock, as this test's t_f_wall): when it switched, not when this probe heard of it
+        reacted = h.safety.safe_transition_after(t_f)
+        assert reacted is not None and reacted - t_f_wall <= 4 / g.cfg.rates.fast_hz + HALT_DEADLINE_S, \
+            (reacted and reacted - t_f_wall, t_safe - t_f, h.safety.modes_since(t_f))
         # the arm got a hold command and the hand stays put
-        wait_for(lambda: any(len(m.points) == 1 for _, m in g.jt[n_jt:]), 1.0, what="a hold command")
+        wait_for(lambda: any(len(m.points) == 1 for _, m in g.jt[n_jt:]), 5.0, what="a hold command")
         time.sleep(1.0)
         motion = g.pose.max_displacement_mm(t_safe + 0.05, t_safe + 1.0)
         assert motion is not None and motion <= 5.0, motion
         # the cause persists: reset refused (the latched halt may reach this probe after the
         # bridge's safety state, which travels on another topic)
-        wait_for(lambda: bool((h.safety.halt_signal() or "").strip()), 2.0, what="the halt on /vla/halt")
+        wait_for(lambda: bool((h.safety.halt_signal() or "").strip()), 5.0, what="the halt on /vla/halt")
         resp = _reset(g)
         assert not resp.success and "halt cause still present" in resp.message, resp.message
     finally:
@@ -126,7 +132,7 @@ def test_fault_halts_holds_and_reset_waits_for_the_cause(graph):
     wait_for(lambda: h.safety.mode() == "HOLD", 2.0, interval=0.005, what="the operator's HOLD")
     h.supervisor.kill("action_chunk_node", signal.SIGSTOP)
     try:
-        wait_for(lambda: h.safety.mode() == "HALTED", 2.0, interval=0.005, what="HALTED after a freeze during HOLD")
+        wait_for(lambda: h.safety.mode() == "HALTED", 5.0, interval=0.005, what="HALTED after a freeze during HOLD")
         assert "failure_detector: fast_path" in h.safety.state()["reason"], h.safety.state()
     finally:
         h.supervisor.kill("action_chunk_node", signal.SIGCONT)

@@ -176,8 +176,11 @@ def test_after_a_halt_only_a_new_press_teleoperates_under_the_latched_halt(rig):
 
 def test_diagnostics_report_the_mode_the_controllers_and_every_counter(rig):
     rig.to_policy()
+    t_policy = rig.t
+    rig.t += 0.25
     kv = rig.bridge.diagnostics(rig.t, 99.5)
     assert kv["mode"] == "POLICY" and kv["controllers"] == "ok: arm_controller, gripper_controller active"
+    assert kv["mode_since_s"] == f"{t_policy:.6f}"  # when it changed, by the bridge's clock
     assert kv["command_rate_hz"] == "99.5" and kv["teleop"] == "off" and kv["teleop_group"] == "arm"
     assert kv["chunks_received"] == "1" and kv["chunks_forwarded"] == "1" and kv["interventions_started"] == "0"
     assert list(kv)[-13:] == ["chunks_received", "chunks_forwarded", "chunks_rejected", "chunks_dropped",

@@ -187,6 +187,15 @@ class SafetyWatch:
         failure messages: what the bridge went through)."""
         return [(round(t - t0, 3), msg.message, self.reason(msg)) for t, msg in list(self.reports) if t >= t0]
 
+    def safe_transition_after(self, t0: float) -> float | None:
+        """The bridge's own time (its clock: system time outside simulated time) of the transition
+        reported by the first HOLD/HALTED report received after ``t0``; None before one."""
+        for t, msg in list(self.reports):
+            if t >= t0 and msg.message in ("HOLD", "HALTED"):
+                since = next((kv.value for kv in msg.values if kv.key == "mode_since_s"), "")
+                return float(since) if since else None
+        return None
+
     def safe_after(self, t0: float) -> tuple[float | None, str]:
         """(receive time of the first HOLD/HALTED report after ``t0``, the worst mode seen after it)."""
         first, worst = None, ""

@@ -632,6 +632,7 @@ class ControllerBridge:
         age = "never" if self.last_command_t is None else f"{now - self.last_command_t:.3f}"
         return {
             "mode": str(a.mode),
+            "mode_since_s": f"{a.history[-1].t:.6f}" if a.history else "",  # the bridge's clock
             "reason": a.reason,
             "cause": a.cause,
             "policy_refused": a.last_refusal,
