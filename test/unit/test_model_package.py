@@ -189,16 +189,19 @@ def _copy_flow(tmp_path: Path, edit: Callable[[dict], None]) -> Path:
     return dst
 
 
-def test_flow_package_loads_and_samples_chunks() -> None:
+@pytest.mark.parametrize("flow_pkg, horizon", [(FLOW_PKG, 32), (PKG.parent / "reference_reach_flow48", 48)],
+                         ids=["32 steps", "48 steps"])
+def test_flow_package_loads_and_samples_chunks(flow_pkg: Path, horizon: int) -> None:
     from vla_runtime.core.flow import FlowHead, RtcGuidance
 
-    files = [f for f in FLOW_PKG.iterdir() if f.is_file()]
-    assert sum(f.stat().st_size for f in files) < 6e6 and not list(FLOW_PKG.glob("*.onnx.data"))
-    assert (FLOW_PKG / "slow.onnx").read_bytes() == (PKG.parent / "reference_reach" / "slow.onnx").read_bytes()
-    spec = validate_package(FLOW_PKG)  # includes the VJP's finite-difference check
-    assert spec.trained and spec.fast.is_flow and spec.chunk_horizon / spec.control_rate_hz >= 1.0
+    files = [f for f in flow_pkg.iterdir() if f.is_file()]
+    assert sum(f.stat().st_size for f in files) < 6e6 and not list(flow_pkg.glob("*.onnx.data"))
+    assert (flow_pkg / "slow.onnx").read_bytes() == (PKG.parent / "reference_reach" / "slow.onnx").read_bytes()
+    spec = validate_package(flow_pkg)  # includes the VJP's finite-difference check
+    assert spec.trained and spec.fast.is_flow and spec.chunk_horizon == horizon
+    assert spec.name == flow_pkg.name and spec.chunk_horizon / spec.control_rate_hz >= 1.0
     assert spec.fast.flow.time_convention == "noise_at_1"
-    with load_model_package(FLOW_PKG, CPU1) as pkg:
+    with load_model_package(flow_pkg, CPU1) as pkg:
         tok = pkg.tokenizer.encode("touch the red cube")
         image = np.random.default_rng(0).integers(0, 256, size=(1, 3, 96, 96), dtype=np.uint8)
         latent = pkg.slow_engine.infer({"image": image, "instruction_ids": tok.ids, "instruction_mask": tok.mask})
@@ -209,13 +212,13 @@ def test_flow_package_loads_and_samples_chunks() -> None:
                 "panda_joint5": 0.0, "panda_joint6": 1.571, "panda_joint7": 0.785, "gripper/gripper": 0.04}
         head.set_proprio(pkg.proprio(home))
         raw = head.sample(np.random.default_rng(1))
-        assert raw.shape == (32, 8) and head.calls == spec.fast.flow.steps
+        assert raw.shape == (horizon, 8) and head.calls == spec.fast.flow.steps
         np.testing.assert_array_equal(raw, head.sample(np.random.default_rng(1)))
         chunk = pkg.action_space.decode(raw)
         assert np.isfinite(chunk).all()
         assert np.abs(chunk[0, :7] - [home[f"panda_joint{i}"] for i in range(1, 8)]).max() < 0.2  # starts near
-        x = np.random.default_rng(2).standard_normal((32, 8)).astype(np.float32)
-        c = np.random.default_rng(3).standard_normal((32, 8)).astype(np.float32)
+        x = np.random.default_rng(2).standard_normal((horizon, 8)).astype(np.float32)
+        c = np.random.default_rng(3).standard_normal((horizon, 8)).astype(np.float32)
         v, vjp = head.velocity_and_vjp(x, 0.5, c)  # the velocity does not depend on the cotangent beside it
         np.testing.assert_array_equal(head.velocity(x, 0.5), v)
         assert np.abs(vjp).max() > 0 and not head.velocity_and_vjp(x, 0.5, 0 * c)[1].any()
