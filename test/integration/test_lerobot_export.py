@@ -16,8 +16,10 @@ from test.conftest import node_logs, wait_for
 from vla_runtime.core.config import load_config
 from vla_runtime.data.lerobot_export import ExportOptions, export_lerobot, image_to_rgb
 from vla_runtime.data.recording import bag_interventions, read_bag
+from vla_runtime.graph.harness import DiagnosticsWatch, recorder_matched
 from vla_runtime.graph.supervisor import NodeSpec, graph_for_config
 from vla_runtime.graph.teleop_rig import GAMEPAD_TELEOP, TeleopRig
+from vla_runtime.nodes.recorder import recorded_topics
 
 pytestmark = pytest.mark.integration
 FPS = 30
@@ -37,6 +39,7 @@ def test_a_real_run_with_a_takeover_exports_frame_for_frame(supervisor, probe, w
     bag = tmp_path / "bag"
     rig = TeleopRig(probe)
     rig.policy_enabled = False  # the real fast path plans
+    diags = DiagnosticsWatch(probe)
     for spec in graph_for_config(load_config(cfg_path), str(cfg_path)):
         if spec.name == "recorder":
             spec = NodeSpec(spec.name, spec.module, spec.config_file, params={"bag_dir": str(bag), "part_s": 1.0})
@@ -44,6 +47,10 @@ def test_a_real_run_with_a_takeover_exports_frame_for_frame(supervisor, probe, w
     try:
         wait_for(lambda: rig.mode() == "POLICY", 60, what="POLICY")
         wait_for(rig.teleop_ready, 30, what="the teleop node on the graph")
+        # The episode starts when every stream it needs is in the bag: on a loaded machine the
+        # recorder matched a publisher late once and the episode was 2.5 s long instead of > 3 s.
+        topics = [spec.name for spec in recorded_topics(load_config(cfg_path))]
+        wait_for(lambda: recorder_matched(probe, diags, topics), 20, what="the recorder matched with every publisher")
         time.sleep(1.5)  # the policy drives
         rig.deadman(True, [1.0, 0, 0, 0, 0, 0])
         wait_for(lambda: rig.mode() == "TELEOP", 5, what="TELEOP")

@@ -12,7 +12,7 @@ from test.conftest import node_logs, wait_for
 from vla_runtime.core.config import load_config
 from vla_runtime.core.contract import DIAG_RECORDER
 from vla_runtime.data.recording import read_bag, recover
-from vla_runtime.graph.harness import DiagnosticsWatch
+from vla_runtime.graph.harness import DiagnosticsWatch, recorder_matched
 from vla_runtime.graph.supervisor import NODE_MODULES, NodeSpec
 from vla_runtime.graph.teleop_rig import GAMEPAD_TELEOP, TeleopRig, teleop_graph
 from vla_runtime.nodes.recorder import recorded_topics
@@ -44,13 +44,8 @@ def test_recorder_survives_sigkill_with_closed_parts_and_interventions(harness, 
     diags = DiagnosticsWatch(probe)
 
     topics = [spec.name for spec in recorded_topics(load_config(cfg), record_images=False)]
-
-    def all_matched() -> bool:
-        on_graph = sum(probe.node.count_publishers(t) for t in topics)  # as the probe sees the graph
-        return int(diags.latest(DIAG_RECORDER).get("publishers_matched", -1)) >= on_graph
-
-    harness.wait(all_matched, 20, "the recorder matched with every publisher", interval=0.2,
-                 detail=lambda: str(diags.latest(DIAG_RECORDER)))
+    harness.wait(lambda: recorder_matched(probe, diags, topics), 20, "the recorder matched with every publisher",
+                 interval=0.2, detail=lambda: str(diags.latest(DIAG_RECORDER)))
     harness.wait(lambda: min(closed_counts().get(t, 0) for t in ("/joint_states", "/ee_pose")) > 0,
                  15, "closed parts holding joint states and poses", interval=0.1)
     rig.deadman(True, [1.0, 0, 0, 0, 0, 0])

@@ -267,6 +267,16 @@ class DiagnosticsWatch:
         return timing_summary(self.fast_path())
 
 
+def recorder_matched(probe: Probe, diags: DiagnosticsWatch, topics: Iterable[str]) -> bool:
+    """Whether the recorder has matched every publisher this probe sees on ``topics`` (its
+    diagnostics' ``publishers_matched``). On a loaded machine it can match a publisher seconds after
+    the rest of the graph, and it records nothing from one it has not matched."""
+    from vla_runtime.core.contract import DIAG_RECORDER
+
+    on_graph = sum(probe.node.count_publishers(t) for t in topics)
+    return int(diags.latest(DIAG_RECORDER).get("publishers_matched", -1)) >= on_graph
+
+
 def timing_summary(kv: Mapping[str, str]) -> dict:
     """The timing summary in a fast-path diagnostics entry (``timing_json``); {} when absent or bad."""
     try:
