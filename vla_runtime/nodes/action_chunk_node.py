@@ -550,9 +550,9 @@ class ActionChunkNode(WorkerLifecycle, LifecycleNode):
         """One tick; an exception in it is counted and turned into a HOLD instead of ending the loop.
 
         The middleware may refuse a publish: Fast DDS's asynchronous writer gives up after its
-        blocking time (rclpy raises ``RCLError: cannot publish data``) when its sender thread was
-        preempted holding the writer (seen in CI and in loaded runs on 2 cores; a publish that
-        blocks 20–70 ms without failing is more common). The HOLD request then often fails too;
+        blocking time (rclpy raises ``RCLError: cannot publish data``), most likely when its sender
+        thread was preempted while holding the writer (seen in CI and in loaded runs on 2 cores; a
+        publish that blocks 20–70 ms without failing is more common). The HOLD request then often fails too;
         that is counted and the loop goes on: the bridge holds on its watchdog meanwhile, and the
         next tick publishes again. (An exception leaving this method would end the loop thread and
         leave a node that is up but silent.)
