@@ -174,9 +174,14 @@ class SafetyWatch:
         return self.reports[-1][1].message if self.reports else ""
 
     @staticmethod
-    def reason(msg) -> str:
+    def value(msg, key: str) -> str:
+        """The value of ``key`` in one report ("" when absent)."""
+        return next((kv.value for kv in msg.values if kv.key == key), "")
+
+    @classmethod
+    def reason(cls, msg) -> str:
         """The ``reason`` of one report."""
-        return next((kv.value for kv in msg.values if kv.key == "reason"), "")
+        return cls.value(msg, "reason")
 
     def halt_signal(self) -> str | None:
         """The newest ``/vla/halt`` text (None before any)."""
@@ -192,7 +197,7 @@ class SafetyWatch:
         reported by the first HOLD/HALTED report received after ``t0``; None before one."""
         for t, msg in list(self.reports):
             if t >= t0 and msg.message in ("HOLD", "HALTED"):
-                since = next((kv.value for kv in msg.values if kv.key == "mode_since_s"), "")
+                since = self.value(msg, "mode_since_s")
                 return float(since) if since else None
         return None
 
