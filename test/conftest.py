@@ -74,3 +74,22 @@ def write_config(harness) -> Callable[..., Path]:
         return harness.write_config(ROOT / "config" / base, overrides, name)
 
     return _write
+
+
+class RefusingPublisher:
+    """A real publisher that refuses its next ``n`` publishes the way rclpy reports Fast DDS's
+    refusal (``RCLError: Failed to publish: cannot publish data``)."""
+
+    def __init__(self, real, n: int):
+        self.real, self.left = real, n
+
+    def publish(self, msg) -> None:
+        from rclpy._rclpy_pybind11 import RCLError
+
+        if self.left > 0:
+            self.left -= 1
+            raise RCLError("Failed to publish: cannot publish data, at rmw_publish.cpp")
+        self.real.publish(msg)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)

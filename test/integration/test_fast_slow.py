@@ -14,7 +14,7 @@ import pytest
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
-from test.conftest import node_logs, wait_for
+from test.conftest import RefusingPublisher, node_logs, wait_for
 from vla_runtime.graph.harness import DiagnosticsWatch
 from vla_runtime.graph.supervisor import NODE_MODULES, NodeSpec
 from vla_runtime.nodes.common import QOS_COMMAND, QOS_SENSOR
@@ -214,25 +214,6 @@ def test_state_merged_from_split_joint_state_messages(supervisor, probe, write_c
     last = next(m for _, m in reversed(plans) if m.points)
     assert last.joint_names == JOINTS[:7] + ["gripper/gripper"]
     assert all(np.all(np.isfinite(p.positions)) for p in last.points)
-
-
-class RefusingPublisher:
-    """A real publisher that refuses its next ``n`` publishes the way rclpy reports Fast DDS's
-    refusal (``RCLError: Failed to publish: cannot publish data``)."""
-
-    def __init__(self, real, n: int):
-        self.real, self.left = real, n
-
-    def publish(self, msg) -> None:
-        from rclpy._rclpy_pybind11 import RCLError
-
-        if self.left > 0:
-            self.left -= 1
-            raise RCLError("Failed to publish: cannot publish data, at rmw_publish.cpp")
-        self.real.publish(msg)
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
 
 
 def test_fast_loop_outlives_publishes_the_middleware_refuses(probe, write_config, monkeypatch):

@@ -156,3 +156,51 @@ def test_cartesian_impedance_moves_hand_toward_target(supervisor, probe, write_c
     dist = float(np.linalg.norm(np.array([p.x, p.y, p.z]) - goal))
     print(f"Cartesian impedance: {np.linalg.norm(goal - p0) * 1e3:.0f} mm away at start, {dist * 1e3:.1f} mm after 3 s")
     assert dist < 0.01
+
+
+def test_physics_and_cameras_outlive_publishes_the_middleware_refuses(probe, write_config):
+    """The simulator's twin of the fast path's refused publish: Fast DDS may refuse a publish under
+    load (rclpy ``RCLError: cannot publish data``). The physics loop used to re-raise it and stop
+    (the robot frozen, its joint states gone). The node runs in this process with its real physics
+    and render threads and DDS publishers; the joint-state publisher refuses its next 5 publishes and
+    the camera's its next 2: physics and rendering go on, joint states and frames arrive again, and
+    the refusals are counted in diagnostics."""
+    import threading
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from test.conftest import RefusingPublisher
+    from vla_runtime.graph.harness import DiagnosticsWatch
+    from vla_runtime.nodes.sim_robot import SimRobotNode
+
+    cfg = write_config("sim_panda.yaml", {})
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, args=["--ros-args", "-p", f"config_file:={cfg}"])
+    node = SimRobotNode(context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    js = probe.collect(JointState, "/joint_states", 50)
+    images = probe.collect(Image, "/camera/scene/image_raw", QOS_SENSOR)
+    diags = DiagnosticsWatch(probe)
+    try:
+        wait_for(lambda: len(js) > 10 and len(images) > 2, STARTUP_S, what="joint states and frames from sim_robot")
+        js_refusing = node._js_pub = RefusingPublisher(node._js_pub, 5)
+        cam_refusing = node._img_pubs[0] = RefusingPublisher(node._img_pubs[0], 2)
+        wait_for(lambda: js_refusing.left == 0 and cam_refusing.left == 0, 5, what="the refused publishes")
+        n_js, n_img, sim_t = len(js), len(images), node.robot.time
+        wait_for(lambda: len(js) >= n_js + 50 and len(images) >= n_img + 3, 10,
+                 what="joint states and frames again after the refusals")
+        assert node._physics.error is None and node._physics.running
+        assert node._render.is_alive()
+        assert node.robot.time > sim_t
+        wait_for(lambda: diags.latest("sim_robot: physics").get("state_publish_errors") == "5", 5,
+                 what="the refused joint states in sim_robot's diagnostics")
+        assert "cannot publish data" in diags.latest("sim_robot: physics")["last_publish_error"]
+        assert diags.latest("sim_robot: cameras")["frame_publish_errors"] == "2"
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)

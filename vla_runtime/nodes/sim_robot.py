@@ -98,8 +98,8 @@ MAX_LAG_S = 0.05
 class SimRobotNode(Node):
     """The simulated robot as a ROS 2 node (see the module docstring for its interfaces)."""
 
-    def __init__(self) -> None:
-        super().__init__("sim_robot")
+    def __init__(self, **kwargs) -> None:
+        super().__init__("sim_robot", **kwargs)
         self.cfg = load_node_config(self)
         self.declare_parameter("ee_pose_hz", 100.0)
         self.declare_parameter("objects_hz", 10.0)
@@ -153,7 +153,11 @@ class SimRobotNode(Node):
         self.create_service(Trigger, SERVICE_SIM_RESET, self._on_reset)
 
         # -- statistics (written by the physics / render threads, read by the diagnostics timer)
-        self._stats = {"frames": 0, "render_s": 0.0, "frames_skipped": 0, "js_published": 0}
+        self._stats = {"frames": 0, "render_s": 0.0, "frames_skipped": 0, "js_published": 0,
+                       "state_publish_errors": 0, "frame_publish_errors": 0}
+        #: The last publish the middleware refused (physics or render thread); the diagnostics timer logs it.
+        self._last_publish_error: Exception | None = None
+        self._publish_errors_logged = 0
         self._physics_error_logged = False
         self._diag_prev = (time.monotonic(), self.robot.time, 0)
         self.create_timer(1.0 / self.get_parameter("objects_hz").value, self._publish_objects)
@@ -300,11 +304,14 @@ class SimRobotNode(Node):
             return
         try:
             self._publish_state(js, poses, stamp)
-        except RCLError:
+        except RCLError as e:
             if self._stop.is_set() or not self.context.ok():
                 self._physics.stop(0.0)
                 return
-            raise
+            # The middleware refused a publish (Fast DDS's writer gave up under load): physics goes on,
+            # as a robot's driver would, and the next batch publishes again. Counted, logged at 1 Hz.
+            self._stats["state_publish_errors"] += 1
+            self._last_publish_error = e
 
     def _publish_state(self, js, poses, stamp) -> None:
         msg = self._js_msg
@@ -330,14 +337,14 @@ class SimRobotNode(Node):
     def _render_loop(self) -> None:
         renderer = CameraRenderer(self.robot.model)
         try:
-            cams = list(zip(self.cfg.cameras, self._img_pubs))
+            cams = self.cfg.cameras
             due = [time.monotonic()] * len(cams)
             while not self._stop.is_set():
                 i = int(np.argmin(due))
                 delay = due[i] - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
                     break
-                cam, pub = cams[i]
+                cam = cams[i]
                 with self._lock:
                     qpos = self.robot.qpos()
                     stamp = ns_to_stamp(self._now_ns())
@@ -352,11 +359,12 @@ class SimRobotNode(Node):
                 if self._stop.is_set():
                     break
                 try:
-                    pub.publish(msg)
-                except RCLError:
+                    self._img_pubs[i].publish(msg)
+                except RCLError as e:
                     if self._stop.is_set() or not self.context.ok():
                         break
-                    raise
+                    self._stats["frame_publish_errors"] += 1  # as the physics thread: counted, go on
+                    self._last_publish_error = e
                 due[i] += 1.0 / cam.rate_hz
                 now = time.monotonic()
                 if due[i] < now:  # fell behind: skip the missed frames rather than burst
@@ -402,6 +410,12 @@ class SimRobotNode(Node):
         else:
             physics.level = DiagnosticStatus.WARN if slow else DiagnosticStatus.OK
             physics.message = f"real-time factor {rtf:.3f}" + (" (falling behind)" if slow else "")
+        refused = s["state_publish_errors"] + s["frame_publish_errors"]
+        last_refusal = self._last_publish_error
+        if refused > self._publish_errors_logged:
+            self._publish_errors_logged = refused
+            self.get_logger().warning(f"{s['state_publish_errors']} joint-state and {s['frame_publish_errors']} "
+                                      f"camera publish(es) refused by the middleware so far; last: {last_refusal!r}")
 
         def ms(key: str, stat: str) -> str:
             v = (timing.get(key) or {}).get(stat)
@@ -413,12 +427,15 @@ class SimRobotNode(Node):
             ("batches_skipped", str(timing["skipped"])),
             ("batch_start_jitter_p99_ms", ms("period_jitter_ms", "p99")),
             ("batch_compute_p50_ms", ms("step_ms", "p50")), ("batch_compute_max_ms", ms("step_ms", "max")),
-            ("steps_per_batch", str(self._batch)))]
+            ("steps_per_batch", str(self._batch)),
+            ("state_publish_errors", str(s["state_publish_errors"])),
+            ("last_publish_error", "" if last_refusal is None else repr(last_refusal)))]
         frames = max(s["frames"], 1)
         cams = DiagnosticStatus(name="sim_robot: cameras", hardware_id=self.cfg.robot.name,
                                 level=DiagnosticStatus.OK, message=f"{s['frames']} frames")
         cams.values = [KeyValue(key="render_mean_ms", value=f"{1e3 * s['render_s'] / frames:.2f}"),
-                       KeyValue(key="frames_skipped", value=str(s["frames_skipped"]))]
+                       KeyValue(key="frames_skipped", value=str(s["frames_skipped"])),
+                       KeyValue(key="frame_publish_errors", value=str(s["frame_publish_errors"]))]
         ctl = DiagnosticStatus(name="sim_robot: controllers", hardware_id=self.cfg.robot.name,
                                level=DiagnosticStatus.OK, message="")
         ctl.values = [KeyValue(key=f"{n}", value=f"{'active' if a else 'inactive'} accepted={acc} rejected={rej} "
