@@ -3,6 +3,8 @@
 * With 300 ms injected into every fast inference of the trained flow-matching reference, the fast
   path runs inference off the tick with real-time chunking: the command stream keeps its 30 Hz and
   never holds while the arm chases a sliding cube, episode after episode.
+* Stop-and-go with the same delay starts every chunk from its first action: its arm stood still
+  while the chunk was computed, where the moving arm of the asynchronous mode has passed ~9 of them.
 * An engine that hangs (a worker that never returns) ends in HOLD, then HALTED by the detector.
 """
 
@@ -44,6 +46,23 @@ def test_300ms_inference_keeps_the_command_stream_at_30hz_with_no_hold_while_the
     assert int(row["rtc_guided_chunks"]) > 0, row
     # And the arm does its job while inference takes 300 ms.
     assert row["success_rate"] >= 0.75, row
+    # The arm moved on while each chunk was computed: the actions of those 300 ms (9 at 30 Hz) were
+    # dropped on merge, except from the first chunk of an episode, computed while the arm held.
+    chunks, skipped = int(row["chunks"]), int(row["skipped_actions"])
+    assert skipped >= 9 * (chunks - 2 * row["episodes"]), row
+
+
+def test_stop_and_go_starts_each_chunk_from_its_first_action():
+    from vla_runtime.bench.delay import bench_delay
+
+    out = bench_delay(episodes=2, delays_ms=[300.0], modes=["sync"], task="touch", speed=False)
+    (row,) = out["rows"]
+    # It did stop and go: it held for the inferences between its chunks, and reached the cube.
+    assert row["hold_fraction"] > 0.1 and int(row["chunks"]) >= 2 * row["episodes"], row
+    assert row["success_rate"] == 1.0, row
+    # The arm stood still during each inference, so no action of a chunk had passed when it came:
+    # skipping the 300 ms of them would jump the held arm 9 actions along its path.
+    assert int(row["skipped_actions"]) == 0, row
 
 
 def test_an_engine_that_hangs_ends_in_hold_then_halted(harness):

@@ -24,6 +24,24 @@ def test_chunk_arriving_two_steps_late_starts_at_its_third_action() -> None:
     assert s.delay_percentile_s(50) == pytest.approx(0.2)
 
 
+def test_a_chunk_computed_while_the_robot_held_starts_at_its_first_action() -> None:
+    """Stop-and-go: the arm stood still for the 0.3 s inference, so no action of the chunk has passed."""
+    s = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=10.0, blend_s=0.0))
+    assert s.submit(_ramp(8), obs_time_s=1.0, now_s=1.3, start_s=1.3) == 0
+    np.testing.assert_allclose(s.sample(1.3), [0.0, 0.0])
+    np.testing.assert_allclose(s.sample(1.45), [1.5, 1.5])
+    np.testing.assert_allclose(s.sample(2.0), [7.0, 7.0])  # the whole chunk runs, to its last action
+    assert s.sample(2.01) is None
+    assert s.delay_estimate_s == pytest.approx(0.3)  # the delay is still the observation's age
+    # A start between the observation and now skips what passed since the start.
+    s2 = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=10.0, blend_s=0.0))
+    assert s2.submit(_ramp(8), obs_time_s=1.0, now_s=1.3, start_s=1.1) == 2
+    np.testing.assert_allclose(s2.sample(1.3), [2.0, 2.0])
+    for bad in (0.9, 1.4):
+        with pytest.raises(ValueError, match=rf"start_s must lie in \[obs_time_s, now_s\] = \[1.0, 1.3\], got {bad}"):
+            s2.submit(_ramp(8), obs_time_s=1.0, now_s=1.3, start_s=bad)
+
+
 def test_blending_makes_the_switch_continuous() -> None:
     def run(blend_s: float) -> float:
         s = ChunkScheduler(ChunkSchedulerConfig(chunk_rate_hz=30.0, blend_s=blend_s, blend_shape="smoothstep"))

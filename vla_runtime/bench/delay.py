@@ -6,7 +6,8 @@ slow_reasoner, action_chunk_node as processes over DDS) on ``touch_dynamic``, wi
 latency injected into every fast inference (``model.fast_engine.inject_delay_ms``), for each mode:
 
 * ``sync``: stop-and-go (``scheduler.inference: sync``): execute the first half of the chunk (as the
-  synchronous baseline of Black et al.: 25 of π0's 50 steps), hold while the next one is computed;
+  synchronous baseline of Black et al.: 25 of π0's 50 steps), hold while the next one is computed,
+  then execute it from its first action (the arm stood still meanwhile: no row of it is skipped);
 * ``async_crossfade``: inference off the tick, unguided sampling, chunks joined by the delay-aware
   0.1 s cross-fade (``rtc_max_guidance: 0``);
 * ``async_rtc``: inference off the tick, real-time chunking (the new chunk's first ``d`` steps frozen
@@ -29,7 +30,9 @@ Per (mode, delay) row, over the episodes (seeds as ``vla-runtime eval``):
   after it (the cross-fade spreads a splice over 0.1 s);
   ``splice_accel_jump_p99`` is the 99th percentile of the same, and ``max_splice_at_s`` when the
   largest one came (seconds after the episode's /vla/resume);
-* ``success_rate``, ``mean_time_to_success_s``.
+* ``success_rate``, ``mean_time_to_success_s``;
+* ``chunks``, ``skipped_actions``: chunks merged, and their leading actions dropped because the arm
+  moved past their time during the inference (none for stop-and-go, whose arm holds meanwhile).
 
 Speed rows (``speed_rows``): stop-and-go and RTC again at ``speed_delay_ms`` (300 ms) on ``touch``
 (a static cube: time to success measures how fast the arm gets there, where on ``touch_dynamic`` the
@@ -244,6 +247,7 @@ def _row(session_cls, path: Path, mode: str, delay: float, task: str, episodes: 
         "inference_ms_p50": (timing.get("infer_ms") or {}).get("p50"),
         "delay_planned_s": kv.get("delay_planned_s"),
         "chunks": kv.get("chunks"),
+        "skipped_actions": kv.get("skipped_actions"),
         "rtc_guided_chunks": kv.get("rtc_guided_chunks"),
         "provider": kv.get("provider"),
     }

@@ -399,13 +399,19 @@ class ChunkScheduler:
         elif a != self.action_dim:
             raise ValueError(f"{what} must have action dim {self.action_dim}, got {a}")
 
-    def submit(self, chunk: ActionChunk, obs_time_s: float, now_s: float) -> int:
+    def submit(self, chunk: ActionChunk, obs_time_s: float, now_s: float,
+               start_s: float | None = None) -> int:
         """Merge a new chunk whose first action belongs to ``obs_time_s``.
 
         Args:
             chunk: (H, A) actions spaced ``1 / chunk_rate_hz``.
             obs_time_s: Time of the observation the chunk was computed from.
             now_s: Current time (same clock).
+            start_s: Time the chunk's first action belongs to, when that is not ``obs_time_s``:
+                a robot that stood still while the chunk was computed (stop-and-go) has not
+                moved past any of its actions, so it starts from the first at ``now_s``. Must
+                lie in ``[obs_time_s, now_s]``. The delay estimate and the staleness checks
+                still use ``obs_time_s``.
 
         Returns:
             Number of leading actions skipped because they were already in the
@@ -413,8 +419,8 @@ class ChunkScheduler:
             than the executing chunk, or later than ``max_delay_s``).
 
         Raises:
-            ValueError: On a bad shape, non-finite values, or an observation
-                time after ``now_s``.
+            ValueError: On a bad shape, non-finite values, an observation
+                time after ``now_s``, or a ``start_s`` outside ``[obs_time_s, now_s]``.
         """
         arr = np.array(chunk, dtype=np.float64, copy=True)
         if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -423,9 +429,12 @@ class ChunkScheduler:
             raise ValueError("chunk contains non-finite values")
         if obs_time_s > now_s + 1e-9:
             raise ValueError(f"obs_time_s must be ≤ now_s ({now_s}), got {obs_time_s}")
+        if start_s is not None and not obs_time_s - 1e-9 <= start_s <= now_s + 1e-9:
+            raise ValueError(f"start_s must lie in [obs_time_s, now_s] = [{obs_time_s}, {now_s}], got {start_s}")
         self._check_action_dim(arr.shape[1], "chunk")
         self.stats["submitted"] += 1
         obs_time_s, now_s = float(obs_time_s), float(now_s)
+        start = obs_time_s if start_s is None else float(start_s)
         delay = now_s - obs_time_s
         self._record_delay(delay)
         cfg = self.config
@@ -437,14 +446,14 @@ class ChunkScheduler:
             return -1
         dt = self.dt_chunk
         h = arr.shape[0]
-        last_t = obs_time_s + (h - 1) * dt
+        last_t = start + (h - 1) * dt
         if last_t < now_s - 1e-9:
             self.stats["rejected_stale"] += 1
             return -1
         # Keep the last point at or before now_s so sampling at now_s interpolates.
-        skip = int(math.floor((now_s - obs_time_s) / dt + 1e-9))
+        skip = int(math.floor((now_s - start) / dt + 1e-9))
         skip = min(max(skip, 0), h - 1)
-        new = _Chunk(arr[skip:], obs_time_s + skip * dt, dt, cfg.interpolation == "cubic", obs_time_s)
+        new = _Chunk(arr[skip:], start + skip * dt, dt, cfg.interpolation == "cubic", obs_time_s)
 
         old = None
         if self._traj is not None:

@@ -430,7 +430,8 @@ class SchedulerConfig(_Frozen):
         default="async",
         description="async: inference on a worker thread, started by the execution horizon, the loop never "
                     "waits for it; inline: inference inside each tick (over max_infer_overrun → HOLD); sync: "
-                    "stop-and-go on the worker (execute the whole chunk, hold while the next is computed)",
+                    "stop-and-go on the worker (execute the horizon's steps, the whole chunk if unset; hold while the "
+                    "next is computed; start it from its first action)",
     )
     execution_horizon_steps: int = Field(
         default=1, ge=1, le=10000,

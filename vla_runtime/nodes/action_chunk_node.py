@@ -13,15 +13,18 @@ Where inference runs (``scheduler.inference``):
 * ``async`` (default): on a worker thread (core/async_inference.InferenceWorker; ONNX Runtime
   releases the interpreter lock while it computes, so a thread suffices). The loop never waits for
   a model: each tick it streams the current plan, merges a finished chunk (stamped with the
-  observation it was computed from; the actions whose time passed are dropped), and starts the next
+  observation it was computed from; the actions whose time passed while the arm moved are dropped,
+  none while it held), and starts the next
   inference when the plan left falls to the execution horizon, timed from the measured delay (a
   percentile of recent observation → merge delays, :class:`HorizonTrigger`). For a flow-matching
   head the executing plan guides the new chunk (real-time chunking); a one-shot head is joined by
   the delay-aware cross-fade. An inference in flight longer than ``scheduler.max_inference_s`` is a
   stalled engine: HOLD.
 * ``inline``: inference inside the tick; one over ``max_infer_overrun`` periods means HOLD.
-* ``sync``: stop-and-go on the worker: the whole chunk executes, then the robot holds while the next
-  is computed (the baseline the asynchronous mode is measured against).
+* ``sync``: stop-and-go on the worker: the execution horizon's steps of the chunk (the whole chunk if
+  unset) execute, then the robot holds while the next is computed and starts that one from its first
+  action (nothing of it passed while the arm stood still); the baseline the asynchronous mode is
+  measured against.
 
 The latent is what the package's slow part writes: one K×D tensor, or several named tensors (an
 imported π0/π0.5/SmolVLA's K/V prefix cache and its mask), read as one version into per-tensor
@@ -175,7 +178,7 @@ class ActionChunkNode(WorkerLifecycle, LifecycleNode):
         self.frame_rejections = Rejections()
         self.counters = {"ticks": 0, "hold_ticks": 0, "chunks": 0, "bad_joint_states": 0, "overruns": 0,
                          "sync_requests": 0, "inferences": 0, "chunks_dropped": 0, "inference_errors": 0,
-                         "tick_errors": 0, "hold_publish_errors": 0}
+                         "tick_errors": 0, "hold_publish_errors": 0, "skipped_actions": 0}
         self.worker = None  # InferenceWorker (inference async / sync), built in on_activate
         self.selector = None  # ChunkSelector (scheduler.candidates > 1), built in on_configure
         self._consensus = False  # scheduler.horizon_policy consensus (a ConsensusTrigger)
@@ -646,7 +649,10 @@ class ActionChunkNode(WorkerLifecycle, LifecycleNode):
             latent = {name: t.copy() for name, t in latent.items()}
         elif latent is not None:
             latent = latent.copy()
-        request = (now, state.copy(), latent, prefix, exec_steps, age, frames)
+        # Until when the arm moves while this inference runs: to the executing plan's end (None: it holds,
+        # as in stop-and-go, which holds from now on). The merge starts the chunk by it (_merge).
+        moving_until = None if self.inference == "sync" else plan_end
+        request = (now, state.copy(), latent, prefix, exec_steps, age, frames, moving_until)
         if self.worker.submit(request, now):
             self.counters["inferences"] += 1
             if self.inference == "sync":  # stop-and-go: the robot waits for the inference
@@ -654,16 +660,16 @@ class ActionChunkNode(WorkerLifecycle, LifecycleNode):
 
     def _infer_request(self, request):
         """The worker's function (its thread): one chunk from a snapshot; errors go back to the loop."""
-        obs, state, latent, prefix, exec_steps, age, frames = request
+        obs, state, latent, prefix, exec_steps, age, frames, moving_until = request
         res = self._run_step(state, prefix, latent, exec_steps, frames, age)
-        return obs, res, latent, age
+        return obs, res, latent, age, moving_until
 
     def _merge(self, done, now: float) -> None:
         """A finished inference: merge its chunk unless a hold came after its observation."""
         if done.error is not None:
             self.counters["inference_errors"] += 1
             return self._publish_hold(HOLD_BAD_OUTPUT, now)
-        obs, res, latent, age = done.result
+        obs, res, latent, age, moving_until = done.result
         self.loop.stats.report_inference_ns(res.infer_ns, in_step=False)  # the worker's: the tick's overhead stays
         if obs <= self._drop_before:
             self.counters["chunks_dropped"] += 1
@@ -674,13 +680,19 @@ class ActionChunkNode(WorkerLifecycle, LifecycleNode):
             overlap = 0 if end is None else max(0, int(math.floor((end - obs) * self.chunk_rate + 1e-9)) + 1)
             self.trigger.observe(res.chunk, plan, overlap, max(0, math.ceil((now - obs) * self.chunk_rate - 1e-9)))
         try:
-            if self.scheduler.submit(res.chunk, obs_time_s=obs, now_s=now) < 0:
+            # Only the time the arm moved since the observation used up actions of the chunk. While it
+            # held (stop-and-go, the first chunk after a HOLD, a plan that ended during the inference)
+            # none passed: skipping them would jump the held arm ahead along the path in the blend.
+            moved = 0.0 if moving_until is None else min(max(moving_until, obs), now) - obs
+            skipped = self.scheduler.submit(res.chunk, obs_time_s=obs, now_s=now, start_s=now - moved)
+            if skipped < 0:
                 self.counters["chunks_dropped"] += 1
                 return None
         except ValueError:  # non-finite chunk
             return self._publish_hold(HOLD_BAD_OUTPUT, now)
         self._chunk_obs = obs
         self.counters["chunks"] += 1
+        self.counters["skipped_actions"] += skipped  # actions whose time the arm spent moving during inference
         if self.features_pub.get_subscription_count() > 0:
             self._publish_features(latent, res.raw, age + (now - obs), res.infer_ns / 1e6, hold=False)
         return None
