@@ -2,9 +2,10 @@
 
 The trained flow-matching reference (``config/sim_panda_reach_flow48.yaml``: a 48-step (1.6 s) chunk
 at 30 Hz, 10 Euler steps sampled by the runtime; the 32-step package's 1.07 s is less than the twice
-500 ms a chunk must cover with one inference in flight) runs through the whole graph (sim_robot, controller_bridge,
-slow_reasoner, action_chunk_node as processes over DDS) on ``touch_dynamic``, with a fixed extra
-latency injected into every fast inference (``model.fast_engine.inject_delay_ms``), for each mode:
+500 ms a chunk must cover with one inference in flight) runs through the whole graph (sim_robot,
+controller_bridge, slow_reasoner, action_chunk_node as processes over DDS) on ``touch_dynamic``, with
+a fixed extra latency injected into every fast inference (``model.fast_engine.inject_delay_ms``), for
+each mode:
 
 * ``sync``: stop-and-go (``scheduler.inference: sync``): execute the first half of the chunk (as the
   synchronous baseline of Black et al.: 25 of π0's 50 steps), hold while the next one is computed,
