@@ -10,7 +10,6 @@ path compute again.
 
 import time
 
-import numpy as np
 import pytest
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
@@ -71,15 +70,7 @@ def test_static_scene_reuses_slow_steps_and_the_fast_path_stays_in_policy(harnes
     # -- a moved cube is a changed scene: the slow path computes again
     harness.wait(lambda: "red_cube" in objects.positions, 10.0, "the cube poses on /sim/objects", interval=0.05)
     before = _n(slow(), "cache_recompute_scene")
-    target = objects.positions["red_cube"] + [0.0, 0.05, 0.0]
-
-    def moved() -> bool:  # asked again until /sim/objects shows it: a request sent before the sim matched is lost
-        if np.linalg.norm(objects.positions["red_cube"][:2] - target[:2]) < 0.01:
-            return True
-        objects.move("red_cube", target)
-        return False
-
-    harness.wait(moved, 5.0, "the sim to move the cube", interval=0.5, detail=lambda: str(objects.positions))
+    objects.place({"red_cube": (objects.positions["red_cube"] + [0.0, 0.05, 0.0], None)}, 5.0)
     harness.wait(lambda: _n(slow(), "cache_recompute_scene") > before, 5.0, "a recompute after the cube moved",
                  interval=0.05, detail=lambda: str(slow()))
 

@@ -220,15 +220,10 @@ class _GraphSession:
         # 2. Scene for this seed, then the instruction.
         poses = sample_cube_poses(seed, "panda")
         want = {n: p for n, (p, _) in poses.items()}
-        deadline = time.monotonic() + RESET_TIMEOUT_S
-        while not self._objects_match(want):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"eval: /sim/objects does not show the cube poses of seed {seed}: "
-                                   f"{self.objects.positions} vs {want}")
-            for name, (pos, quat) in poses.items():  # the topic keeps only the newest request: one at a time
-                self.objects.move(name, pos, quat)
-                time.sleep(0.02)
-            g.wait(lambda: self._objects_match(want), 0.25)  # /sim/objects comes at 10 Hz
+        try:
+            self.objects.place(poses, RESET_TIMEOUT_S)
+        except TimeoutError as e:
+            raise TimeoutError(f"eval: the cube poses of seed {seed}: {e}") from None
         spec = make_episode(task, seed, poses, colour)
         self.instruction_pub.publish(self._String(data=spec.instruction))
         ready_wall = time.time() + 0.03
@@ -312,10 +307,6 @@ class _GraphSession:
         if after_run is not None:
             after_run(row)
         return row
-
-    def _objects_match(self, want: dict[str, np.ndarray]) -> bool:
-        objs = self.objects.positions
-        return all(n in objs and np.linalg.norm(objs[n][:2] - p[:2]) < 0.01 for n, p in want.items())
 
     def fast_timing(self) -> dict:
         kv = self.diag.fast_path()

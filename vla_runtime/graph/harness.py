@@ -367,6 +367,33 @@ class SimObjects:
             req["orientation"] = [float(v) for v in orientation]
         self._move.publish(self._String(data=json.dumps(req)))
 
+    def shows(self, want: Mapping[str, Iterable[float]], tol_m: float = 0.01) -> bool:
+        """Whether the newest ``/sim/objects`` has every object of ``want`` within ``tol_m`` of it in x and y."""
+        objs = self.positions
+        return all(n in objs and np.linalg.norm(objs[n][:2] - np.asarray(p, float)[:2]) < tol_m
+                   for n, p in want.items())
+
+    def place(self, poses: Mapping[str, tuple[Iterable[float], Iterable[float] | None]], timeout: float) -> None:
+        """Move objects (name → (position, orientation or None)) and wait until ``/sim/objects`` shows them.
+
+        The requests go again every 0.25 s until it does: the topic keeps only the newest request, and one
+        sent before the sim matched this publisher is lost.
+
+        Raises:
+            TimeoutError: ``/sim/objects`` does not show them within ``timeout`` (both named).
+        """
+        want = {n: p for n, (p, _) in poses.items()}
+        deadline = time.monotonic() + timeout
+        while not self.shows(want):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"/sim/objects does not show {want}: {self.positions}")
+            for name, (pos, quat) in poses.items():  # one at a time: the topic keeps only the newest request
+                self.move(name, pos, quat)
+                time.sleep(0.02)
+            end = time.monotonic() + 0.25  # /sim/objects comes at 10 Hz
+            while time.monotonic() < end and not self.shows(want):
+                time.sleep(0.01)
+
 
 class FeatureSample(NamedTuple):
     """The tail of one ``/vla/policy_features`` message, as received."""
