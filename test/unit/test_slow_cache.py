@@ -109,6 +109,17 @@ def test_max_reuse_age_recomputes(scene):
     assert cache.recompute_reasons["max_reuse"] == 1
 
 
+def test_a_scene_change_as_the_latent_ages_counts_as_a_scene_recompute(scene):
+    """max_reuse counts the steps computed only because the latent got old: a cube moved in the same
+    step reads as what it is (a graph test waiting for a scene recompute once missed it this way)."""
+    still, moved = scene
+    cache = SlowCache(max_reuse_s=1.0)
+    computed_once(cache, still, obs_ns=10 * S)
+    d = cache.check({"scene": moved}, INSTR, None, 12 * S)
+    assert not d.reuse and d.reason == "scene" and d.score > cache.image_threshold
+    assert cache.recompute_reasons == {**dict.fromkeys(cache.recompute_reasons, 0), "first": 1, "scene": 1}
+
+
 def test_state_change_beyond_tolerance_recomputes(scene):
     still, _ = scene
     q = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 1.9, 0.785])

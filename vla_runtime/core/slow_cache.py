@@ -19,7 +19,10 @@ step would see what the last COMPUTED step saw (NanoVLA's vision-language reuse)
 * **State** (only where the slow part takes the robot state): the largest change of one state
   value against the computed step's, in the package's proprio units (rad for revolute joints).
 * **Age**: ``max_reuse_s`` after the observation the latent was computed from, the next step is
-  computed whatever the scene, so a latent is never reused for ever.
+  computed whatever the scene, so a latent is never reused for ever. It is judged last: a step that
+  a changed input would compute anyway counts under that input's reason, so ``max_reuse`` counts
+  the steps computed only because the latent got old (a cube moved just as the latent aged is a
+  scene recompute).
 
 What a reuse means (design (b) of issue #15): the frames the step would use were CHECKED against the
 frames the latent was computed from and found equal within the threshold, so the latent is
@@ -186,8 +189,6 @@ class SlowCache:
             return CacheDecision(False, REASON_CAMERAS, score)
         if instruction != ref.instruction:
             return CacheDecision(False, REASON_INSTRUCTION, score)
-        if (obs_ns - ref.obs_ns) / 1e9 > self.max_reuse_s:
-            return CacheDecision(False, REASON_MAX_REUSE, score)
         if (state is None) != (ref.state is None):
             return CacheDecision(False, REASON_STATE, score)
         if state is not None:
@@ -196,6 +197,9 @@ class SlowCache:
                 return CacheDecision(False, REASON_STATE, score)
         if not score <= self.image_threshold:  # nan / inf (another size) → recompute
             return CacheDecision(False, REASON_SCENE, score)
+        # Age last (see the module docstring): what changed names the recompute.
+        if (obs_ns - ref.obs_ns) / 1e9 > self.max_reuse_s:
+            return CacheDecision(False, REASON_MAX_REUSE, score)
         return CacheDecision(True, "reuse", score)
 
     def computed(self, latent: object, instruction: str, state: np.ndarray | None, obs_ns: int,
