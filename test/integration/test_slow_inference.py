@@ -17,7 +17,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from test.conftest import ROOT
 from vla_runtime.core.config import load_config
-from vla_runtime.core.contract import DIAG_FAST_PATH, HOLD_OVERRUN, TOPIC_ACTION_CHUNK
+from vla_runtime.core.contract import DIAG_FAST_PATH, HOLD_OVERRUN, SERVICE_RESET, TOPIC_ACTION_CHUNK
 from vla_runtime.graph.harness import (
     TIMING_POLICY_DETECTOR_PARAMS,
     DiagnosticsWatch,
@@ -73,6 +73,7 @@ def test_an_engine_that_hangs_ends_in_hold_then_halted(harness):
                                   "inject_delay_ms": {"fixed_ms": 0, "hang_after": 750}}},
     })
     cfg = load_config(cfg_file)
+    limit = cfg.scheduler.max_inference_s
     diag = DiagnosticsWatch(h.probe)
     features = FeaturesWatch(h.probe)
     pose = PoseWatch(h.probe)
@@ -82,20 +83,49 @@ def test_an_engine_that_hangs_ends_in_hold_then_halted(harness):
     # The hang is timed from the last features message: the probe must be receiving them (its
     # best-effort subscription once had received none when the hang came, make test here).
     h.wait(lambda: features.count > 0, 10.0, "policy features at the probe")
-    h.wait(lambda: h.safety.mode() in ("HOLD", "HALTED"), 45.0, "the hang to take the graph out of POLICY")
-    h.wait(lambda: h.safety.mode() == "HALTED", 5.0, "HALTED after the hang")
+    t_watch = time.monotonic()
+
+    def stall_declared() -> float | None:
+        """Receive time of the fast path's first stall request (HOLD_OVERRUN) since t_watch."""
+        return next((t for t, m in list(plans) if t >= t_watch and not m.points and m.header.frame_id == HOLD_OVERRUN),
+                    None)
+
+    # The hang shows as the fast path's stall request. A halt before it, while chunks still merge (a
+    # loaded machine stalling a node past one of the detector's timeouts: CI once halted here long
+    # before the hang, and the test then timed the features that went on after it), is not what this
+    # test judges: it is reset once its cause clears, as an operator would, and named on failure.
+    early: list[tuple[float, str]] = []
+
+    def hang_else_reset() -> bool:
+        if stall_declared() is not None:
+            return True
+        if h.safety.mode() == "HALTED":
+            t, msg = h.safety.reports[-1]
+            if not early or early[-1][1] != h.safety.reason(msg):
+                early.append((round(t - t_watch, 3), h.safety.reason(msg)))
+            if not (h.safety.halt_signal() or "").strip():
+                h.trigger(SERVICE_RESET)
+        return False
+
+    h.wait(hang_else_reset, 45.0, "the fast path to declare the engine stalled", interval=0.05,
+           detail=lambda: f"halts before it {early}")
+    t_stall = stall_declared()
+    h.wait(lambda: h.safety.mode() == "HALTED", 5.0, "HALTED after the hang",
+           detail=lambda: f"modes since the stall {h.safety.modes_since(t_stall)}")
     t_halted = time.monotonic()
-    t_last_chunk = features.samples[-1].t  # features go out with every merged chunk: the hang began here
+    # Features go out with every merged chunk: the hang began at the last one before the stall.
+    t_last_chunk = max(s.t for s in features.samples if s.t < t_stall)
+    seen = f"modes {h.safety.modes_since(t_last_chunk - 1.0)} from 1 s before the last chunk; halts before {early}"
+    before = [m.message for t, m in list(h.safety.reports) if t < t_last_chunk]
+    assert before and before[-1] == "POLICY", seen  # it was driving when the engine hung
     t_safe, worst = h.safety.safe_after(t_last_chunk)
-    assert worst == "HALTED"
-    limit = cfg.scheduler.max_inference_s
+    assert worst == "HALTED", seen
     # HOLD once the plan ran out or the stall was declared; HALTED within the stall limit plus the
-    # detector's HOLD streak (3 periods) and a loaded machine's slack.
-    assert t_safe - t_last_chunk <= limit + 0.5, (t_safe - t_last_chunk)
-    halted_at = next(t for t, m in h.safety.reports if t >= t_last_chunk and m.message == "HALTED")
-    assert halted_at - t_last_chunk <= limit + 0.6, (halted_at - t_last_chunk)
-    reasons = [m.header.frame_id for _, m in plans if not m.points and _ >= t_last_chunk]
-    assert HOLD_OVERRUN in reasons, sorted(set(reasons))
+    # detector's HOLD streak (3 periods) and a loaded machine's slack, for the stall requests.
+    assert t_safe - t_last_chunk <= limit + 0.5, (t_safe - t_last_chunk, seen)
+    halted_at, halted = next((t, m) for t, m in h.safety.reports if t >= t_last_chunk and m.message == "HALTED")
+    assert halted_at - t_last_chunk <= limit + 0.6, (halted_at - t_last_chunk, seen)
+    assert "hold_streak" in h.safety.reason(halted) and HOLD_OVERRUN in h.safety.reason(halted), seen
     # The fast path names it.
     h.wait(lambda: diag.latest(DIAG_FAST_PATH).get("last_hold_reason") == HOLD_OVERRUN, 3.0,
            "the fast path to report the stall")
