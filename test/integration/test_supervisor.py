@@ -93,15 +93,20 @@ def test_a_killed_bridge_leaves_the_arm_held_and_comes_back_in_hold_until_resume
     import numpy as np
     from diagnostic_msgs.msg import DiagnosticStatus
     from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import JointState
     from std_srvs.srv import Trigger
+    from trajectory_msgs.msg import JointTrajectory
 
-    from vla_runtime.core.contract import SERVICE_RESUME, TOPIC_EE_POSE, TOPIC_SAFETY_STATE
+    from vla_runtime.core.contract import SERVICE_RESUME, TOPIC_EE_POSE, TOPIC_JOINT_STATES, TOPIC_SAFETY_STATE
     from vla_runtime.graph.supervisor import RestartPolicy, supervise_deaths
-    from vla_runtime.nodes.common import QOS_LATCHED, QOS_SENSOR
+    from vla_runtime.graph.teleop_rig import JT_TOPIC
+    from vla_runtime.nodes.common import QOS_COMMAND, QOS_LATCHED, QOS_SENSOR
 
     cfg_path = write_config("sim_panda.yaml")
     states = probe.collect(DiagnosticStatus, TOPIC_SAFETY_STATE, QOS_LATCHED)
     ee = probe.collect(PoseStamped, TOPIC_EE_POSE, QOS_SENSOR)
+    sent = probe.collect(JointTrajectory, JT_TOPIC, QOS_COMMAND)  # what the bridge sent the arm's controller
+    joints = probe.collect(JointState, TOPIC_JOINT_STATES, QOS_SENSOR)
     supervisor.start_graph(graph_for_config(load_config(cfg_path), str(cfg_path)))
 
     def mode() -> str:
@@ -123,19 +128,40 @@ def test_a_killed_bridge_leaves_the_arm_held_and_comes_back_in_hold_until_resume
     time.sleep(2.0)  # chunks keep coming from the fast path: no POLICY without the operator
     after = [(t, s.message) for t, s in states if t > t_kill]
     assert all(m != "POLICY" for _, m in after), after
-    # The controller finishes the last trajectory the bridge checked and sent (at most one chunk,
-    # 16 steps at 30 Hz), then its own cmd_timeout (0.25 s) holds it: the hand comes to rest and
-    # stays there. Judged over the last second before /vla/resume, ≥ 2 s after the restart: by the
-    # wall clock the last chunk can end later than chunk + timeout when the simulator runs slower
-    # than real time (make test here: 11.8 mm of motion 0.3 s after that).
+    # The controller finishes the last trajectory the bridge checked and sent (or stops on it at its
+    # own cmd_timeout, 0.25 s), then holds: the hand comes to rest and stays there. Judged over the
+    # last second before /vla/resume, ≥ 2 s after the restart: by the wall clock the last chunk can
+    # end later than chunk + timeout when the simulator runs slower than real time (make test here:
+    # 11.8 mm of motion 0.3 s after that).
     track = [(t, np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])) for t, m in ee if t > t_kill]
     still = np.array([p for t, p in track if t > track[-1][0] - 1.0])
     assert len(still) > 20, "no end-effector poses in the last second before /vla/resume"
     drift = float(np.linalg.norm(still - still[0], axis=1).max())
     assert drift < 0.002, f"the hand moved {drift * 1e3:.1f} mm in the last second, held by its controllers"
+    # Nothing unplanned moved it: it came to rest on the path of the dead bridge's last policy
+    # trajectory (the untrained policy's chunk can be long: 10 mm here, 68 mm once in CI; a bound on
+    # the distance judged the policy, not the runtime). The restarted bridge holds where it is.
     finishing = np.array([p for _, p in track])
     travel = float(np.linalg.norm(finishing - finishing[0], axis=1).max())
-    assert travel < 0.05, f"the hand moved {travel * 1e3:.1f} mm after the bridge died (more than one chunk's motion)"
+    t_back = next(t for t, s in states if t > t_kill and s.message == "HOLD")  # the restarted bridge's first report
+    policy_sent = [(t, m) for t, m in sent if len(m.points) > 1]  # its holds are one-point trajectories
+    assert all(t < t_back for t, _ in policy_sent), "the restarted bridge sent a policy trajectory in HOLD"
+    last = policy_sent[-1][1]
+    path = np.array([pt.positions for pt in last.points])
+    _, js = joints[-1]
+    q = np.array([dict(zip(js.name, js.position))[j] for j in last.joint_names])
+    off_path = min(_distance_to_segment(q, a, b) for a, b in zip(path[:-1], path[1:]))
+    assert off_path < 0.02, (f"the arm came to rest {off_path:.3f} rad from the path of the last trajectory the "
+                             f"bridge sent before it died (the hand moved {travel * 1e3:.1f} mm)")
     resp = probe.call(Trigger, SERVICE_RESUME, Trigger.Request(), timeout=10.0)
     assert resp.success, resp.message
     wait_for(lambda: mode() == "POLICY", 10, what="POLICY after /vla/resume")
+
+
+def _distance_to_segment(q, a, b) -> float:
+    """Largest joint deviation of ``q`` from the closest point of the joint-space segment a→b (rad)."""
+    import numpy as np
+
+    d = b - a
+    u = float(np.clip(np.dot(q - a, d) / max(float(np.dot(d, d)), 1e-12), 0.0, 1.0))
+    return float(np.abs(q - (a + u * d)).max())
