@@ -58,11 +58,22 @@ def test_deadman_release_holds_and_never_keeps_moving(rig, tmp_path):
     time.sleep(0.5)
     t_rel = rig.deadman(False, [0.0, 1.0, 0.0, 0.0, 0.0, 0.0])  # still pushing, deadman released
     wait_for(lambda: rig.mode() == "HOLD", 1, what="HOLD after the deadman release")
-    time.sleep(0.2)
-    t0 = time.monotonic()
-    time.sleep(0.8)
-    assert rig.max_displacement_mm(t0, t0 + 0.8) < 0.5
-    assert rig.max_displacement_mm(t_rel, t0) < 5.0  # stopped within a few mm of the release
+
+    def at_rest() -> bool:  # no 0.5 mm of motion in the last 0.5 s
+        now = time.monotonic()
+        return now - t_rel > 0.5 and rig.max_displacement_mm(now - 0.5, now) < 0.5
+
+    # The hand comes to rest within a few mm of the release, though the stick still pushes, and stays
+    # there. Here it rests 0.1 s after the release; the wait allows 3 s because the wall clock is not
+    # the simulator's (CI once saw 2.8 mm of settling 0.2–1.0 s after the HOLD report, on a loaded machine).
+    rested = wait_for(at_rest, 3.0, interval=0.05)
+    t_rest = time.monotonic()
+    assert rested, (f"the hand still moved 3 s after the deadman release: "
+                    f"{rig.max_displacement_mm(t_rest - 0.5, t_rest):.1f} mm in the last 0.5 s, "
+                    f"{rig.max_displacement_mm(t_rel, t_rest):.1f} mm since the release")
+    assert rig.max_displacement_mm(t_rel, t_rest) < 5.0  # stopped within a few mm of the release
+    time.sleep(0.5)
+    assert rig.max_displacement_mm(t_rest, t_rest + 0.5) < 0.5  # and never moved on
     # a silent operator stream (driver died with the deadman held) also ends in HOLD
     rig.deadman(True)
     wait_for(lambda: rig.mode() == "TELEOP", 2, what="TELEOP again")
