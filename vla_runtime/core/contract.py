@@ -126,9 +126,10 @@ HOLD_STOPPED = "hold: fast path stopped"
 #: goes on; the detector's HOLD streak escalates one that persists.
 HOLD_TICK_ERROR = "hold: fast path error"
 #: Inference off the tick (``scheduler.inference`` async/sync): no plan to execute while the worker
-#: computes one (at start, after a hold, between the chunks of stop-and-go). Bounded by
-#: ``scheduler.max_inference_s``, after which the wait is an engine stall (:data:`HOLD_OVERRUN`).
-HOLD_AWAITING_CHUNK = "hold: awaiting the first chunk"
+#: computes one (at start, after a hold, between the chunks of stop-and-go, or when the plan ran out
+#: during a slow inference). Bounded by ``scheduler.max_inference_s``, after which the wait is an
+#: engine stall (:data:`HOLD_OVERRUN`).
+HOLD_AWAITING_CHUNK = "hold: awaiting a chunk"
 #: A new instruction came (``/vla/instruction``): the old plan was brought to rest (core/interruption)
 #: and the fast path waits for a latent computed after the instruction. Bounded by
 #: ``latent.max_age_s``, after which the wait is a stale latent (:data:`HOLD_STALE_LATENT`).
