@@ -8,7 +8,9 @@ into the test's ``tmp_path`` through it, and node logs go to ``tmp_path/logs``.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,30 @@ class RefusingPublisher:
 
     def __getattr__(self, name):
         return getattr(self.real, name)
+
+
+@contextmanager
+def node_in_this_process(node_cls, config_file: Path, stop: Callable[[object], None]) -> Iterator[object]:
+    """One of the runtime's nodes in the test's own process (to reach into it: swap a publisher for a
+    :class:`RefusingPublisher`, read its threads), on its own context, spun on a daemon thread.
+
+    On exit: ``stop(node)`` (what ends its own threads), the executor, the node, the context.
+    """
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, args=["--ros-args", "-p", f"config_file:={config_file}"])
+    node = node_cls(context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        yield node
+    finally:
+        try:
+            stop(node)
+        finally:
+            executor.shutdown(timeout_sec=1.0)
+            node.destroy_node()
+            rclpy.try_shutdown(context=ctx)

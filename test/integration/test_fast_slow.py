@@ -225,23 +225,15 @@ def test_fast_loop_outlives_publishes_the_middleware_refuses(probe, write_config
     spinner on the sender threads' CPU did not do it), so the node runs in this process with its
     real loop, engine and DDS publisher, and the publisher refuses the next 6 publishes: the loop
     must count the refused ticks and HOLD requests, go on, and be heard again."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
+    from test.conftest import node_in_this_process
     from vla_runtime.core.contract import DIAG_FAST_PATH, HOLD_NO_JOINT_STATE, TOPIC_ACTION_CHUNK
     from vla_runtime.nodes.action_chunk_node import PUBLICATION_MODE, ActionChunkNode
 
     cfg = write_config("sim_panda.yaml")
     monkeypatch.setenv("RMW_FASTRTPS_PUBLICATION_MODE", PUBLICATION_MODE)  # read when the participant is made
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, args=["--ros-args", "-p", f"config_file:={cfg}"])
-    node = ActionChunkNode(context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
     plans = probe.collect(JointTrajectory, TOPIC_ACTION_CHUNK, QOS_COMMAND)
     diags = DiagnosticsWatch(probe)
-    try:
+    with node_in_this_process(ActionChunkNode, cfg, stop=lambda n: n.trigger_deactivate()) as node:
         node.trigger_configure()
         node.trigger_activate()
         wait_for(lambda: len(plans) >= 10, 20, what="HOLD requests from the fast path before the refusals")
@@ -256,8 +248,3 @@ def test_fast_loop_outlives_publishes_the_middleware_refuses(probe, write_config
         wait_for(lambda: diags.latest(DIAG_FAST_PATH).get("tick_errors") == "3", 5,
                  what="the refusals in the fast path's diagnostics")
         assert "cannot publish data" in diags.latest(DIAG_FAST_PATH)["last_tick_error"]
-    finally:
-        node.trigger_deactivate()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)

@@ -165,26 +165,15 @@ def test_physics_and_cameras_outlive_publishes_the_middleware_refuses(probe, wri
     and render threads and DDS publishers; the joint-state publisher refuses its next 5 publishes and
     the camera's its next 2: physics and rendering go on, joint states and frames arrive again, and
     the refusals are counted in diagnostics."""
-    import threading
-
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    from test.conftest import RefusingPublisher
+    from test.conftest import RefusingPublisher, node_in_this_process
     from vla_runtime.graph.harness import DiagnosticsWatch
     from vla_runtime.nodes.sim_robot import SimRobotNode
 
     cfg = write_config("sim_panda.yaml", {})
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, args=["--ros-args", "-p", f"config_file:={cfg}"])
-    node = SimRobotNode(context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
     js = probe.collect(JointState, "/joint_states", 50)
     images = probe.collect(Image, "/camera/scene/image_raw", QOS_SENSOR)
     diags = DiagnosticsWatch(probe)
-    try:
+    with node_in_this_process(SimRobotNode, cfg, stop=lambda n: n.shutdown()) as node:
         wait_for(lambda: len(js) > 10 and len(images) > 2, STARTUP_S, what="joint states and frames from sim_robot")
         js_refusing = node._js_pub = RefusingPublisher(node._js_pub, 5)
         cam_refusing = node._img_pubs[0] = RefusingPublisher(node._img_pubs[0], 2)
@@ -199,8 +188,3 @@ def test_physics_and_cameras_outlive_publishes_the_middleware_refuses(probe, wri
                  what="the refused joint states in sim_robot's diagnostics")
         assert "cannot publish data" in diags.latest("sim_robot: physics")["last_publish_error"]
         assert diags.latest("sim_robot: cameras")["frame_publish_errors"] == "2"
-    finally:
-        executor.shutdown(timeout_sec=1.0)
-        node.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
