@@ -85,6 +85,22 @@ def test_restart_policy_restarts_bounded_and_never_restarts_the_robot():
     assert p.decide("something_else", 0.0)[0] == "stop"
 
 
+def test_a_node_that_segfaults_leaves_its_threads_tracebacks_in_its_log(ros_env, tmp_path):
+    """A crash in native code (rcl, the middleware, a C extension) is not a Python exception: without
+    the fault handler run_node turns on, the log ends mid-line and only the exit code says what
+    happened (make test here has seen such crashes in librcl.so and Fast DDS, with no traceback)."""
+    sup = Supervisor(env=ros_env, log=None, log_dir=tmp_path / "logs")
+    sup.start(NodeSpec("crasher", "test.integration.fake_nodes.crasher", "none.yaml"))
+    try:
+        wait_for(lambda: sup.poll()["crasher"] is not None, 20, what="the crash")
+    finally:
+        sup.stop(sigint_s=0.5, sigterm_s=0.5)
+    assert sup.poll()["crasher"] == -signal.SIGSEGV
+    log = node_logs(tmp_path)
+    assert "Fatal Python error: Segmentation fault" in log, log
+    assert "in crash_here" in log and "crasher.py" in log, log  # the crashing thread's own frames
+
+
 def test_a_killed_bridge_leaves_the_arm_held_and_comes_back_in_hold_until_resume(supervisor, probe, write_config,
                                                                                  tmp_path):
     """kill -9 of the bridge: no final hold can be sent, so the controllers' own command timeout

@@ -8,6 +8,7 @@ and live here.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import sys
 import threading
 import time
@@ -104,10 +105,16 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> No
     MultiThreadedExecutor busy-polls at ~100 % of a core under this graph's message rates. A
     lifecycle node whose ``autostart`` parameter is true is configured and activated first (exit
     code 1 when configuring fails); a node's ``close()``, if it has one, runs on the way out.
+
+    Python's fault handler is on: a node that dies of SIGSEGV, SIGBUS, SIGFPE or SIGABRT (in rcl,
+    the middleware, a C extension: not a Python exception) writes every thread's traceback to its
+    stderr, which the supervisor and ``ros2 launch`` keep in its log.
     """
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
     try:
         with ros_session(ros_args_config(argv)):
             node = make_node()
