@@ -17,7 +17,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from test.conftest import ROOT
 from vla_runtime.core.config import load_config
-from vla_runtime.core.contract import DIAG_FAST_PATH, HOLD_OVERRUN, SERVICE_RESET, TOPIC_ACTION_CHUNK
+from vla_runtime.core.contract import DIAG_FAST_PATH, HOLD_OVERRUN, TOPIC_ACTION_CHUNK
 from vla_runtime.graph.harness import (
     TIMING_POLICY_DETECTOR_PARAMS,
     DiagnosticsWatch,
@@ -103,8 +103,7 @@ def test_an_engine_that_hangs_ends_in_hold_then_halted(harness):
             t, msg = h.safety.reports[-1]
             if not early or early[-1][1] != h.safety.reason(msg):
                 early.append((round(t - t_watch, 3), h.safety.reason(msg)))
-            if not (h.safety.halt_signal() or "").strip():
-                h.trigger(SERVICE_RESET)
+            h.reset_cleared_halt()
         return False
 
     h.wait(hang_else_reset, 45.0, "the fast path to declare the engine stalled", interval=0.05,

@@ -591,16 +591,23 @@ class GraphHarness:
                 raise GraphTimeout(f"service {name} did not appear within {timeout:g} s\n{self.logs()}")
 
     # ------------------------------------------------------------------ the bridge's modes
-    def recover(self, timeout: float = 30.0) -> None:
-        """Back to POLICY: wait for a halt's cause to clear (``""`` on ``/vla/halt``), call
-        ``/vla/reset``, wait for POLICY."""
+    def reset_cleared_halt(self) -> None:
+        """One step of an operator's recovery: HALTED with its cause cleared (``""`` on
+        ``/vla/halt``) → call ``/vla/reset``; otherwise nothing."""
         from vla_runtime.core.contract import SERVICE_RESET
 
+        if self.safety.mode() == "HALTED" and not (self.safety.halt_signal() or "").strip():
+            self.trigger(SERVICE_RESET)
+
+    def recover(self, timeout: float = 30.0) -> None:
+        """Back to POLICY: wait for a halt's cause to clear, call ``/vla/reset``
+        (:meth:`reset_cleared_halt`), wait for POLICY."""
+
         def in_policy_else_reset() -> bool:
-            mode = self.safety.mode()
-            if mode == "HALTED" and not (self.safety.halt_signal() or "").strip():
-                self.trigger(SERVICE_RESET)
-            return mode == "POLICY"
+            if self.safety.mode() == "POLICY":
+                return True
+            self.reset_cleared_halt()
+            return False
 
         self.wait(in_policy_else_reset, timeout, "the graph back in POLICY", interval=0.05,
                   detail=lambda: f"state {self.safety.state()}")
